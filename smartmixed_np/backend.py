@@ -97,6 +97,16 @@ class Backend:
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, device={self.device!r})"
 
+    # A backend is a process-wide singleton: copies and pickles refer to it by name.
+    def __copy__(self) -> "Backend":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "Backend":
+        return self
+
+    def __reduce__(self):
+        return (get_backend, (self.name,))
+
 
 _NUMPY = Backend(
     name="numpy",

@@ -1,0 +1,414 @@
+"""The MLP container: Linear layers with an activation layer between each pair.
+
+``MLP([784, 512, 256, 10], "smartmixed")`` builds
+
+    x -> Linear(784, 512) -> act0 -> Linear(512, 256) -> act1 -> Linear(256, 10) -> logits
+
+where each ``act`` is a phase-1 :class:`~smartmixed_np.mixture.SmartMixedActivation`
+(``"smartmixed"``) or a :class:`~smartmixed_np.fixed.FixedMixedActivation` (a fixed
+network: one candidate name for every layer, one name per hidden layer, or the
+per-neuron choices of a frozen phase-1 network, see :meth:`MLP.freeze`).
+
+Parameters and gradients are dicts under stable dotted names:
+``layers.{i}.weight`` (N, D), ``layers.{i}.bias`` (N,) for the i-th Linear, and
+``activations.{i}.logits`` (N, K) for a phase-1 layer.
+
+State: :meth:`MLP.forward` records a *tape* (the caches of that pass, and the noise
+it used) and :meth:`MLP.backward` consumes it; a second ``backward`` without a new
+``forward`` is an error, so a stale cache can never be used silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .activations import resolve_pool
+from .backend import Backend, SeededRNG, array_module, backend_of, get_backend, to_host
+from .fixed import FixedMixedActivation, contiguous_order
+from .linear import Linear, init_linear
+from .mixture import NOISE_MODES, SmartMixedActivation, init_selection_logits
+
+__all__ = ["MLP", "Tape"]
+
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+@dataclass
+class Tape:
+    """The record of one forward pass, consumed by :meth:`MLP.backward`.
+
+    Attributes:
+        train: whether the pass was a training pass.
+        caches: per layer pair, (linear cache, activation cache); the output
+            layer's activation cache is None.
+        noise: Gumbel noise used by each phase-1 layer, by hidden-layer index.
+    """
+
+    train: bool
+    caches: list = field(default_factory=list)
+    noise: dict = field(default_factory=dict)
+
+
+def _check_sizes(sizes: Any) -> list[int]:
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__"):
+        raise TypeError(f"sizes must be a sequence of layer widths, e.g. [784, 512, 10], got {sizes!r}")
+    if len(sizes) < 2:
+        raise ValueError(f"sizes needs at least an input and an output width, got {list(sizes)}")
+    checked = []
+    for size in sizes:
+        if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)):
+            raise TypeError(f"layer sizes must be integers, got {size!r} in {list(sizes)}")
+        if size < 1:
+            raise ValueError(f"layer sizes must be positive, got {size} in {list(sizes)}")
+        checked.append(int(size))
+    return checked
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return np.dtype(_DTYPES[name])
+
+
+class MLP:
+    """A feed-forward network with SmartMixed (phase 1) or fixed (phase 2) activations.
+
+    Args:
+        sizes: layer widths ``[D_in, H_1, ..., H_L, C]``.
+        activation: ``"smartmixed"``; a candidate name for every hidden layer
+            (``"relu"``); or a list of ``L`` names, one per hidden layer.
+        pool: phase-1 candidates (default: relu, sigmoid, tanh, leaky_relu, elu, selu).
+        tau: Gumbel-softmax temperature (default 0.3).
+        hard: hard selection with straight-through gradient (default) or soft mixture.
+        clamp: phase-1 candidate clamp (default 10.0; None disables it).
+        noise_mode: ``"shared"`` (default), ``"per_sample"`` or ``"none"``.
+        device: ``"cpu"`` (default) or ``"gpu"``, or a Backend.
+        dtype: ``"float32"`` (default) or ``"float64"`` (for gradient checks).
+        seed: seeds the initialisation and every layer's noise stream.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str | Sequence[str] = "smartmixed",
+        *,
+        pool: Any = None,
+        tau: float = 0.3,
+        hard: bool = True,
+        clamp: float | None = 10.0,
+        noise_mode: str = "shared",
+        device: str | Backend = "cpu",
+        dtype: Any = "float32",
+        seed: int = 0,
+    ) -> None:
+        self.sizes = _check_sizes(sizes)
+        self.dtype = _check_dtype(dtype)
+        self.backend = get_backend(device)
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        self.seed = int(seed)
+        self.pool = resolve_pool(pool)
+        hidden = self.sizes[1:-1]
+        streams = np.random.SeedSequence(self.seed).spawn(1 + len(hidden))
+        init_rng = SeededRNG(streams[0])
+
+        self.linears = [
+            Linear(*init_linear(d_in, d_out, init_rng, self.dtype, self.backend))
+            for d_in, d_out in zip(self.sizes[:-1], self.sizes[1:])
+        ]
+        if isinstance(activation, str) and activation.lower() == "smartmixed":
+            self.kind = "smartmixed"
+            self.activations: list = [
+                SmartMixedActivation(
+                    init_selection_logits(width, len(self.pool), init_rng, self.dtype, self.backend),
+                    self.pool,
+                    tau=tau,
+                    hard=hard,
+                    clamp=clamp,
+                    noise_mode=noise_mode,
+                    rng=SeededRNG(streams[1 + i]),
+                )
+                for i, width in enumerate(hidden)
+            ]
+        else:
+            names = [activation] * len(hidden) if isinstance(activation, str) else list(activation)
+            if len(names) != len(hidden):
+                raise ValueError(f"activation lists {len(names)} names for {len(hidden)} hidden layers")
+            self.kind = "fixed"
+            self.activations = [FixedMixedActivation.uniform(name, width, backend=self.backend) for name, width in zip(names, hidden)]
+        self.options = {"tau": tau, "hard": bool(hard), "clamp": clamp, "noise_mode": noise_mode}
+        self._tape: Tape | None = None
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def num_hidden(self) -> int:
+        return len(self.sizes) - 2
+
+    @property
+    def phase(self) -> int:
+        """1 for a phase-1 SmartMixed network, 2 for a fixed (frozen or uniform) one."""
+        return 1 if self.kind == "smartmixed" else 2
+
+    def parameters(self) -> dict[str, Any]:
+        """Trainable arrays by name (live references, updated in place by optimizers)."""
+        params: dict[str, Any] = {}
+        for i, linear in enumerate(self.linears):
+            params[f"layers.{i}.weight"] = linear.W
+            params[f"layers.{i}.bias"] = linear.b
+        for i, act in enumerate(self.activations):
+            if isinstance(act, SmartMixedActivation):
+                params[f"activations.{i}.logits"] = act.logits
+        return params
+
+    def gradients(self) -> dict[str, Any]:
+        """Gradient arrays by the same names as :meth:`parameters` (overwritten by backward)."""
+        grads: dict[str, Any] = {}
+        for i, linear in enumerate(self.linears):
+            grads[f"layers.{i}.weight"] = linear.dW
+            grads[f"layers.{i}.bias"] = linear.db
+        for i, act in enumerate(self.activations):
+            if isinstance(act, SmartMixedActivation):
+                grads[f"activations.{i}.logits"] = act.dlogits
+        return grads
+
+    def num_parameters(self, include_logits: bool = True) -> int:
+        """Number of scalar parameters."""
+        return sum(int(p.size) for name, p in self.parameters().items() if include_logits or not name.endswith("logits"))
+
+    # ------------------------------------------------------------------ passes
+    def _check_input(self, x: Any) -> Any:
+        if backend_of(x) is None:
+            raise TypeError(f"input must be an array on the model's device ({self.backend.device}), got {type(x).__name__}")
+        if backend_of(x) is not self.backend:
+            raise TypeError(
+                f"input lives on {backend_of(x).device} ({backend_of(x).name}) but the model on "
+                f"{self.backend.device} ({self.backend.name}); move it with model.backend.asarray(x)"
+            )
+        if x.ndim != 2:
+            raise ValueError(f"input must be 2-D (batch, {self.sizes[0]}), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.sizes[0]:
+            raise ValueError(f"input has {x.shape[1]} features but the network expects {self.sizes[0]}")
+        if x.dtype.kind != "f":
+            raise TypeError(f"input must be floating point, got dtype {x.dtype}")
+        return x.astype(self.dtype, copy=False)
+
+    def forward(self, x: Any, train: bool = False, noise: dict[int, Any] | None = None) -> Any:
+        """Logits for a batch; records the tape for :meth:`backward`.
+
+        Args:
+            x: (B, D_in) inputs on the model's device.
+            train: phase-1 layers sample Gumbel noise (True) or use their argmax (False).
+            noise: replay: {hidden layer index: noise} as returned by
+                :attr:`last_noise`; layers not named draw fresh noise.
+
+        Returns:
+            (B, C) logits.
+        """
+        x = self._check_input(x)
+        tape = Tape(train=bool(train))
+        h = x
+        for i, (linear, act) in enumerate(zip(self.linears, self.activations)):
+            z, linear_cache = linear.forward(h)
+            if isinstance(act, SmartMixedActivation):
+                layer_noise = None
+                if train:
+                    layer_noise = noise.get(i) if noise else None
+                    if layer_noise is None:
+                        layer_noise = act.draw_noise(x.shape[0])
+                    tape.noise[i] = layer_noise
+                h, act_cache = act.forward(z, train, noise=layer_noise)
+            else:
+                h, act_cache = act.forward(z)
+            tape.caches.append((linear_cache, act_cache))
+        logits, linear_cache = self.linears[-1].forward(h)
+        tape.caches.append((linear_cache, None))
+        self._tape = tape
+        return logits
+
+    __call__ = forward
+
+    @property
+    def last_noise(self) -> dict[int, Any]:
+        """The Gumbel noise of the last forward pass, by hidden-layer index (empty if none)."""
+        return dict(self._tape.noise) if self._tape is not None else {}
+
+    def backward(self, dlogits: Any, need_input_grad: bool = False) -> Any:
+        """Backpropagate ``dlogits`` (B, C) through the last forward pass.
+
+        Writes every gradient of :meth:`gradients` in place. Returns ``dx`` (B, D_in)
+        if ``need_input_grad``, else None.
+
+        Raises:
+            RuntimeError: no forward pass to differentiate (or it was already used).
+            ValueError: ``dlogits`` has the wrong shape.
+        """
+        tape = self._tape
+        if tape is None:
+            raise RuntimeError("backward() needs a forward() first (each forward can be backpropagated once)")
+        batch = tape.caches[0][0].x.shape[0]
+        if tuple(dlogits.shape) != (batch, self.sizes[-1]):
+            raise ValueError(f"dlogits must have shape {(batch, self.sizes[-1])}, got {tuple(dlogits.shape)}")
+        self._tape = None
+        grad = dlogits
+        last = len(self.linears) - 1
+        for i in range(last, -1, -1):
+            linear_cache, act_cache = tape.caches[i]
+            if i < last:
+                grad = self.activations[i].backward(grad, act_cache)
+            grad = self.linears[i].backward(grad, linear_cache, need_dx=(i > 0 or need_input_grad))
+        return grad
+
+    def predict(self, x: Any) -> Any:
+        """Predicted classes (B,) on the device (evaluation mode)."""
+        logits = self.forward(x, train=False)
+        self._tape = None
+        return array_module(logits).argmax(logits, axis=1)
+
+    # ------------------------------------------------------------------ phase 2
+    def choices(self) -> list[np.ndarray]:
+        """Per hidden layer, (N,) choice indices into :attr:`pool`, in original neuron order."""
+        if self.kind == "smartmixed":
+            return [act.choices() for act in self.activations]
+        return [act.original_choices() for act in self.activations]
+
+    def choice_names(self) -> list[list[str]]:
+        """Per hidden layer, the activation name of each neuron, in original neuron order."""
+        if self.kind == "smartmixed":
+            return [[self.pool[k].name for k in c] for c in self.choices()]
+        return [act.original_choice_names() for act in self.activations]
+
+    def choice_shares(self) -> list[dict[str, float]]:
+        """Per hidden layer, the share of neurons choosing each pool candidate."""
+        shares = []
+        for names in self.choice_names():
+            counts = {a.name: 0 for a in self.pool} if self.kind == "smartmixed" else {}
+            for name in names:
+                counts[name] = counts.get(name, 0) + 1
+            shares.append({name: count / len(names) for name, count in counts.items()})
+        return shares
+
+    def freeze(self, contiguous: bool = True, reinit_seed: int | None = None) -> "MLP":
+        """A phase-2 network: each neuron keeps its argmax choice, weights copied.
+
+        Args:
+            contiguous: reorder each hidden layer's neurons so that every activation
+                group is one slice: rows of ``W_i`` and ``b_i`` and columns of
+                ``W_{i+1}`` are permuted together, which leaves the function unchanged.
+            reinit_seed: if given, the phase-2 weights are freshly initialised from
+                this seed instead of copied (the published code's behaviour).
+
+        Returns:
+            A new :class:`MLP` with ``kind == "fixed"``; ``self`` is unchanged.
+        """
+        if self.kind != "smartmixed":
+            raise ValueError("only a phase-1 SmartMixed network can be frozen")
+        frozen = self._empty_like()
+        xp = self.backend.xp
+        if reinit_seed is None:
+            weights = [(lin.W.copy(), lin.b.copy()) for lin in self.linears]
+        else:
+            rng = SeededRNG(np.random.SeedSequence(int(reinit_seed)))
+            weights = [init_linear(lin.in_features, lin.out_features, rng, self.dtype, self.backend) for lin in self.linears]
+        activations = []
+        for i, act in enumerate(self.activations):
+            choices = act.choices()
+            order = contiguous_order(choices) if contiguous else np.arange(len(choices), dtype=np.int64)
+            if contiguous:
+                idx = self.backend.asarray(order)
+                W, b = weights[i]
+                weights[i] = (xp.ascontiguousarray(W[idx]), b[idx])
+                W_next, b_next = weights[i + 1]
+                weights[i + 1] = (xp.ascontiguousarray(W_next[:, idx]), b_next)
+            activations.append(
+                FixedMixedActivation(
+                    choices[order], self.pool, contiguous=contiguous, clamp=act.clamp, order=order, backend=self.backend
+                )
+            )
+        frozen.linears = [Linear(W, b) for W, b in weights]
+        frozen.activations = activations
+        return frozen
+
+    def _empty_like(self) -> "MLP":
+        clone = object.__new__(MLP)
+        clone.sizes = list(self.sizes)
+        clone.dtype = self.dtype
+        clone.backend = self.backend
+        clone.seed = self.seed
+        clone.pool = self.pool
+        clone.kind = "fixed"
+        clone.options = dict(self.options)
+        clone._tape = None
+        return clone
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Host copies of every parameter, by name."""
+        return {name: to_host(p).copy() for name, p in self.parameters().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy arrays into the parameters; every name and shape must match.
+
+        Raises:
+            ValueError: missing or unexpected names, or a shape mismatch (named).
+        """
+        params = self.parameters()
+        missing = sorted(set(params) - set(state))
+        unexpected = sorted(set(state) - set(params))
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(missing)}")
+            if unexpected:
+                parts.append(f"unexpected {', '.join(unexpected)}")
+            raise ValueError(f"state_dict does not match the network: {'; '.join(parts)}")
+        for name, target in params.items():
+            value = state[name]
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(f"state_dict[{name!r}] has shape {tuple(value.shape)}, the network needs {tuple(target.shape)}")
+        for name, target in params.items():
+            target[...] = self.backend.asarray(to_host(state[name]), dtype=self.dtype)
+
+    def rng_state(self) -> dict[str, dict]:
+        """The state of every noise stream, by layer name (JSON-able)."""
+        return {
+            f"activations.{i}": act.rng.state
+            for i, act in enumerate(self.activations)
+            if isinstance(act, SmartMixedActivation) and act.rng is not None
+        }
+
+    def set_rng_state(self, states: dict[str, dict]) -> None:
+        """Restore noise streams saved by :meth:`rng_state`."""
+        for i, act in enumerate(self.activations):
+            key = f"activations.{i}"
+            if isinstance(act, SmartMixedActivation) and act.rng is not None:
+                if key not in states:
+                    raise ValueError(f"rng state for {key} is missing")
+                act.rng.state = states[key]
+
+    def to(self, device: str | Backend | None = None, dtype: Any = None) -> "MLP":
+        """Move (and/or cast) every array in place; returns ``self``."""
+        backend = self.backend if device is None else get_backend(device)
+        new_dtype = self.dtype if dtype is None else _check_dtype(dtype)
+        convert = lambda a: backend.asarray(to_host(a) if backend is not self.backend else a, dtype=new_dtype)  # noqa: E731
+        for i, linear in enumerate(self.linears):
+            self.linears[i] = Linear(convert(linear.W), convert(linear.b))
+        for i, act in enumerate(self.activations):
+            if isinstance(act, SmartMixedActivation):
+                moved = SmartMixedActivation(
+                    convert(act.logits), act.pool, tau=act.tau, hard=act.hard, clamp=act.clamp, noise_mode=act.noise_mode, rng=act.rng
+                )
+                self.activations[i] = moved
+            else:
+                self.activations[i] = act.to(backend)
+        self.backend, self.dtype, self._tape = backend, new_dtype, None
+        return self
+
+    def __repr__(self) -> str:
+        arch = "-".join(str(s) for s in self.sizes)
+        return f"MLP({arch}, kind={self.kind!r}, device={self.backend.device!r}, dtype={self.dtype.name})"
