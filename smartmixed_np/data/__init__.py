@@ -4,6 +4,30 @@ Everything here returns host NumPy arrays; moving them to a device is the caller
 business (see :mod:`smartmixed_np.backend`).
 """
 
+from .download import (
+    CACHE_ENV,
+    DATA_ENV,
+    IDX_FILES,
+    REGISTRY,
+    RemoteDataset,
+    default_cache_dir,
+    ensure_dataset,
+    fetch,
+    file_md5,
+)
 from .idx import read_idx, read_idx_pair, write_idx
 
-__all__ = ["read_idx", "read_idx_pair", "write_idx"]
+__all__ = [
+    "CACHE_ENV",
+    "DATA_ENV",
+    "IDX_FILES",
+    "REGISTRY",
+    "RemoteDataset",
+    "default_cache_dir",
+    "ensure_dataset",
+    "fetch",
+    "file_md5",
+    "read_idx",
+    "read_idx_pair",
+    "write_idx",
+]
