@@ -16,6 +16,7 @@ from .download import (
     file_md5,
 )
 from .idx import read_idx, read_idx_pair, write_idx
+from .synthetic import make_spirals, make_synth_digits
 
 __all__ = [
     "CACHE_ENV",
@@ -27,6 +28,8 @@ __all__ = [
     "ensure_dataset",
     "fetch",
     "file_md5",
+    "make_spirals",
+    "make_synth_digits",
     "read_idx",
     "read_idx_pair",
     "write_idx",
