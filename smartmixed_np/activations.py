@@ -145,19 +145,19 @@ def selu_derivative(x, y):
 
 
 def gelu(x):
-    """GELU, tanh form: $f(x) = \\tfrac12 x (1 + \\tanh(c(x + 0.044715x^3)))$, $c = \\sqrt{2/\\pi}$.
+    """GELU, tanh form: $f(x) = \\tfrac12 x (1 + \\tanh(u)) = x\\,\\sigma(2u)$, $u = c(x + 0.044715x^3)$, $c = \\sqrt{2/\\pi}$.
 
-    NumPy has no ``erf``; the tanh form is PyTorch's ``approximate='tanh'``.
+    NumPy has no ``erf``; the tanh form is PyTorch's ``approximate='tanh'``. It is
+    evaluated as $x\\,\\sigma(2u)$ with the stable sigmoid: $1 + \\tanh(u)$ would
+    cancel catastrophically for large negative $x$.
     """
-    xp = array_module(x)
-    return 0.5 * x * (1 + xp.tanh(_GELU_C * (x + _GELU_K * x * x * x)))
+    return x * sigmoid(2 * _GELU_C * (x + _GELU_K * x * x * x))
 
 
 def gelu_derivative(x, y):
-    """$f'(x) = \\tfrac12(1 + t) + \\tfrac12 x (1 - t^2) c (1 + 3 \\cdot 0.044715 x^2)$, $t = \\tanh(\\cdot)$."""
-    xp = array_module(x)
-    t = xp.tanh(_GELU_C * (x + _GELU_K * x * x * x))
-    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_C * (1 + 3 * _GELU_K * x * x)
+    """$f'(x) = s + 2x\\,s(1 - s)\\,c(1 + 3 \\cdot 0.044715 x^2)$ with $s = \\sigma(2u)$."""
+    s = sigmoid(2 * _GELU_C * (x + _GELU_K * x * x * x))
+    return s + 2 * x * s * (1 - s) * _GELU_C * (1 + 3 * _GELU_K * x * x)
 
 
 def silu(x):

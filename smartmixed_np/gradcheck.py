@@ -15,6 +15,11 @@ Two checks, both in vector-Jacobian (VJP) form:
 
 Relative error, with a floor so that two tiny gradients are not judged by noise:
 $\\mathrm{err}(a, n) = \\lVert a - n \\rVert / \\max(\\lVert a \\rVert + \\lVert n \\rVert, \\mathrm{floor})$.
+:func:`check_vjp` sets the floor from the rounding noise of the differences
+themselves: a central difference of $\\phi$ carries an absolute error of about
+$\\epsilon_{\\mathrm{mach}} \\sum |u \\odot f(x)| / \\epsilon$, so a gradient that is tiny
+(a saturated sigmoid, say) is accepted when it agrees to within ten times that
+noise, and judged relatively otherwise.
 
 In float64 with $\\epsilon \\approx 10^{-6}$, a correct gradient gives errors around
 $10^{-8}$ to $10^{-10}$; a wrong one, errors of order 1. Checks never modify the
@@ -151,11 +156,14 @@ def check_vjp(
     if len(analytic) != len(inputs):
         raise ValueError(f"vjp returned {len(analytic)} gradients for {len(inputs)} inputs")
     positions = [i for i in range(len(inputs)) if analytic[i] is not None] if wrt is None else list(wrt)
+    # Absolute rounding noise of one central difference, as a floor (see module docstring).
+    magnitude = float(np.sum(np.abs(upstream_host * to_host(output))))
+    floor = max(1e-10, 10 * np.finfo(np.float64).eps * magnitude / eps / tolerance)
     errors = {}
     for i in positions:
         if tuple(analytic[i].shape) != tuple(inputs[i].shape):
             raise ValueError(f"gradient {i} has shape {tuple(analytic[i].shape)}, its input {tuple(inputs[i].shape)}")
-        errors[i] = relative_error(analytic[i], numerical_vjp(fn, inputs, upstream, i, eps))
+        errors[i] = relative_error(analytic[i], numerical_vjp(fn, inputs, upstream, i, eps), floor=floor)
     result = GradcheckResult(errors, tolerance)
     if raise_on_failure and not result.passed:
         raise GradcheckError(f"gradient check failed: {result}")
@@ -201,7 +209,10 @@ def check_directional(
     plus = float(to_host(loss_fn({name: params[name] + steps[name] for name in names})))
     minus = float(to_host(loss_fn({name: params[name] - steps[name] for name in names})))
     numeric = (plus - minus) / (2 * eps)
-    result = GradcheckResult({"directional": relative_error(np.array([analytic]), np.array([numeric]))}, tolerance)
+    # The rounding noise of the difference itself, as a floor (see the module docstring).
+    floor = max(1e-10, 10 * np.finfo(np.float64).eps * (abs(plus) + abs(minus)) / (2 * eps) / tolerance)
+    error = relative_error(np.array([analytic]), np.array([numeric]), floor=floor)
+    result = GradcheckResult({"directional": error}, tolerance)
     if raise_on_failure and not result.passed:
         raise GradcheckError(f"directional gradient check failed: analytic {analytic:.10e}, numeric {numeric:.10e}; {result}")
     return result

@@ -1,0 +1,134 @@
+"""Activations: derivatives against finite differences, stability, registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smartmixed_np import activations as A
+from smartmixed_np.backend import to_host
+from smartmixed_np.gradcheck import GradcheckError, check_vjp
+from strategies import all_candidates, away_from_kinks, seeds
+
+BUILT_INS = list(A.DEFAULT_POOL) + ["gelu", "silu", "softplus", "identity"]
+
+
+def _check_activation(backend, activation, x_host, seed=0):
+    act = A.get_activation(activation)
+    x = backend.asarray(x_host)
+    fn = lambda x: act.forward(x)  # noqa: E731
+    vjp = lambda dout: [dout * act.derivative(x, act.forward(x))]  # noqa: E731
+    return check_vjp(fn, [x], vjp, seed=seed)
+
+
+@given(name=all_candidates, seed=seeds, shape=st.tuples(st.integers(1, 4), st.integers(1, 6)))
+def test_derivative_matches_finite_differences(backend, name, seed, shape):
+    x = away_from_kinks(np.random.default_rng(seed), shape)
+    result = _check_activation(backend, name, x, seed)
+    assert result.max_error < 1e-6
+
+
+@pytest.mark.parametrize("name", BUILT_INS)
+def test_derivative_check_would_catch_a_wrong_derivative(backend, name):
+    act = A.get_activation(name)
+    wrong = A.Activation("wrong", act.forward, lambda x, y: 1.1 * act.derivative(x, y) + 0.05)
+    x = away_from_kinks(np.random.default_rng(0), (3, 4))
+    with pytest.raises(GradcheckError):
+        _check_activation(backend, wrong, x)
+
+
+@pytest.mark.parametrize("name", BUILT_INS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stable_for_huge_inputs(name, dtype):
+    act = A.get_activation(name)
+    x = np.array([-1e4, -1e3, -100.0, -20.0, -1.0, 0.0, 1.0, 20.0, 100.0, 1e3, 1e4], dtype=dtype)
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+        y = act.forward(x)
+        d = act.derivative(x, y)
+    assert y.dtype == dtype and d.dtype == dtype
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(d))
+
+
+def test_known_values():
+    x = np.array([-2.0, -0.5, 0.0, 0.5, 2.0])
+    np.testing.assert_allclose(A.relu(x), [0, 0, 0, 0.5, 2])
+    np.testing.assert_allclose(A.sigmoid(x), 1 / (1 + np.exp(-x)), rtol=1e-15)
+    np.testing.assert_allclose(A.leaky_relu(x), [-0.02, -0.005, 0, 0.5, 2])
+    np.testing.assert_allclose(A.elu(x), np.where(x > 0, x, np.exp(x) - 1), rtol=1e-14)
+    np.testing.assert_allclose(A.selu(x), 1.0507009873554805 * np.where(x > 0, x, 1.6732632423543772 * (np.exp(x) - 1)), rtol=1e-14)
+    np.testing.assert_allclose(A.softplus(x), np.log1p(np.exp(x)), rtol=1e-14)
+    np.testing.assert_allclose(A.silu(x), x / (1 + np.exp(-x)), rtol=1e-14)
+    assert A.sigmoid(np.array([-1e4]))[0] == 0.0 and A.sigmoid(np.array([1e4]))[0] == 1.0
+
+
+def test_kink_conventions_follow_pytorch():
+    zero = np.zeros(1)
+    assert A.relu_derivative(zero, A.relu(zero))[0] == 0.0
+    assert A.leaky_relu_derivative(zero, A.leaky_relu(zero))[0] == pytest.approx(0.01)
+    assert A.elu_derivative(zero, A.elu(zero))[0] == 1.0
+
+
+def test_bounds_contain_every_value():
+    x = np.linspace(-50, 50, 20001)
+    for name in BUILT_INS:
+        act = A.get_activation(name)
+        y = act.forward(x)
+        lo, hi = act.bounds
+        assert lo is None or y.min() >= lo - 1e-12, name
+        assert hi is None or y.max() <= hi + 1e-12, name
+
+
+def test_default_pool_order():
+    assert A.DEFAULT_POOL == ("relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu")
+    assert [a.name for a in A.resolve_pool(None)] == list(A.DEFAULT_POOL)
+
+
+def test_unknown_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown activation 'swishy'.*relu"):
+        A.get_activation("swishy")
+    with pytest.raises(ValueError, match="unknown activation"):
+        A.resolve_pool(["relu", "nope"])
+    with pytest.raises(ValueError, match="twice"):
+        A.resolve_pool(["relu", "relu"])
+    with pytest.raises(ValueError, match="empty"):
+        A.resolve_pool([])
+
+
+def test_register_a_user_candidate(backend):
+    def cube_root_ish(x):
+        xp = A.array_module(x)
+        return x / (1 + xp.abs(x))  # softsign
+
+    def softsign_derivative(x):
+        xp = A.array_module(x)
+        return 1 / (1 + xp.abs(x)) ** 2
+
+    try:
+        act = A.register_activation("softsign_test", cube_root_ish, softsign_derivative, bounds=(-1.0, 1.0))
+        assert A.get_activation("softsign_test") is act
+        x = away_from_kinks(np.random.default_rng(3), (3, 5))
+        assert _check_activation(backend, "softsign_test", x).passed
+        with pytest.raises(ValueError, match="already registered"):
+            A.register_activation("softsign_test", cube_root_ish, softsign_derivative)
+    finally:
+        A._REGISTRY.pop("softsign_test", None)
+
+
+def test_register_rejects_bad_definitions():
+    with pytest.raises(ValueError, match="name"):
+        A.register_activation("", A.relu, A.relu_derivative)
+    with pytest.raises(ValueError, match="name"):
+        A.register_activation("a,b", A.relu, A.relu_derivative)
+    with pytest.raises(TypeError, match="callables"):
+        A.register_activation("not_callable", 3, A.relu_derivative)
+
+
+def test_functions_work_on_the_device(backend):
+    x = backend.asarray(np.linspace(-3, 3, 7))
+    for name in BUILT_INS:
+        act = A.get_activation(name)
+        y = act.forward(x)
+        assert backend.owns(y) and backend.owns(act.derivative(x, y))
+        np.testing.assert_allclose(to_host(y), act.forward(np.linspace(-3, 3, 7)))

@@ -1,0 +1,59 @@
+"""Softmax cross-entropy: gradient, stability, input validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smartmixed_np.backend import to_host
+from smartmixed_np.gradcheck import check_vjp
+from smartmixed_np.losses import log_softmax, softmax_cross_entropy
+from strategies import batch_sizes, seeds
+
+
+@given(batch=batch_sizes, classes=st.integers(2, 6), seed=seeds)
+def test_gradient_matches_finite_differences(backend, batch, classes, seed):
+    rng = np.random.default_rng(seed)
+    logits = backend.asarray(3 * rng.standard_normal((batch, classes)))
+    labels = backend.asarray(rng.integers(0, classes, size=batch))
+    fn = lambda s: softmax_cross_entropy(s, labels)[0]  # noqa: E731
+    vjp = lambda u: [u * softmax_cross_entropy(logits, labels)[1]]  # noqa: E731
+    assert check_vjp(fn, [logits], vjp, seed=seed).max_error < 1e-6
+
+
+def test_value_against_direct_formula(backend):
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((5, 4))
+    y = rng.integers(0, 4, size=5)
+    loss, _ = softmax_cross_entropy(backend.asarray(s), backend.asarray(y))
+    p = np.exp(s) / np.exp(s).sum(1, keepdims=True)
+    assert float(to_host(loss)) == pytest.approx(-np.mean(np.log(p[np.arange(5), y])), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stable_for_huge_logits(dtype):
+    s = np.array([[1e4, 0.0, -1e4], [-3e4, 3e4, 0.0]], dtype=dtype)
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+        loss, d = softmax_cross_entropy(s, np.array([0, 0]))
+        lp = log_softmax(s)
+    assert np.isfinite(loss) and np.all(np.isfinite(d)) and np.all(np.isfinite(lp))
+    assert float(loss) == pytest.approx(6e4 / 2, rel=1e-6)
+    assert d.dtype == dtype
+
+
+def test_bad_inputs_are_named():
+    s = np.zeros((3, 4))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        softmax_cross_entropy(s, np.array([0, 4, 1]))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        softmax_cross_entropy(s, np.array([0, -1, 1]))
+    with pytest.raises(TypeError, match="labels must be integers"):
+        softmax_cross_entropy(s, np.array([0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="labels must be 1-D"):
+        softmax_cross_entropy(s, np.array([0, 1]))
+    with pytest.raises(ValueError, match="logits must be 2-D"):
+        softmax_cross_entropy(np.zeros(4), np.array([0]))
+    with pytest.raises(ValueError, match="empty batch"):
+        softmax_cross_entropy(np.zeros((0, 4)), np.zeros(0, dtype=np.int64))

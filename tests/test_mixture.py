@@ -1,0 +1,194 @@
+"""Phase-1 hard/soft Gumbel mixture: gradients, straight-through surrogate, noise, evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smartmixed_np.activations import resolve_pool
+from smartmixed_np.backend import SeededRNG, get_backend, to_host
+from smartmixed_np.fixed import FixedMixedActivation
+from smartmixed_np.gradcheck import GradcheckError, check_vjp
+from smartmixed_np.mixture import (
+    SmartMixedActivation,
+    gumbel_softmax_weights,
+    init_selection_logits,
+    mixture_backward,
+    mixture_forward,
+    straight_through_surrogate,
+)
+from strategies import away_from_kinks, batch_sizes, beyond_clamp, seeds, taus
+
+POOL = resolve_pool(None)
+noise_shapes = st.sampled_from(["shared", "per_sample", "none"])
+
+
+def _inputs(backend, seed, batch, width, noise_kind, clamp_region=False):
+    rng = np.random.default_rng(seed)
+    z = beyond_clamp(rng, (batch, width)) if clamp_region else away_from_kinks(rng, (batch, width))
+    logits = rng.standard_normal((width, len(POOL)))
+    noise = {
+        "shared": lambda: rng.gumbel(size=(width, len(POOL))),
+        "per_sample": lambda: rng.gumbel(size=(batch, width, len(POOL))),
+        "none": lambda: None,
+    }[noise_kind]()
+    to = lambda a: None if a is None else backend.asarray(a)  # noqa: E731
+    return to(z), to(logits), to(noise)
+
+
+@given(batch=batch_sizes, width=st.integers(1, 4), seed=seeds, tau=taus, noise_kind=noise_shapes, clamp_region=st.booleans())
+def test_soft_mixture_gradients_match_finite_differences(backend, batch, width, seed, tau, noise_kind, clamp_region):
+    z, logits, noise = _inputs(backend, seed, batch, width, noise_kind, clamp_region)
+
+    def fn(z, logits):
+        return mixture_forward(z, logits, noise, POOL, tau=tau, hard=False)[0]
+
+    def vjp(dout):
+        _, cache = mixture_forward(z, logits, noise, POOL, tau=tau, hard=False)
+        return mixture_backward(dout, cache, POOL)
+
+    assert check_vjp(fn, [z, logits], vjp, seed=seed).max_error < 1e-6
+
+
+@given(batch=batch_sizes, width=st.integers(1, 4), seed=seeds, tau=taus, noise_kind=noise_shapes, clamp_region=st.booleans())
+def test_straight_through_gradient_is_the_exact_gradient_of_the_surrogate(backend, batch, width, seed, tau, noise_kind, clamp_region):
+    z, logits, noise = _inputs(backend, seed, batch, width, noise_kind, clamp_region)
+    hard_out, cache = mixture_forward(z, logits, noise, POOL, tau=tau, hard=True)
+    xp = backend.xp
+    weights = cache.weights
+    onehot = xp.zeros(weights.shape, dtype=weights.dtype)
+    onehot_host = np.zeros(weights.shape)
+    np.put_along_axis(onehot_host, to_host(cache.selected)[..., None], 1.0, axis=-1)
+    onehot = backend.asarray(onehot_host)
+    offset = onehot - weights  # held constant: C = onehot(s) - y(alpha_0)
+
+    def surrogate(z, logits):
+        return straight_through_surrogate(z, logits, noise, POOL, tau=tau, offset=offset)
+
+    # The surrogate equals the hard forward at the evaluation point ...
+    np.testing.assert_allclose(to_host(surrogate(z, logits)), to_host(hard_out), rtol=1e-12, atol=1e-12)
+
+    # ... and the straight-through backward is its exact gradient.
+    def vjp(dout):
+        _, cache = mixture_forward(z, logits, noise, POOL, tau=tau, hard=True)
+        return mixture_backward(dout, cache, POOL)
+
+    assert check_vjp(surrogate, [z, logits], vjp, seed=seed).max_error < 1e-6
+
+
+def test_hard_forward_is_exactly_the_selected_candidate(backend):
+    z, logits, noise = _inputs(backend, 7, 4, 6, "per_sample", clamp_region=True)
+    out, cache = mixture_forward(z, logits, noise, POOL, tau=0.3, hard=True, clamp=10.0)
+    z_h, sel = to_host(z), to_host(cache.selected)
+    expected = np.empty_like(z_h)
+    for b in range(z_h.shape[0]):
+        for n in range(z_h.shape[1]):
+            expected[b, n] = np.clip(POOL[sel[b, n]].forward(z_h[b, n : n + 1]), -10, 10)[0]
+    np.testing.assert_array_equal(to_host(out), expected)
+    assert np.abs(to_host(out)).max() <= 10.0
+
+
+def test_selection_is_the_argmax_of_noisy_logits(backend):
+    z, logits, noise = _inputs(backend, 3, 2, 5, "shared")
+    _, cache = mixture_forward(z, logits, noise, POOL, tau=0.3, hard=True)
+    np.testing.assert_array_equal(to_host(cache.selected), np.argmax(to_host(logits) + to_host(noise), axis=-1))
+
+
+def test_a_wrong_logit_gradient_is_caught(backend):
+    z, logits, noise = _inputs(backend, 5, 3, 3, "shared")
+
+    def vjp(dout):
+        _, cache = mixture_forward(z, logits, noise, POOL, tau=0.5, hard=False)
+        dz, dlogits = mixture_backward(dout, cache, POOL)
+        return dz, dlogits * 0.5  # forgot a factor
+
+    with pytest.raises(GradcheckError):
+        check_vjp(lambda z, l: mixture_forward(z, l, noise, POOL, tau=0.5, hard=False)[0], [z, logits], vjp)
+
+
+def test_gumbel_softmax_weights_are_stable_and_normalised(backend):
+    logits = backend.asarray(np.array([[1e4, 0.0, -1e4], [0.0, 0.0, 0.0]]))
+    with np.errstate(over="raise", invalid="raise", under="ignore"):
+        y = to_host(gumbel_softmax_weights(logits, None, 0.01))
+    np.testing.assert_allclose(y.sum(-1), 1.0)
+    np.testing.assert_allclose(y[0], [1, 0, 0])
+
+
+def test_initial_logits_follow_the_reference(backend):
+    logits = to_host(init_selection_logits(50, 6, SeededRNG(0), np.float32, backend))
+    assert logits.shape == (50, 6) and logits.dtype == np.float32
+    assert np.all((logits == 0) | (logits == np.float32(0.001)))
+    np.testing.assert_array_equal((logits > 0).sum(axis=1), np.ones(50))
+    assert len(np.unique(logits.argmax(1))) > 1  # spread over the pool
+
+
+def _layer(backend, noise_mode="shared", width=5, seed=0, **options):
+    logits = init_selection_logits(width, 6, SeededRNG(seed), np.float64, backend)
+    return SmartMixedActivation(logits, noise_mode=noise_mode, rng=SeededRNG(seed + 1), **options)
+
+
+def test_noise_shape_follows_the_mode(backend):
+    assert tuple(_layer(backend, "shared").draw_noise(3).shape) == (5, 6)
+    assert tuple(_layer(backend, "per_sample").draw_noise(3).shape) == (3, 5, 6)
+    assert _layer(backend, "none").draw_noise(3) is None
+
+
+def test_replaying_noise_reproduces_the_forward_exactly(backend):
+    layer = _layer(backend)
+    z = backend.asarray(np.random.default_rng(0).standard_normal((4, 5)))
+    out1, cache1 = layer.forward(z, train=True)
+    out2, _ = layer.forward(z, train=True)  # fresh noise
+    out3, _ = layer.forward(z, train=True, noise=cache1.noise)
+    np.testing.assert_array_equal(to_host(out1), to_host(out3))
+    assert not np.array_equal(to_host(cache1.noise), to_host(layer.draw_noise(4)))
+    assert out2.shape == out1.shape
+
+
+def test_evaluation_uses_the_argmax_without_noise(backend):
+    layer = _layer(backend, width=8)
+    z_host = np.random.default_rng(1).standard_normal((3, 8))
+    out, _ = layer.forward(backend.asarray(z_host), train=False)
+    frozen = FixedMixedActivation(to_host(layer.logits).argmax(1), clamp=10.0, backend=backend)
+    np.testing.assert_array_equal(to_host(out), to_host(frozen.forward(backend.asarray(z_host))[0]))
+    state = layer.rng.state
+    layer.forward(backend.asarray(z_host), train=False)
+    assert layer.rng.state == state  # evaluation draws nothing
+
+
+def test_no_noise_mode_is_deterministic(backend):
+    layer = _layer(backend, "none", hard=True)
+    z = backend.asarray(np.random.default_rng(2).standard_normal((2, 5)))
+    a, _ = layer.forward(z, train=True)
+    b, _ = layer.forward(z, train=True)
+    np.testing.assert_array_equal(to_host(a), to_host(b))
+
+
+def test_layer_backward_writes_dlogits(backend):
+    layer = _layer(backend)
+    z = backend.asarray(np.random.default_rng(3).standard_normal((4, 5)))
+    out, cache = layer.forward(z, train=True)
+    buffer = layer.dlogits
+    layer.backward(backend.asarray(np.ones((4, 5))), cache)
+    assert layer.dlogits is buffer and float(to_host(abs(layer.dlogits).sum())) > 0
+
+
+@pytest.mark.parametrize("tau", [0, -1.0, float("nan"), float("inf"), "0.3", None])
+def test_bad_tau_is_rejected(tau):
+    with pytest.raises(ValueError, match="tau must be a positive finite number"):
+        _layer(get_backend("cpu"), tau=tau)
+
+
+def test_bad_layer_options_are_rejected():
+    backend = get_backend("cpu")
+    logits = np.zeros((3, 6))
+    with pytest.raises(ValueError, match="noise_mode"):
+        SmartMixedActivation(logits, noise_mode="sometimes", rng=SeededRNG(0))
+    with pytest.raises(ValueError, match="needs an rng"):
+        SmartMixedActivation(logits)
+    with pytest.raises(ValueError, match=r"\(N, 6\)"):
+        SmartMixedActivation(np.zeros((3, 5)), rng=SeededRNG(0))
+    with pytest.raises(ValueError, match="clamp"):
+        SmartMixedActivation(logits, rng=SeededRNG(0), clamp=0)
+    assert backend.name == "numpy"
