@@ -346,6 +346,77 @@ class MLP:
         clone._tape = None
         return clone
 
+    def set_tau(self, tau: float) -> None:
+        """Set the Gumbel-softmax temperature of every phase-1 layer (for annealing)."""
+        for act in self.activations:
+            if isinstance(act, SmartMixedActivation):
+                act.tau = tau
+        self.options["tau"] = float(tau)
+
+    # ------------------------------------------------------------------ config
+    def config(self) -> dict[str, Any]:
+        """A JSON-able description from which :meth:`from_config` rebuilds the architecture.
+
+        Phase-2 layers list their pool, each neuron's choice (current order), the
+        permutation to the original order, the clamp and the grouping mode.
+        """
+        config: dict[str, Any] = {
+            "sizes": list(self.sizes),
+            "kind": self.kind,
+            "pool": [a.name for a in self.pool],
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+            **self.options,
+        }
+        if self.kind == "fixed":
+            config["layers"] = [
+                {
+                    "pool": [a.name for a in act.pool],
+                    "choices": act.choices.tolist(),
+                    "order": act.order.tolist(),
+                    "clamp": act.clamp,
+                    "contiguous": act.contiguous,
+                }
+                for act in self.activations
+            ]
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], device: str | Backend = "cpu") -> "MLP":
+        """Rebuild a network (freshly initialised) from :meth:`config` output.
+
+        Raises:
+            ValueError: the description is incomplete or inconsistent.
+        """
+        try:
+            kind = config["kind"]
+            common = dict(
+                pool=config["pool"], tau=config["tau"], hard=config["hard"], clamp=config["clamp"],
+                noise_mode=config["noise_mode"], dtype=config["dtype"], seed=config["seed"], device=device,
+            )
+            if kind == "smartmixed":
+                return cls(config["sizes"], "smartmixed", **common)
+            if kind != "fixed":
+                raise ValueError(f"unknown network kind {kind!r}")
+            model = cls(config["sizes"], "identity", **common)
+            layers = config["layers"]
+            if len(layers) != model.num_hidden:
+                raise ValueError(f"{len(layers)} layer descriptions for {model.num_hidden} hidden layers")
+            activations = []
+            for width, layer in zip(model.sizes[1:-1], layers):
+                if len(layer["choices"]) != width:
+                    raise ValueError(f"a layer of width {width} lists {len(layer['choices'])} choices")
+                activations.append(
+                    FixedMixedActivation(
+                        np.asarray(layer["choices"], dtype=np.int64), layer["pool"], contiguous=layer["contiguous"],
+                        clamp=layer["clamp"], order=np.asarray(layer["order"], dtype=np.int64), backend=model.backend,
+                    )
+                )
+            model.activations = activations
+            return model
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"incomplete or malformed network description: {err!r}") from None
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
         """Host copies of every parameter, by name."""

@@ -316,3 +316,28 @@ def test_input_on_another_device_is_refused():
         model.forward(strict.asarray(np.zeros((1, 4), dtype=np.float32)))
     with pytest.raises(TypeError, match="must be an array"):
         model.forward([[0.0] * 4])
+
+
+@pytest.mark.parametrize("kind", ["smartmixed", "relu", "frozen"])
+def test_config_round_trip_rebuilds_the_same_function(backend, kind):
+    model = MLP([6, 9, 7, 3], "smartmixed" if kind != "relu" else "relu", seed=8, device=backend)
+    if kind == "frozen":
+        model = model.freeze(contiguous=True)
+    import json
+
+    config = json.loads(json.dumps(model.config()))
+    rebuilt = MLP.from_config(config, device=backend)
+    rebuilt.load_state_dict(model.state_dict())
+    x = backend.asarray(np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32))
+    np.testing.assert_array_equal(to_host(rebuilt.forward(x)), to_host(model.forward(x)))
+    assert rebuilt.choice_names() == model.choice_names()
+    with pytest.raises(ValueError, match="malformed"):
+        MLP.from_config({"kind": "fixed"})
+
+
+def test_set_tau_reaches_every_layer():
+    model = MLP([4, 5, 5, 2], "smartmixed")
+    model.set_tau(0.7)
+    assert all(act.tau == 0.7 for act in model.activations)
+    with pytest.raises(ValueError, match="tau"):
+        model.set_tau(0)
