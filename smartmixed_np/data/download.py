@@ -35,7 +35,6 @@ import http.client
 import os
 import socket
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Sequence, Union
 
 from ..errors import DataError
+from ..fileio import atomic_writer
 
 __all__ = [
     "CACHE_ENV",
@@ -192,17 +192,10 @@ def fetch(url: str, dest: PathLike, md5: str, timeout: float = 30.0, progress: b
             connection, timeout, short transfer, MD5 mismatch, local write error).
     """
     dest = Path(dest)
-    handle, temp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            size, digest = _stream(url, out, timeout, progress)
+    with atomic_writer(dest, "wb") as out:
+        size, digest = _stream(url, out, timeout, progress)
         if digest != md5.lower():
             raise DataError(f"{url}: checksum mismatch: MD5 of the {size} bytes received is {digest}, expected {md5}")
-        os.chmod(temp_name, 0o644)  # mkstemp makes it private; this is ordinary data
-        os.replace(temp_name, dest)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
     return dest
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import gzip as gzip_module
 import math
 import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Union
@@ -38,6 +37,7 @@ from typing import Union
 import numpy as np
 
 from ..errors import DataError
+from ..fileio import write_bytes
 
 __all__ = ["read_idx", "read_idx_pair", "write_idx", "IDX_DTYPES"]
 
@@ -164,7 +164,7 @@ def write_idx(path: PathLike, array: np.ndarray, gzip: bool = True) -> Path:
     content = header + np.ascontiguousarray(array, dtype=IDX_DTYPES[code]).tobytes()
     if gzip:
         content = gzip_module.compress(content, mtime=0)
-    _write_atomically(path, content)
+    write_bytes(path, content)
     return path
 
 
@@ -226,20 +226,6 @@ def _parse_header(path: PathLike, content: bytes) -> tuple[int, tuple[int, ...]]
         )
     dims = tuple(int(size) for size in np.frombuffer(content, dtype=">u4", count=rank, offset=4))
     return code, dims
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(content)
-        # mkstemp creates the file private (0600); a data file is ordinary, readable data.
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-    except BaseException:
-        # Covers KeyboardInterrupt too: never leave a stray temp file behind.
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def _shape_text(dims: tuple[int, ...]) -> str:
