@@ -1,0 +1,686 @@
+"""Two-phase SmartMixed training (and fixed-activation baselines), with resumable checkpoints.
+
+``train(TrainConfig(...))`` runs a whole experiment and writes a run folder:
+
+* a SmartMixed run trains phase 1 (selection logits learned by the hard Gumbel-
+  softmax) for ``transition_epoch`` epochs, then freezes each neuron's choice from
+  the best-validation phase-1 weights, and trains phase 2 until ``epochs``;
+* a baseline run (``model="relu"``, any registered candidate) trains one phase.
+
+The model kept is the one with the lowest validation loss (of phase 2, for a
+SmartMixed run); its test accuracy is what is reported.
+
+Reproducibility: everything random (initialisation, Gumbel noise, shuffling,
+the data split) flows from ``seed``. A checkpoint (``checkpoint.npz``) is written
+atomically after every epoch and on Ctrl-C, mid-epoch; it holds the weights, the
+optimizer's moments, every random generator's state and the position in the
+epoch, so that on NumPy a resumed run ends bit for bit where an uninterrupted one
+would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import math
+import platform
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from .archs import get_architecture
+from .backend import SeededRNG, get_backend, to_host
+from .checkpoint import load_arrays, save_arrays, save_model
+from .errors import CheckpointError, UserError
+from .fileio import write_json, write_text
+from .losses import softmax_cross_entropy
+from .mlp import MLP
+from .optim import SGD, Adam, clip_grad_norm
+
+__all__ = ["TrainConfig", "RunResult", "ConfigError", "train", "evaluate", "confusion_matrix", "CHECKPOINT"]
+
+CHECKPOINT = "checkpoint.npz"
+CHECKPOINT_FORMAT = "smartmixed_np.checkpoint/1"
+
+
+class ConfigError(UserError, ValueError):
+    """A training option is invalid."""
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run (the defaults are the published ones).
+
+    Data: ``dataset``, ``data_dir`` (or the ``SMARTMIXED_DATA`` environment
+    variable), ``train_limit``, ``val_fraction``, ``split_seed`` (fixed by default,
+    so that runs with different seeds share one train/validation split). Model: ``model`` ("smartmixed" or
+    a candidate name), ``hidden`` widths or an ``arch`` ID, ``tau``, ``tau_final``
+    (anneal exponentially over phase 1 when set), ``hard``, ``noise_mode``,
+    ``clamp``. Schedule: ``epochs``, ``transition_epoch``, ``phase2_init`` ("carry"
+    the phase-1 weights or start "fresh"), ``contiguous`` phase-2 groups.
+    Optimisation: ``optimizer`` ("adam"/"sgd"), ``lr``, ``momentum``,
+    ``weight_decay``, ``lr_schedule`` ("constant"/"cosine"), ``batch_size``,
+    ``clip`` (global gradient norm; None for none). Run: ``seed``, ``device``,
+    ``dtype``, ``eval_batch_size``, ``out``, ``quiet``, ``progress``.
+    """
+
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    train_limit: int | None = None
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    model: str = "smartmixed"
+    hidden: tuple[int, ...] = (512, 256, 128)
+    arch: int | None = None
+    epochs: int = 400
+    transition_epoch: int = 50
+    lr: float = 1e-4
+    batch_size: int = 128
+    clip: float | None = 1.0
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    tau: float = 0.3
+    tau_final: float | None = None
+    hard: bool = True
+    noise_mode: str = "shared"
+    clamp: float | None = 10.0
+    phase2_init: str = "carry"
+    contiguous: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    eval_batch_size: int = 2048
+    out: str | None = None
+    quiet: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.arch is not None:
+            try:
+                self.hidden = get_architecture(self.arch)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+        self.hidden = tuple(int(h) for h in self.hidden)
+
+    @property
+    def is_smartmixed(self) -> bool:
+        return self.model.lower() == "smartmixed"
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid option."""
+        from .activations import get_activation
+        from .mixture import NOISE_MODES
+
+        def require(condition: bool, message: str) -> None:
+            if not condition:
+                raise ConfigError(message)
+
+        require(isinstance(self.epochs, int) and self.epochs >= 1, f"--epochs must be a positive integer, got {self.epochs}")
+        require(isinstance(self.batch_size, int) and self.batch_size >= 1, f"--batch-size must be a positive integer, got {self.batch_size}")
+        require(self.eval_batch_size >= 1, f"eval batch size must be positive, got {self.eval_batch_size}")
+        require(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
+        require(self.clip is None or (math.isfinite(self.clip) and self.clip > 0), f"--clip must be positive, got {self.clip}")
+        require(self.tau > 0 and math.isfinite(self.tau), f"--tau must be a positive number, got {self.tau}")
+        require(self.tau_final is None or (self.tau_final > 0 and math.isfinite(self.tau_final)), f"--tau-final must be positive, got {self.tau_final}")
+        require(self.clamp is None or self.clamp > 0, f"--clamp must be positive, got {self.clamp}")
+        require(self.optimizer in ("adam", "sgd"), f"--optimizer must be adam or sgd, got {self.optimizer!r}")
+        require(self.lr_schedule in ("constant", "cosine"), f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
+        require(self.phase2_init in ("carry", "fresh"), f"--phase2-init must be carry or fresh, got {self.phase2_init!r}")
+        require(self.noise_mode in NOISE_MODES, f"--noise must be one of {', '.join(NOISE_MODES)}, got {self.noise_mode!r}")
+        require(self.dtype in ("float32", "float64"), f"--dtype must be float32 or float64, got {self.dtype!r}")
+        require(0 < self.val_fraction < 1, f"validation fraction must lie in (0, 1), got {self.val_fraction}")
+        require(self.train_limit is None or self.train_limit >= 10, f"--train-limit must be at least 10, got {self.train_limit}")
+        require(isinstance(self.seed, int) and self.seed >= 0, f"--seed must be a non-negative integer, got {self.seed}")
+        require(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), f"--hidden needs at least one positive width, got {self.hidden}")
+        require(self.momentum >= 0 and self.weight_decay >= 0, "--momentum and --weight-decay must be non-negative")
+        try:
+            get_backend(self.device)
+        except ValueError as err:
+            raise ConfigError(f"--device: {err}") from None
+        if self.is_smartmixed:
+            require(
+                isinstance(self.transition_epoch, int) and 1 <= self.transition_epoch <= self.epochs,
+                f"--transition-epoch ({self.transition_epoch}) must lie in [1, --epochs ({self.epochs})]: "
+                "phase 1 runs that many epochs, phase 2 the rest",
+            )
+        else:
+            try:
+                get_activation(self.model)
+            except ValueError as err:
+                raise ConfigError(f"--model: {err} (or 'smartmixed')") from None
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["hidden"] = list(self.hidden)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown training options in the saved configuration: {', '.join(unknown)}")
+        data = dict(data)
+        data["hidden"] = tuple(data.get("hidden", ()))
+        data["arch"] = None  # hidden already holds the widths
+        return cls(**data)
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns: where the run was written and what it measured."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    model: MLP
+    interrupted: bool = False
+
+
+# ------------------------------------------------------------------------ evaluation
+def evaluate(model: MLP, x: Any, labels: Any, batch_size: int = 2048) -> dict[str, Any]:
+    """Mean loss, accuracy and predictions of ``model`` (evaluation mode) on a dataset.
+
+    Args:
+        model: the network. x: (n, D) device array. labels: (n,) device ints.
+
+    Returns:
+        ``{"loss": float, "accuracy": float, "predictions": host int64 (n,)}``.
+    """
+    xp = model.backend.xp
+    n = int(x.shape[0])
+    loss_sum = xp.zeros((), dtype=np.float64)
+    predictions = []
+    for start in range(0, n, batch_size):
+        xb, yb = x[start : start + batch_size], labels[start : start + batch_size]
+        logits = model.forward(xb, train=False)
+        loss, _ = softmax_cross_entropy(logits, yb, check=False)
+        loss_sum += loss * int(xb.shape[0])
+        predictions.append(xp.argmax(logits, axis=1))
+    model._tape = None  # evaluation passes are never backpropagated
+    predicted = to_host(xp.concatenate(predictions)) if predictions else np.zeros(0, dtype=np.int64)
+    accuracy = float(np.mean(predicted == to_host(labels))) if n else float("nan")
+    return {"loss": float(to_host(loss_sum)) / max(n, 1), "accuracy": accuracy, "predictions": predicted}
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C) counts: rows are true classes, columns predicted ones."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
+    return matrix
+
+
+# ------------------------------------------------------------------------ the run
+@dataclass
+class _Best:
+    """The best model seen so far in one phase (host copies)."""
+
+    epoch: int = 0
+    val_loss: float = math.inf
+    val_accuracy: float = float("nan")
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
+
+    def offer(self, epoch: int, val_loss: float, val_accuracy: float, model: MLP) -> bool:
+        if not val_loss < self.val_loss:
+            return False
+        self.epoch, self.val_loss, self.val_accuracy = epoch, val_loss, val_accuracy
+        self.state, self.config = model.state_dict(), model.config()
+        return True
+
+    def meta(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "val_loss": self.val_loss, "val_accuracy": self.val_accuracy, "config": self.config}
+
+
+class _Run:
+    """The mutable state of one training run; :func:`train` drives it."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path) -> None:
+        from .data import load_dataset
+
+        self.config = config
+        self.run_dir = run_dir
+        self.backend = get_backend(config.device)
+        data = load_dataset(
+            config.dataset,
+            config.data_dir,
+            train_limit=config.train_limit,
+            val_fraction=config.val_fraction,
+            split_seed=config.split_seed,
+            progress=not config.quiet,
+        )
+        self.data = data
+        dtype = np.dtype(config.dtype)
+        # The dataset moves to the device once; batches are gathered there.
+        self.x_train = self.backend.asarray(data.x_train, dtype=dtype)
+        self.y_train = self.backend.asarray(data.y_train)
+        self.x_val = self.backend.asarray(data.x_val, dtype=dtype)
+        self.y_val = self.backend.asarray(data.y_val)
+        self.x_test = self.backend.asarray(data.x_test, dtype=dtype)
+        self.y_test = self.backend.asarray(data.y_test)
+        self.sizes = [data.input_dim, *config.hidden, data.num_classes]
+        self.model = MLP(
+            self.sizes,
+            "smartmixed" if config.is_smartmixed else config.model,
+            tau=config.tau,
+            hard=config.hard,
+            clamp=config.clamp,
+            noise_mode=config.noise_mode,
+            device=self.backend,
+            dtype=config.dtype,
+            seed=config.seed,
+        )
+        self.optimizer = self._make_optimizer()
+        self.shuffle_rng = SeededRNG(np.random.SeedSequence([config.seed, 1]))
+        self.epoch = 0  # completed epochs
+        self.step_in_epoch = 0  # completed steps of the epoch in progress
+        self.epoch_start_shuffle: dict | None = None
+        self.accumulators = {"loss_sum": 0.0, "correct": 0, "seen": 0}
+        self.history: list[dict[str, Any]] = []
+        self.best_phase1 = _Best()
+        self.best = _Best()
+        self.stopped: str | None = None
+        self.elapsed = 0.0
+
+    # -- pieces ------------------------------------------------------------------
+    def _make_optimizer(self):
+        params = self.model.parameters()
+        if self.config.optimizer == "sgd":
+            return SGD(params, lr=self.config.lr, momentum=self.config.momentum, weight_decay=self.config.weight_decay)
+        return Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def phase_of(self, epoch: int) -> int:
+        if not self.config.is_smartmixed:
+            return 2
+        return 1 if epoch <= self.config.transition_epoch else 2
+
+    def lr_at(self, epoch: int) -> float:
+        if self.config.lr_schedule == "cosine":
+            return self.config.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / self.config.epochs))
+        return self.config.lr
+
+    def tau_at(self, epoch: int) -> float:
+        c = self.config
+        if c.tau_final is None or c.transition_epoch <= 1:
+            return c.tau
+        return c.tau * (c.tau_final / c.tau) ** ((epoch - 1) / (c.transition_epoch - 1))
+
+    def enter_phase2(self) -> None:
+        """Freeze the best phase-1 network (its argmax choices) and start a fresh optimizer."""
+        if self.best_phase1.state:
+            self.model.load_state_dict(self.best_phase1.state)
+        reinit = self.config.seed if self.config.phase2_init == "fresh" else None
+        self.model = self.model.freeze(contiguous=self.config.contiguous, reinit_seed=reinit)
+        self.optimizer = self._make_optimizer()
+
+    # -- checkpoints -------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        optimizer_state = self.optimizer.state_dict()
+        arrays.update({f"optim/{k}": v for k, v in optimizer_state.items() if isinstance(v, np.ndarray)})
+        arrays.update({f"best/{k}": v for k, v in self.best.state.items()})
+        arrays.update({f"best_phase1/{k}": v for k, v in self.best_phase1.state.items()})
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_json(),
+            "model_config": self.model.config(),
+            "optimizer": {"step": optimizer_state["step"], "lr": optimizer_state["lr"]},
+            "rng": {"shuffle": self.shuffle_rng.state, "model": self.model.rng_state(), "epoch_start_shuffle": self.epoch_start_shuffle},
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "accumulators": self.accumulators,
+            "history": self.history,
+            "best": self.best.meta(),
+            "best_phase1": self.best_phase1.meta(),
+            "stopped": self.stopped,
+            "elapsed": self.elapsed,
+        }
+        return save_arrays(self.run_dir / CHECKPOINT, arrays, meta)
+
+    def load_checkpoint(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], path: Path) -> None:
+        try:
+            model_config = meta["model_config"]
+            if model_config["kind"] == "fixed" and self.model.kind == "smartmixed":
+                self.model = MLP.from_config(model_config, device=self.backend)
+                self.optimizer = self._make_optimizer()
+            self.model.load_state_dict(_section(arrays, "model/"))
+            self.optimizer.load_state_dict({**_section(arrays, "optim/"), **meta["optimizer"]})
+            self.shuffle_rng.state = meta["rng"]["shuffle"]
+            self.model.set_rng_state(meta["rng"]["model"])
+            self.epoch_start_shuffle = meta["rng"]["epoch_start_shuffle"]
+            self.epoch, self.step_in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
+            self.accumulators = dict(meta["accumulators"])
+            self.history = list(meta["history"])
+            for best, key in ((self.best, "best"), (self.best_phase1, "best_phase1")):
+                info = meta[key]
+                best.epoch, best.val_loss, best.val_accuracy = info["epoch"], info["val_loss"], info["val_accuracy"]
+                best.config, best.state = info["config"], _section(arrays, f"{key}/")
+            self.stopped = meta.get("stopped")
+            self.elapsed = float(meta.get("elapsed", 0.0))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: checkpoint does not match this run ({err})") from None
+
+
+def _section(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def _default_run_dir(config: TrainConfig) -> Path:
+    arch = "-".join(str(h) for h in config.hidden)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.dataset}_{config.model}_{arch}_seed{config.seed}_{stamp}"
+
+
+def _environment(backend_name: str) -> dict[str, Any]:
+    versions = {"smartmixed_np": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    if backend_name == "cupy":
+        import cupy  # only reached when the GPU backend is in use
+
+        versions["cupy"] = cupy.__version__
+    return {"versions": versions, "platform": platform.platform(), "argv": sys.argv}
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    on_step: Callable[[int, int, int], None] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunResult:
+    """Run (or resume) a training run and write its run folder.
+
+    Args:
+        config: the options (ignored when resuming, except ``overrides``).
+        resume: a run folder holding ``checkpoint.npz`` to continue.
+        on_step: called as ``on_step(epoch, step_in_epoch, global_step)`` after
+            every optimizer step (tests use it to interrupt a run).
+        overrides: options that may differ on resume (``quiet``, ``progress``,
+            ``device``, ``data_dir``).
+
+    Returns:
+        A :class:`RunResult`. After Ctrl-C (KeyboardInterrupt) the checkpoint is
+        saved and the result has ``interrupted=True``.
+
+    Raises:
+        ConfigError, DataError, CheckpointError: user errors, with one-line messages.
+    """
+    checkpoint = None
+    if resume is not None:
+        run_dir = Path(resume)
+        path = run_dir / CHECKPOINT
+        if not run_dir.is_dir():
+            raise CheckpointError(f"{run_dir}: no such run folder to resume")
+        arrays, meta = load_arrays(path)
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path}: not a training checkpoint (format {meta.get('format')!r})")
+        config = TrainConfig.from_json({**meta["config"], **(overrides or {})})
+        checkpoint = (arrays, meta, path)
+    else:
+        if config is None:
+            config = TrainConfig()
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+        run_dir = Path(config.out) if config.out else _default_run_dir(config)
+        if (run_dir / CHECKPOINT).exists():
+            raise ConfigError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or choose another --out")
+    config.validate()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.out = str(run_dir)
+
+    run = _Run(config, run_dir)
+    if checkpoint is not None:
+        run.load_checkpoint(*checkpoint)
+    write_json(run_dir / "config.json", {**config.to_json(), "environment": _environment(run.backend.name), "data": {
+        "name": run.data.name, "source": run.data.source, "train": int(run.data.x_train.shape[0]),
+        "val": int(run.data.x_val.shape[0]), "test": int(run.data.x_test.shape[0]), "num_classes": run.data.num_classes}})
+
+    interrupted = False
+    try:
+        with _interrupt_at_step_boundaries() as interrupt:
+            _train_loop(run, on_step, interrupt)
+    except KeyboardInterrupt:
+        interrupted = True
+        run.save_checkpoint()
+        _say(f"interrupted: checkpoint saved; continue with `smartmixed train --resume {run_dir}`", sys.stderr)
+    if interrupted:
+        return RunResult(run_dir, {}, run.history, run.model, interrupted=True)
+    metrics = _finish(run)
+    return RunResult(run_dir, metrics, run.history, run.model)
+
+
+def _say(message: str, stream: Any = None) -> None:
+    """Print a line without breaking an active progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=stream or sys.stdout)
+
+
+@contextlib.contextmanager
+def _interrupt_at_step_boundaries() -> Any:
+    """Turn the first Ctrl-C into a flag that the loop checks between steps.
+
+    An interrupt in the middle of an optimizer update would leave half-updated
+    weights; deferring it to the end of the step keeps the checkpoint exact. A
+    second Ctrl-C interrupts at once.
+    """
+    flag = {"set": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["set"]:
+            raise KeyboardInterrupt
+        flag["set"] = True
+        _say("interrupt received: stopping after this step (Ctrl-C again to stop at once)", sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _train_loop(run: _Run, on_step: Callable | None, interrupt: dict) -> None:
+    from tqdm import tqdm
+
+    config = run.config
+    xp = run.backend.xp
+    n = int(run.x_train.shape[0])
+    batches = math.ceil(n / config.batch_size)
+    global_step = run.epoch * batches + run.step_in_epoch
+    while run.epoch < config.epochs and run.stopped is None:
+        epoch = run.epoch + 1
+        phase = run.phase_of(epoch)
+        if config.is_smartmixed and phase == 2 and run.model.kind == "smartmixed":
+            run.enter_phase2()
+        run.optimizer.lr = run.lr_at(epoch)
+        tau = run.tau_at(epoch) if phase == 1 else None
+        if tau is not None:
+            run.model.set_tau(tau)
+        if run.step_in_epoch == 0:
+            run.epoch_start_shuffle = run.shuffle_rng.state
+            run.accumulators = {"loss_sum": 0.0, "correct": 0, "seen": 0}
+        else:  # resuming mid-epoch: replay the same shuffle
+            run.shuffle_rng.state = run.epoch_start_shuffle
+        order = run.shuffle_rng.permutation(n, run.backend)
+        loss_sum = run.backend.asarray(np.asarray(run.accumulators["loss_sum"], dtype=np.float64))
+        correct = run.backend.asarray(np.asarray(run.accumulators["correct"], dtype=np.int64))
+        seen = int(run.accumulators["seen"])
+        started = time.perf_counter()
+        bar = tqdm(
+            total=batches, initial=run.step_in_epoch, desc=f"epoch {epoch}/{config.epochs} (phase {phase if config.is_smartmixed else '-'})",
+            disable=config.quiet or not config.progress, leave=False, unit="batch", file=sys.stderr, dynamic_ncols=True,
+        )
+        try:
+            for step in range(run.step_in_epoch, batches):
+                index = order[step * config.batch_size : (step + 1) * config.batch_size]
+                xb, yb = run.x_train[index], run.y_train[index]
+                logits = run.model.forward(xb, train=True)
+                loss, dlogits = softmax_cross_entropy(logits, yb, check=False)
+                run.model.backward(dlogits)
+                grads = run.model.gradients()
+                if config.clip is not None:
+                    clip_grad_norm(grads, config.clip)
+                run.optimizer.step(grads)
+                batch = int(xb.shape[0])
+                loss_sum += loss * batch
+                correct += xp.sum(xp.argmax(logits, axis=1) == yb)
+                seen += batch
+                run.step_in_epoch = step + 1
+                run.accumulators = {"loss_sum": loss_sum, "correct": correct, "seen": seen}
+                global_step += 1
+                if step % 20 == 0 or step == batches - 1:
+                    current = float(to_host(loss_sum)) / seen
+                    bar.set_postfix(loss=f"{current:.4f}", acc=f"{int(to_host(correct)) / seen:.3f}", refresh=False)
+                    if not math.isfinite(current):
+                        break
+                bar.update(1)
+                if on_step is not None:
+                    on_step(epoch, step + 1, global_step)
+                if interrupt["set"]:
+                    raise KeyboardInterrupt
+        finally:
+            bar.close()
+            run.accumulators = {
+                "loss_sum": float(to_host(loss_sum)), "correct": int(to_host(correct)), "seen": seen,
+            }
+            run.elapsed += time.perf_counter() - started
+        train_loss = run.accumulators["loss_sum"] / max(seen, 1)
+        train_acc = run.accumulators["correct"] / max(seen, 1)
+        val = evaluate(run.model, run.x_val, run.y_val, config.eval_batch_size)
+        row: dict[str, Any] = {
+            "epoch": epoch, "phase": phase, "time_s": round(time.perf_counter() - started, 4),
+            "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"], "val_acc": val["accuracy"],
+            "lr": run.optimizer.lr, "tau": tau,
+        }
+        if run.model.kind == "smartmixed":
+            for layer, shares in enumerate(run.model.choice_shares()):
+                for name, share in shares.items():
+                    row[f"share.L{layer}.{name}"] = share
+        run.history.append(row)
+        run.epoch, run.step_in_epoch = epoch, 0
+        if not (math.isfinite(train_loss) and math.isfinite(val["loss"])):
+            run.stopped = f"non-finite loss at epoch {epoch} (train {train_loss}, validation {val['loss']}); kept the best model"
+        elif phase == 1 and config.is_smartmixed:
+            run.best_phase1.offer(epoch, val["loss"], val["accuracy"], run.model)
+        else:
+            run.best.offer(epoch, val["loss"], val["accuracy"], run.model)
+        _epoch_line(run, row)
+        run.save_checkpoint()
+
+
+def _epoch_line(run: _Run, row: dict[str, Any]) -> None:
+    config = run.config
+    text = (
+        f"epoch {row['epoch']:>3}/{config.epochs}"
+        + (f" phase {row['phase']}" if config.is_smartmixed else "")
+        + f"  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
+        + f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['time_s']:.1f}s"
+    )
+    if run.model.kind == "smartmixed":
+        shares = run.model.choice_shares()
+        top = [max(layer, key=layer.get) for layer in shares]
+        text += "  top: " + ",".join(top)
+    _say(text)
+
+
+def _finish(run: _Run) -> dict[str, Any]:
+    """Select the best model, score it on the test set, write the run folder."""
+    config = run.config
+    if run.stopped:
+        _say(f"stopped: {run.stopped}", sys.stderr)
+    best = run.best if run.best.state else run.best_phase1
+    if not best.state:
+        raise UserError(f"the run stopped before any epoch produced a finite validation loss ({run.stopped})")
+    model = MLP.from_config(best.config, device=run.backend)
+    model.load_state_dict(best.state)
+    selected_phase = 2 if best is run.best and config.is_smartmixed else (1 if config.is_smartmixed else None)
+
+    val = evaluate(model, run.x_val, run.y_val, config.eval_batch_size)
+    test = evaluate(model, run.x_test, run.y_test, config.eval_batch_size)
+    y_test = to_host(run.y_test)
+    confusion = confusion_matrix(y_test, test["predictions"], run.data.num_classes)
+    per_class = (np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)).tolist()
+    metrics: dict[str, Any] = {
+        "model": config.model,
+        "dataset": config.dataset,
+        "architecture": "-".join(str(s) for s in run.sizes),
+        "seed": config.seed,
+        "epochs_run": run.epoch,
+        "transition_epoch": config.transition_epoch if config.is_smartmixed else None,
+        "selected": {"phase": selected_phase, "epoch": best.epoch},
+        "best_epoch": {"phase1": run.best_phase1.epoch or None, "phase2": run.best.epoch or None},
+        "val": {"loss": val["loss"], "accuracy": val["accuracy"]},
+        "test": {"loss": test["loss"], "accuracy": test["accuracy"], "per_class_accuracy": per_class, "confusion_matrix": confusion.tolist()},
+        "num_parameters": model.num_parameters(include_logits=False),
+        "train_time_s": run.elapsed,
+        "stopped_early": run.stopped,
+    }
+    if config.is_smartmixed and run.best_phase1.state:
+        phase1 = MLP.from_config(run.best_phase1.config, device=run.backend)
+        phase1.load_state_dict(run.best_phase1.state)
+        phase1_test = evaluate(phase1, run.x_test, run.y_test, config.eval_batch_size)
+        metrics["phase1"] = {
+            "epoch": run.best_phase1.epoch, "val_loss": run.best_phase1.val_loss, "val_accuracy": run.best_phase1.val_accuracy,
+            "test_loss": phase1_test["loss"], "test_accuracy": phase1_test["accuracy"],
+        }
+        metrics["choice_shares"] = model.choice_shares() if model.kind == "fixed" else phase1.choice_shares()
+
+    folder = run.run_dir
+    write_text(folder / "history.csv", _history_csv(run.history))
+    write_json(folder / "metrics.json", metrics)
+    if config.is_smartmixed:
+        write_text(folder / "choices.csv", _choices_csv(model))
+    save_model(folder, model, {"dataset": config.dataset, "selected": metrics["selected"], "test_accuracy": test["accuracy"]})
+    try:
+        from .plots import write_run_figures
+
+        write_run_figures(folder)
+    except Exception as err:  # the results are written; a figure must not lose them
+        _say(f"warning: figures could not be drawn: {err}", sys.stderr)
+    _say(f"done: test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}) of the model from epoch {best.epoch}; run folder {folder}")
+    return metrics
+
+
+def _history_csv(history: list[dict[str, Any]]) -> str:
+    columns: list[str] = []
+    for row in history:
+        columns.extend(k for k in row if k not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _choices_csv(model: MLP) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["layer", "neuron", "activation"])
+    for layer, names in enumerate(model.choice_names()):
+        for neuron, name in enumerate(names):
+            writer.writerow([layer, neuron, name])
+    return buffer.getvalue()
+
+
+def history_from_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Read ``history.csv`` back (numbers as floats, empty cells as None)."""
+    rows = []
+    with open(path, newline="", encoding="utf-8") as file:
+        for row in csv.DictReader(file):
+            rows.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
+    return rows
+
