@@ -64,6 +64,9 @@ def load_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    with open(path, "rb") as file:
+        if file.read(4) != b"PK\x03\x04":  # an .npz is a zip archive
+            raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}

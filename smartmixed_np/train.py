@@ -395,7 +395,7 @@ def train(
     config: TrainConfig | None = None,
     *,
     resume: str | Path | None = None,
-    on_step: Callable[[int, int, int], None] | None = None,
+    on_step: Callable[[int, int, int, MLP], None] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> RunResult:
     """Run (or resume) a training run and write its run folder.
@@ -403,8 +403,8 @@ def train(
     Args:
         config: the options (ignored when resuming, except ``overrides``).
         resume: a run folder holding ``checkpoint.npz`` to continue.
-        on_step: called as ``on_step(epoch, step_in_epoch, global_step)`` after
-            every optimizer step (tests use it to interrupt a run).
+        on_step: called as ``on_step(epoch, step_in_epoch, global_step, model)``
+            after every optimizer step (tests use it to interrupt a run).
         overrides: options that may differ on resume (``quiet``, ``progress``,
             ``device``, ``data_dir``).
 
@@ -548,7 +548,7 @@ def _train_loop(run: _Run, on_step: Callable | None, interrupt: dict) -> None:
                         break
                 bar.update(1)
                 if on_step is not None:
-                    on_step(epoch, step + 1, global_step)
+                    on_step(epoch, step + 1, global_step, run.model)
                 if interrupt["set"]:
                     raise KeyboardInterrupt
         finally:
