@@ -222,3 +222,33 @@ def test_short_smartmixed_run_on_real_mnist(tmp_path):
     assert time.perf_counter() - started < 60
     assert result.metrics["test"]["accuracy"] > 0.93
     assert sum(result.metrics["test"]["confusion_matrix"][0]) == 980  # digit 0 in the official test set
+
+
+def _fit(model, x, y, epochs, lr, seed=0):
+    """A plain minibatch Adam loop (the library's pieces, no run folder)."""
+    from smartmixed_np import Adam, softmax_cross_entropy
+
+    optimizer = Adam(model.parameters(), lr=lr)
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = rng.permutation(len(x))
+        for start in range(0, len(x), 128):
+            index = order[start : start + 128]
+            _, dlogits = softmax_cross_entropy(model.forward(x[index], train=True), y[index])
+            model.backward(dlogits)
+            optimizer.step(model.gradients())
+
+
+def test_synth_digits_needs_more_than_a_linear_model():
+    """The demo data is hard enough that a linear classifier does clearly worse than an MLP."""
+    from smartmixed_np import MLP
+    from smartmixed_np.data import load_dataset
+
+    data = load_dataset("synth-digits", n_train=4000, n_val=10, n_test=2000)
+    scores = {}
+    for name, sizes in [("linear", [784, 10]), ("mlp", [784, 128, 10])]:
+        model = MLP(sizes, "relu", seed=0)
+        _fit(model, data.x_train, data.y_train, epochs=8, lr=3e-3)
+        scores[name] = evaluate(model, data.x_test, data.y_test)["accuracy"]
+    assert scores["mlp"] > scores["linear"] + 0.05, scores
+    assert scores["linear"] > 0.5  # learnable, not noise
