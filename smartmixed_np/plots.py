@@ -725,7 +725,7 @@ def write_run_figures(run_dir: str | os.PathLike) -> list[Path]:
     choice_rows = _read_csv(run_dir / "choices.csv")
     kind = metrics.get("model") or model.get("kind")
     name = f"{run_dir.name} ({kind})" if kind and kind != run_dir.name else run_dir.name
-    pool = model.get("pool") or metrics.get("pool") or list(DEFAULT_POOL)
+    pool = model.get("pool") or model.get("config", {}).get("pool") or metrics.get("pool") or list(DEFAULT_POOL)
     out = run_dir / "figures"
     out.mkdir(exist_ok=True)
     written = []
