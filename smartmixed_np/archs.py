@@ -8,6 +8,8 @@ offered here under its own ID, 18.
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["ARCHITECTURES", "ARCH_NOTES", "get_architecture", "parse_hidden"]
 
 _NINE = (768, 512, 512, 256, 256)
@@ -54,11 +56,7 @@ def parse_hidden(text: str) -> tuple[int, ...]:
     Raises:
         ValueError: empty, non-integer or non-positive widths.
     """
-    parts = [p.strip() for p in str(text).replace("-", ",").split(",") if p.strip()]
-    try:
-        widths = tuple(int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"hidden sizes must be comma-separated positive integers, got {text!r}") from None
-    if not widths or any(w < 1 for w in widths):
+    parts = [p.strip() for p in re.split(r"[,-]", str(text))]
+    if not all(p.isdigit() for p in parts) or any(int(p) < 1 for p in parts):
         raise ValueError(f"hidden sizes must be comma-separated positive integers, got {text!r}")
-    return widths
+    return tuple(int(p) for p in parts)
