@@ -15,6 +15,16 @@ activation runs once over its whole group. Two ways to address a group:
 A uniform network (every neuron ReLU, say) is the one-group case, so it runs
 through exactly the same code.
 
+Two implementations of the same function. :func:`fixed_forward` and
+:func:`fixed_backward` are the reference: plain, layout-agnostic, one
+``activation.forward`` and one clamp per group. :class:`FixedMixedActivation` runs
+the fused path when every activation of the layer is a built-in with a kernel in
+:mod:`smartmixed_np.kernels`: it works on the *feature-major* view ``z.T`` (N, B), in
+which a contiguous group is one contiguous block of rows, and a masked layer is
+handled by one row permutation into grouped order, the contiguous kernels, and one
+permutation back (:func:`grouped_forward_fused`, :func:`grouped_backward_fused`).
+``tests/test_fixed.py`` checks the two against each other.
+
 Clamping: phase 1 clamps each candidate's output to ``[-c, c]`` (the reference's
 choice, c = 10); a frozen layer keeps the same clamp so that freezing preserves the
 function. A side of the clamp that an activation's known range already satisfies
@@ -30,6 +40,8 @@ import numpy as np
 
 from .activations import Activation, resolve_pool
 from .backend import Backend, array_module, get_backend, to_host
+from .kernels import activation_backward_into, activation_forward_into, has_kernel
+from .workspace import Workspace
 
 __all__ = [
     "Group",
@@ -39,6 +51,8 @@ __all__ = [
     "clamp_limits",
     "fixed_forward",
     "fixed_backward",
+    "grouped_forward_fused",
+    "grouped_backward_fused",
     "FixedMixedActivation",
 ]
 
@@ -63,10 +77,16 @@ class Group:
 
 @dataclass
 class FixedCache:
-    """What :func:`fixed_backward` needs: ``z`` (B, N) the input, ``a`` (B, N) the output."""
+    """What the backward pass needs: ``z`` (B, N) the input, ``a`` (B, N) the output.
+
+    ``grouped``: the fused path of a masked layer keeps ``z`` and ``a`` with their
+    neurons permuted into grouped order (see :class:`FixedMixedActivation`); such a
+    cache belongs to that layer's :meth:`~FixedMixedActivation.backward` only.
+    """
 
     z: Any
     a: Any
+    grouped: bool = False
 
 
 def clamp_limits(activation: Activation, clamp: float | None) -> tuple[float | None, float | None]:
@@ -178,6 +198,8 @@ def fixed_backward(da: Any, cache: FixedCache, groups: Sequence[Group]) -> Any:
     Returns:
         ``dz`` (B, N).
     """
+    if cache.grouped:
+        raise ValueError("this cache holds neurons in grouped order: pass it to its layer's backward()")
     xp = array_module(da)
     z, a = cache.z, cache.a
     if len(groups) == 1 and isinstance(groups[0].columns, slice) and groups[0].columns == slice(None):
@@ -187,6 +209,48 @@ def fixed_backward(da: Any, cache: FixedCache, groups: Sequence[Group]) -> Any:
         cols = group.columns
         dz[:, cols] = da[:, cols] * _group_derivative(xp, group, z[:, cols], a[:, cols])
     return dz
+
+
+def grouped_forward_fused(zT: Any, groups: Sequence[Group], out: Any) -> Any:
+    """Fused forward on the feature-major layout: ``out[rows] = clamp(f(zT[rows]))`` per group.
+
+    Args:
+        zT: (N, B) pre-activations, one row per neuron.
+        groups: groups whose ``columns`` are slices (here: of rows), all of
+            activations with a kernel (:func:`~smartmixed_np.kernels.has_kernel`).
+        out: (N, B) buffer, not overlapping ``zT``.
+
+    Returns:
+        ``out``.
+    """
+    for group in groups:
+        rows = group.columns
+        activation_forward_into(group.activation, zT[rows], group.lo, group.hi, out[rows])
+    return out
+
+
+def grouped_backward_fused(daT: Any, zT: Any, aT: Any, groups: Sequence[Group], out: Any) -> Any:
+    """Fused backward on the feature-major layout: ``out[rows] = daT[rows] f'(zT[rows])`` (zero where clamped).
+
+    Args:
+        daT, zT, aT: (N, B) upstream gradient, input and output of the forward.
+        groups: as for :func:`grouped_forward_fused`.
+        out: (N, B) buffer, not overlapping the inputs.
+
+    Returns:
+        ``out``.
+    """
+    for group in groups:
+        rows = group.columns
+        activation_backward_into(group.activation, daT[rows], zT[rows], aT[rows], group.lo, group.hi, out[rows])
+    return out
+
+
+def _buffer(workspace: Workspace | None, xp: Any, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+    """A workspace buffer, or a fresh array when there is no workspace."""
+    if workspace is None:
+        return xp.empty(shape, dtype=dtype)
+    return workspace.get(name, shape, dtype)
 
 
 class FixedMixedActivation:
@@ -224,6 +288,16 @@ class FixedMixedActivation:
         self.clamp = None if clamp is None else float(clamp)
         self.backend = get_backend(backend)
         self.groups = make_groups(self.choices, self.pool, self.backend, contiguous=self.contiguous, clamp=self.clamp)
+        # The fused path: groups as slices of rows in grouped order; for a masked
+        # layer with several groups, the permutation into that order and back.
+        self.fused = all(has_kernel(group.activation) for group in self.groups)
+        self._perm = self._inverse = None
+        self._sorted_groups = self.groups
+        if self.fused and not all(isinstance(group.columns, slice) for group in self.groups):
+            perm = contiguous_order(self.choices)
+            self._perm = self.backend.asarray(perm)
+            self._inverse = self.backend.asarray(np.argsort(perm).astype(np.int64))
+            self._sorted_groups = make_groups(self.choices[perm], self.pool, self.backend, contiguous=True, clamp=self.clamp)
 
     @classmethod
     def uniform(cls, activation: str | Activation, size: int, *, backend: Backend | str = "cpu") -> "FixedMixedActivation":
@@ -240,13 +314,40 @@ class FixedMixedActivation:
             self.choices, self.pool, contiguous=self.contiguous, clamp=self.clamp, order=self.order, backend=backend
         )
 
-    def forward(self, z: Any) -> tuple[Any, FixedCache]:
-        """(B, N) -> (B, N), and the cache."""
-        return fixed_forward(z, self.groups)
+    def forward(self, z: Any, workspace: Workspace | None = None) -> tuple[Any, FixedCache]:
+        """(B, N) -> (B, N), and the cache.
 
-    def backward(self, da: Any, cache: FixedCache) -> Any:
-        """(B, N) -> (B, N)."""
-        return fixed_backward(da, cache, self.groups)
+        With a ``workspace``, the output and the cache live in its buffers and are
+        overwritten by the next forward given the same workspace; without one, they
+        are fresh arrays.
+        """
+        if not self.fused:
+            return fixed_forward(z, self.groups)
+        xp = array_module(z)
+        batch, width = z.shape
+        zT = z.T
+        if self._perm is not None:
+            zT = xp.take(zT, self._perm, axis=0, out=_buffer(workspace, xp, "z_grouped", (width, batch), z.dtype))
+        aT = grouped_forward_fused(zT, self._sorted_groups, _buffer(workspace, xp, "a_grouped", (width, batch), z.dtype))
+        cache = FixedCache(z=zT.T, a=aT.T, grouped=self._perm is not None)
+        if self._perm is not None:
+            aT = xp.take(aT, self._inverse, axis=0, out=_buffer(workspace, xp, "a", (width, batch), z.dtype))
+        return aT.T, cache
+
+    def backward(self, da: Any, cache: FixedCache, workspace: Workspace | None = None) -> Any:
+        """(B, N) -> (B, N); with a ``workspace``, ``dz`` lives in its buffers."""
+        if not self.fused:
+            return fixed_backward(da, cache, self.groups)
+        xp = array_module(da)
+        batch, width = da.shape
+        daT = da.T
+        if self._perm is not None:
+            daT = xp.take(daT, self._perm, axis=0, out=_buffer(workspace, xp, "da_grouped", (width, batch), da.dtype))
+        dzT = _buffer(workspace, xp, "dz_grouped", (width, batch), da.dtype)
+        grouped_backward_fused(daT, cache.z.T, cache.a.T, self._sorted_groups, dzT)
+        if self._perm is not None:
+            dzT = xp.take(dzT, self._inverse, axis=0, out=_buffer(workspace, xp, "dz", (width, batch), da.dtype))
+        return dzT.T
 
     def original_choices(self) -> np.ndarray:
         """(N,) choice indices in the neurons' original order."""

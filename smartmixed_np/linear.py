@@ -55,6 +55,7 @@ def linear_backward(
     need_dx: bool = True,
     dW_out: Any = None,
     db_out: Any = None,
+    dx_out: Any = None,
 ) -> tuple[Any, Any, Any]:
     """Gradients of $z = x W^\\top + b$.
 
@@ -65,7 +66,7 @@ def linear_backward(
         cache: from :func:`linear_forward`.
         need_dx: skip the (B, D) product when the input needs no gradient (the
             first layer's input is data): one matrix product saved.
-        dW_out, db_out: optional (N, D) and (N,) buffers to write into.
+        dW_out, db_out, dx_out: optional (N, D), (N,) and (B, D) buffers to write into.
 
     Returns:
         ``(dx, dW, db)`` with shapes (B, D) (or None), (N, D), (N,).
@@ -73,7 +74,7 @@ def linear_backward(
     xp = array_module(dz)
     dW = xp.matmul(dz.T, cache.x, out=dW_out)
     db = xp.sum(dz, axis=0, out=db_out)
-    dx = xp.matmul(dz, cache.W) if need_dx else None
+    dx = xp.matmul(dz, cache.W, out=dx_out) if need_dx else None
     return dx, dW, db
 
 
@@ -118,11 +119,11 @@ class Linear:
     def out_features(self) -> int:
         return int(self.W.shape[0])
 
-    def forward(self, x: Any) -> tuple[Any, LinearCache]:
-        """(B, D) -> (B, N), and the cache."""
-        return linear_forward(x, self.W, self.b)
+    def forward(self, x: Any, out: Any = None) -> tuple[Any, LinearCache]:
+        """(B, D) -> (B, N), and the cache; ``out``: optional (B, N) buffer for ``z``."""
+        return linear_forward(x, self.W, self.b, out=out)
 
-    def backward(self, dz: Any, cache: LinearCache, need_dx: bool = True) -> Any:
-        """Write ``dW``, ``db`` in place; return ``dx`` (B, D) or None."""
-        dx, _, _ = linear_backward(dz, cache, need_dx=need_dx, dW_out=self.dW, db_out=self.db)
+    def backward(self, dz: Any, cache: LinearCache, need_dx: bool = True, dx_out: Any = None) -> Any:
+        """Write ``dW``, ``db`` in place; return ``dx`` (B, D) (into ``dx_out`` if given) or None."""
+        dx, _, _ = linear_backward(dz, cache, need_dx=need_dx, dW_out=self.dW, db_out=self.db, dx_out=dx_out)
         return dx

@@ -26,6 +26,13 @@ reference does), or one per sample, (B, N, K); or none (``noise_mode="none"``,
 deterministic selection by ``softmax(alpha / tau)``, an ablation). The noise used is
 kept in the cache and can be passed back in to replay a forward pass exactly.
 
+Two implementations. :func:`mixture_forward`/:func:`mixture_backward` are the
+reference, for every mode. :class:`SmartMixedActivation` uses the fused pair
+:func:`mixture_forward_fused`/:func:`mixture_backward_fused` for the common case
+(hard selection, one noise draw shared by the batch or none, a pool of built-ins):
+the same values, computed feature-major in reused buffers (see
+:mod:`smartmixed_np.kernels`); ``tests/test_mixture.py`` checks that they agree.
+
 Evaluation: the argmax of ``alpha``, without noise, i.e. exactly what freezing
 produces. (The reference implementation samples noise in evaluation too, so its
 validation scores are of a randomly perturbed network; ours are of the network
@@ -41,7 +48,9 @@ import numpy as np
 
 from .activations import Activation, resolve_pool
 from .backend import Backend, SeededRNG, array_module, backend_of, get_backend, to_host
-from .fixed import FixedCache, fixed_backward, fixed_forward, make_groups
+from .fixed import FixedMixedActivation, clamp_limits
+from .kernels import activation_backward_into, activation_forward_into, has_kernel
+from .workspace import Workspace
 
 __all__ = [
     "NOISE_MODES",
@@ -51,6 +60,8 @@ __all__ = [
     "candidate_outputs",
     "mixture_forward",
     "mixture_backward",
+    "mixture_forward_fused",
+    "mixture_backward_fused",
     "straight_through_surrogate",
     "init_selection_logits",
     "SmartMixedActivation",
@@ -217,6 +228,85 @@ def mixture_backward(dout: Any, cache: MixtureCache, pool: Sequence[Activation])
     return dz, dlogits
 
 
+def _buffer(workspace: Workspace | None, xp: Any, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+    if workspace is None:
+        return xp.empty(shape, dtype=dtype)
+    return workspace.get(name, shape, dtype)
+
+
+def _selected_rows(xp: Any, selected: Any, width: int) -> Any:
+    """Row ``selected[n] * N + n`` of a (K * N, B) stack: neuron n's chosen candidate."""
+    return selected * width + xp.arange(width)
+
+
+def mixture_forward_fused(
+    z: Any,
+    logits: Any,
+    noise: Any,
+    pool: Sequence[Activation],
+    *,
+    tau: float,
+    clamp: float | None = 10.0,
+    workspace: Workspace | None = None,
+) -> tuple[Any, MixtureCache]:
+    """:func:`mixture_forward` with ``hard=True`` and (N, K) or no noise, fused.
+
+    The candidates are computed feature-major into one (K, N, B) stack by the kernels
+    of :mod:`smartmixed_np.kernels` (each skipping the clamp sides its range makes
+    idle), and the output is one row gather from the stack. The values are bitwise
+    those of the reference.
+
+    Args:
+        z: (B, N); logits: (N, K); noise: (N, K) or None; pool: K built-ins.
+        workspace: where the stack and the output live (overwritten by the next
+            call with the same workspace); fresh arrays if None.
+
+    Returns:
+        ``out`` (B, N) and the cache (``candidates`` is a (K, B, N) view of the stack).
+    """
+    xp = array_module(z)
+    batch, width = z.shape
+    weights = gumbel_softmax_weights(logits, noise, tau)
+    selected = xp.argmax(weights, axis=-1)
+    stack = _buffer(workspace, xp, "candidates", (len(pool), width, batch), z.dtype)
+    zT = z.T
+    for k, activation in enumerate(pool):
+        lo, hi = clamp_limits(activation, clamp)
+        activation_forward_into(activation, zT, lo, hi, stack[k])
+    outT = _buffer(workspace, xp, "out", (width, batch), z.dtype)
+    xp.take(stack.reshape(len(pool) * width, batch), _selected_rows(xp, selected, width), axis=0, out=outT)
+    return outT.T, MixtureCache(z, stack.transpose(0, 2, 1), weights, selected, noise, tau, clamp)
+
+
+def mixture_backward_fused(
+    dout: Any, cache: MixtureCache, pool: Sequence[Activation], workspace: Workspace | None = None
+) -> tuple[Any, Any]:
+    """:func:`mixture_backward` for a cache of :func:`mixture_forward_fused`.
+
+    $dy_{nk} = \\sum_b dout_{bn} a_{kbn}$ is one product and one contiguous sum over
+    the stack; $dz = dout \\cdot D_{s_n}$ takes each candidate's fused
+    ``dout * f'_k`` and gathers the selected rows.
+
+    Returns:
+        ``dz`` (B, N) (in the workspace if given) and ``dlogits`` (N, K).
+    """
+    xp = array_module(dout)
+    batch, width = dout.shape
+    stack = cache.candidates.transpose(0, 2, 1)  # (K, N, B)
+    doutT = dout.T
+    work = _buffer(workspace, xp, "work", tuple(stack.shape), dout.dtype)
+    xp.multiply(stack, doutT, out=work)
+    dy = xp.sum(work, axis=2).T  # (N, K)
+    zT = cache.z.T
+    for k, activation in enumerate(pool):
+        lo, hi = clamp_limits(activation, cache.clamp)
+        activation_backward_into(activation, doutT, zT, stack[k], lo, hi, work[k])
+    dzT = _buffer(workspace, xp, "dz", (width, batch), dout.dtype)
+    xp.take(work.reshape(len(pool) * width, batch), _selected_rows(xp, cache.selected, width), axis=0, out=dzT)
+    dlogits = softmax_backward(dy, cache.weights) / cache.tau
+    return dzT.T, dlogits
+
+
 def straight_through_surrogate(
     z: Any,
     logits: Any,
@@ -306,6 +396,7 @@ class SmartMixedActivation:
         self.clamp = None if clamp is None else float(clamp)
         self.noise_mode = noise_mode
         self.rng = rng
+        self.fused = all(has_kernel(activation) for activation in self.pool)
 
     @property
     def tau(self) -> float:
@@ -329,28 +420,37 @@ class SmartMixedActivation:
         backend = _backend_of_array(self.logits)
         return self.rng.gumbel(shape, self.logits.dtype, backend)
 
-    def forward(self, z: Any, train: bool, noise: Any = None) -> tuple[Any, Any]:
+    def forward(self, z: Any, train: bool, noise: Any = None, workspace: Workspace | None = None) -> tuple[Any, Any]:
         """(B, N) -> (B, N), and the cache.
 
         Training draws fresh noise unless ``noise`` is given (replay). Evaluation
         applies each neuron's argmax choice, without noise, through the phase-2
-        code path (so evaluation and the frozen network agree exactly).
+        code path (so evaluation and the frozen network agree exactly). With a
+        ``workspace``, the output and the cache live in its buffers and are
+        overwritten by the next forward given the same workspace.
         """
         if not train:
-            groups = make_groups(self.choices(), self.pool, _backend_of_array(self.logits), contiguous=False, clamp=self.clamp)
-            out, cache = fixed_forward(z, groups)
-            return out, (groups, cache)
+            frozen = FixedMixedActivation(
+                self.choices(), self.pool, contiguous=False, clamp=self.clamp, backend=_backend_of_array(self.logits)
+            )
+            out, cache = frozen.forward(z, workspace=workspace)
+            return out, (frozen, cache)
         if noise is None:
             noise = self.draw_noise(z.shape[0])
+        if self.fused and self.hard and (noise is None or noise.ndim == 2):
+            return mixture_forward_fused(z, self.logits, noise, self.pool, tau=self.tau, clamp=self.clamp, workspace=workspace)
         return mixture_forward(z, self.logits, noise, self.pool, tau=self.tau, hard=self.hard, clamp=self.clamp)
 
-    def backward(self, dout: Any, cache: Any) -> Any:
+    def backward(self, dout: Any, cache: Any, workspace: Workspace | None = None) -> Any:
         """Write ``dlogits`` (N, K) in place; return ``dz`` (B, N)."""
         if isinstance(cache, tuple):  # evaluation forward: logits get no gradient
-            groups, fixed_cache = cache
+            frozen, fixed_cache = cache
             self.dlogits[...] = 0
-            return fixed_backward(dout, fixed_cache, groups)
-        dz, dlogits = mixture_backward(dout, cache, self.pool)
+            return frozen.backward(dout, fixed_cache, workspace=workspace)
+        if self.fused and cache.selected is not None and cache.weights.ndim == 2:
+            dz, dlogits = mixture_backward_fused(dout, cache, self.pool, workspace=workspace)
+        else:
+            dz, dlogits = mixture_backward(dout, cache, self.pool)
         self.dlogits[...] = dlogits
         return dz
 

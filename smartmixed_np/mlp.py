@@ -16,6 +16,14 @@ Parameters and gradients are dicts under stable dotted names:
 State: :meth:`MLP.forward` records a *tape* (the caches of that pass, and the noise
 it used) and :meth:`MLP.backward` consumes it; a second ``backward`` without a new
 ``forward`` is an error, so a stale cache can never be used silently.
+
+Buffers: the hidden pre-activations, activations and their gradients live in a
+:class:`~smartmixed_np.workspace.Workspace` per batch size, reused by every pass
+(a few recently used batch sizes are kept). They are stored feature-major, (N, B)
+in memory, so that an activation group is a contiguous block. Aliasing rule: only
+the tape of the *last* forward is valid (which the tape already enforces); what
+:meth:`MLP.forward` returns (the logits) and what :meth:`MLP.backward` returns (the
+input gradient) are fresh arrays that no later pass overwrites.
 """
 
 from __future__ import annotations
@@ -30,10 +38,12 @@ from .backend import Backend, SeededRNG, array_module, backend_of, get_backend, 
 from .fixed import FixedMixedActivation, contiguous_order
 from .linear import Linear, init_linear
 from .mixture import NOISE_MODES, SmartMixedActivation, init_selection_logits
+from .workspace import Workspace
 
 __all__ = ["MLP", "Tape"]
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
+_WORKSPACES_KEPT = 4  # batch sizes whose buffers are kept (training, last partial batch, evaluation, ...)
 
 
 @dataclass
@@ -212,9 +222,12 @@ class MLP:
         """
         x = self._check_input(x)
         tape = Tape(train=bool(train))
+        self._tape = None  # the buffers of the previous tape are about to be overwritten
+        workspaces = self._workspaces(x.shape[0])
         h = x
         for i, (linear, act) in enumerate(zip(self.linears, self.activations)):
-            z, linear_cache = linear.forward(h)
+            ws = workspaces[i]
+            z, linear_cache = linear.forward(h, out=ws.feature_major("z", x.shape[0], linear.out_features, self.dtype))
             if isinstance(act, SmartMixedActivation):
                 layer_noise = None
                 if train:
@@ -222,9 +235,9 @@ class MLP:
                     if layer_noise is None:
                         layer_noise = act.draw_noise(x.shape[0])
                     tape.noise[i] = layer_noise
-                h, act_cache = act.forward(z, train, noise=layer_noise)
+                h, act_cache = act.forward(z, train, noise=layer_noise, workspace=ws)
             else:
-                h, act_cache = act.forward(z)
+                h, act_cache = act.forward(z, workspace=ws)
             tape.caches.append((linear_cache, act_cache))
         logits, linear_cache = self.linears[-1].forward(h)
         tape.caches.append((linear_cache, None))
@@ -255,14 +268,29 @@ class MLP:
         if tuple(dlogits.shape) != (batch, self.sizes[-1]):
             raise ValueError(f"dlogits must have shape {(batch, self.sizes[-1])}, got {tuple(dlogits.shape)}")
         self._tape = None
+        workspaces = self._workspaces(batch)
         grad = dlogits
         last = len(self.linears) - 1
         for i in range(last, -1, -1):
             linear_cache, act_cache = tape.caches[i]
             if i < last:
-                grad = self.activations[i].backward(grad, act_cache)
-            grad = self.linears[i].backward(grad, linear_cache, need_dx=(i > 0 or need_input_grad))
+                grad = self.activations[i].backward(grad, act_cache, workspace=workspaces[i])
+            # dx of layer i > 0 goes to a buffer; the input gradient is returned, so fresh.
+            dx_out = workspaces[i].feature_major("dx", batch, self.sizes[i], self.dtype) if i > 0 else None
+            grad = self.linears[i].backward(grad, linear_cache, need_dx=(i > 0 or need_input_grad), dx_out=dx_out)
         return grad
+
+    def _workspaces(self, batch: int) -> list[Workspace]:
+        """One :class:`Workspace` per layer for this batch size (kept for a few sizes)."""
+        kept = self.__dict__.setdefault("_workspace_cache", {})
+        key = (int(batch), self.backend.name, self.dtype.name)
+        if key in kept:
+            kept[key] = kept.pop(key)  # most recently used last
+        else:
+            while len(kept) >= _WORKSPACES_KEPT:
+                kept.pop(next(iter(kept)))
+            kept[key] = [Workspace(self.backend.xp) for _ in self.linears]
+        return kept[key]
 
     def predict(self, x: Any) -> Any:
         """Predicted classes (B,) on the device (evaluation mode)."""

@@ -188,7 +188,8 @@ class Adam(Optimizer):
                 g = g + self.weight_decay * p
             m, v, scratch = self.m[name], self.v[name], self._scratch[name]
             m *= self.beta1
-            m += (1 - self.beta1) * g
+            xp.multiply(g, 1 - self.beta1, out=scratch)
+            m += scratch
             v *= self.beta2
             xp.multiply(g, g, out=scratch)
             scratch *= 1 - self.beta2

@@ -192,3 +192,22 @@ def test_bad_layer_options_are_rejected():
     with pytest.raises(ValueError, match="clamp"):
         SmartMixedActivation(logits, rng=SeededRNG(0), clamp=0)
     assert backend.name == "numpy"
+
+
+@given(batch=batch_sizes, width=st.integers(1, 9), seed=seeds, tau=taus, shared=st.booleans(), clamp=st.sampled_from([None, 10.0]))
+def test_fused_pair_matches_the_reference(backend, batch, width, seed, tau, shared, clamp):
+    """mixture_forward_fused/mixture_backward_fused against mixture_forward/mixture_backward (hard)."""
+    from smartmixed_np.mixture import mixture_backward_fused, mixture_forward_fused
+    from smartmixed_np.workspace import Workspace
+
+    z, logits, noise = _inputs(backend, seed, batch, width, "shared" if shared else "none", clamp_region=True)
+    dout = backend.asarray(np.random.default_rng(seed + 1).standard_normal((batch, width)))
+    out_ref, cache_ref = mixture_forward(z, logits, noise, POOL, tau=tau, hard=True, clamp=clamp)
+    dz_ref, dlogits_ref = (to_host(g) for g in mixture_backward(dout, cache_ref, POOL))
+    for workspace in (None, Workspace(backend.xp)):
+        out, cache = mixture_forward_fused(z, logits, noise, POOL, tau=tau, clamp=clamp, workspace=workspace)
+        np.testing.assert_array_equal(to_host(out), to_host(out_ref))
+        np.testing.assert_array_equal(to_host(cache.selected), to_host(cache_ref.selected))
+        dz, dlogits = mixture_backward_fused(dout, cache, POOL, workspace=workspace)
+        np.testing.assert_allclose(to_host(dz), dz_ref, rtol=1e-14, atol=0)
+        np.testing.assert_allclose(to_host(dlogits), dlogits_ref, rtol=1e-12, atol=1e-15)

@@ -1,0 +1,202 @@
+r"""Fused, in-place kernels for the built-in activations with their clamp.
+
+The reference computation of a clamped candidate is two readable steps
+(:mod:`smartmixed_np.activations` and the clamp of :mod:`smartmixed_np.fixed`)::
+
+    a  = clip(f(z), lo, hi)                     # forward
+    dz = da * f'(z) * [lo < a < hi]             # backward
+
+Each step allocates arrays, and several built-ins branch with ``where``, which NumPy
+runs as a data-dependent branch per element: on random signs it is some fifty
+times slower than plain arithmetic. The kernels here write into a caller's buffer
+(``out=``) with a few ufunc calls and no ``where``, and their forward values are
+*bitwise equal* to the reference's (the same operations on the same operands; only
+the selection between branches is done arithmetically):
+
+* relu: $\mathrm{clip}(z, 0, c)$; $f' [a < c] = [a > 0][a < c]$.
+* sigmoid: with $e = e^{-|z|}$, the reference's $1/(1+e)$ (for $z \ge 0$) or
+  $e/(1+e)$ (for $z < 0$) is $\max(e, [z \ge 0]) / (1 + e)$; $f' = a(1 - a)$.
+* tanh: ``tanh``; $f' = 1 - a^2$.
+* leaky_relu: $\max(z, 0.01z)$; $f' = \mathrm{clip}([a > 0], 0.01, 1)$.
+* elu: $\max(\mathrm{expm1}(\min(z, 0)), z)$, because $e^z - 1 \ge z$;
+  $f' = \min(a + 1, 1)$.
+* selu: $\lambda(\alpha\,\mathrm{expm1}(\min(z, 0)) + \max(z, 0))$ (one of the two
+  terms is an exact zero); $f' = \min(\min(a, 0) + \lambda\alpha,\ \lambda + [a \le 0] M)$
+  with a large finite $M$: $\lambda$ where $z > 0$ (since $\lambda < \lambda\alpha$), else
+  $a + \lambda\alpha$.
+
+They apply to the registered built-in :class:`~smartmixed_np.activations.Activation`
+objects only (a user activation, or a built-in name re-registered by the user, goes
+through the reference path): :func:`has_kernel` tells which. ``tests/test_kernels.py``
+checks every kernel against the reference, values and gradients, in both dtypes.
+
+Layout: the kernels are elementwise and accept any layout, but they are fastest on
+contiguous blocks, which is why the networks keep hidden activations feature-major
+(see :mod:`smartmixed_np.mlp`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .activations import ELU_ALPHA, LEAKY_SLOPE, SELU_ALPHA, SELU_SCALE, Activation, get_activation
+from .backend import array_module
+
+__all__ = ["has_kernel", "activation_forward_into", "activation_backward_into"]
+
+_INF = float("inf")
+_SELU_SA = SELU_SCALE * SELU_ALPHA
+_BIG = 1e30  # finite in float32 and float64; larger than any derivative
+
+
+def _clamp_into(xp: Any, out: Any, lo: float | None, hi: float | None) -> None:
+    # A two-sided clip is one fast ufunc; a one-sided maximum/minimum with a scalar is not.
+    if lo is not None or hi is not None:
+        xp.clip(out, -_INF if lo is None else lo, _INF if hi is None else hi, out=out)
+
+
+def _mask_into(xp: Any, out: Any, a: Any, lo: float | None, hi: float | None) -> None:
+    """``out *= [lo < a < hi]`` for the sides that are given."""
+    if lo is not None:
+        out *= a > lo
+    if hi is not None:
+        out *= a < hi
+
+
+# --------------------------------------------------------------------------- forward
+def _relu_forward(xp, z, lo, hi, out):
+    # lo is never needed (relu >= 0 >= -c); a positive lo would be a caller's error.
+    xp.clip(z, 0.0, _INF if hi is None else hi, out=out)
+
+
+def _sigmoid_forward(xp, z, lo, hi, out):
+    xp.abs(z, out=out)
+    xp.negative(out, out=out)
+    xp.exp(out, out=out)  # e = exp(-|z|) <= 1
+    denominator = out + 1.0
+    xp.maximum(out, z >= 0, out=out)  # the numerator: 1 where z >= 0, else e
+    out /= denominator
+    _clamp_into(xp, out, lo, hi)
+
+
+def _tanh_forward(xp, z, lo, hi, out):
+    xp.tanh(z, out=out)
+    _clamp_into(xp, out, lo, hi)
+
+
+def _leaky_relu_forward(xp, z, lo, hi, out):
+    xp.multiply(z, LEAKY_SLOPE, out=out)
+    xp.maximum(out, z, out=out)
+    _clamp_into(xp, out, lo, hi)
+
+
+def _elu_forward(xp, z, lo, hi, out):
+    xp.clip(z, -_INF, 0.0, out=out)
+    xp.expm1(out, out=out)
+    if ELU_ALPHA != 1.0:  # pragma: no cover - the constant is 1
+        out *= ELU_ALPHA
+    xp.maximum(out, z, out=out)
+    _clamp_into(xp, out, lo, hi)
+
+
+def _selu_forward(xp, z, lo, hi, out):
+    xp.clip(z, -_INF, 0.0, out=out)
+    xp.expm1(out, out=out)
+    out *= SELU_ALPHA
+    out += xp.clip(z, 0.0, _INF)
+    out *= SELU_SCALE
+    _clamp_into(xp, out, lo, hi)
+
+
+# --------------------------------------------------------------------------- backward
+def _relu_backward(xp, da, z, a, lo, hi, out):
+    mask = a > 0
+    if hi is not None:
+        mask &= a < hi
+    xp.multiply(da, mask, out=out)
+
+
+def _sigmoid_backward(xp, da, z, a, lo, hi, out):
+    xp.subtract(1.0, a, out=out)
+    out *= a
+    out *= da
+    _mask_into(xp, out, a, lo, hi)
+
+
+def _tanh_backward(xp, da, z, a, lo, hi, out):
+    xp.multiply(a, a, out=out)
+    xp.subtract(1.0, out, out=out)
+    out *= da
+    _mask_into(xp, out, a, lo, hi)
+
+
+def _leaky_relu_backward(xp, da, z, a, lo, hi, out):
+    out[...] = a > 0
+    xp.clip(out, LEAKY_SLOPE, 1.0, out=out)
+    out *= da
+    _mask_into(xp, out, a, lo, hi)
+
+
+def _elu_backward(xp, da, z, a, lo, hi, out):
+    xp.add(a, ELU_ALPHA, out=out)
+    xp.clip(out, -_INF, 1.0, out=out)
+    out *= da
+    _mask_into(xp, out, a, lo, hi)
+
+
+def _selu_backward(xp, da, z, a, lo, hi, out):
+    cap = xp.multiply(a <= 0, _BIG, dtype=da.dtype)
+    cap += SELU_SCALE  # lambda where z > 0, huge elsewhere
+    xp.clip(a, -_INF, 0.0, out=out)
+    out += _SELU_SA
+    xp.minimum(out, cap, out=out)
+    out *= da
+    _mask_into(xp, out, a, lo, hi)
+
+
+_KERNELS: dict[str, tuple[Callable, Callable]] = {
+    "relu": (_relu_forward, _relu_backward),
+    "sigmoid": (_sigmoid_forward, _sigmoid_backward),
+    "tanh": (_tanh_forward, _tanh_backward),
+    "leaky_relu": (_leaky_relu_forward, _leaky_relu_backward),
+    "elu": (_elu_forward, _elu_backward),
+    "selu": (_selu_forward, _selu_backward),
+}
+# Kernels are keyed by the registered object itself: re-registering a name with
+# overwrite=True produces a new object, which then (rightly) has no kernel.
+_BUILTIN = {name: get_activation(name) for name in _KERNELS}
+
+
+def has_kernel(activation: Activation) -> bool:
+    """True if ``activation`` is a built-in with a fused kernel here."""
+    return _BUILTIN.get(activation.name) is activation
+
+
+def activation_forward_into(activation: Activation, z: Any, lo: float | None, hi: float | None, out: Any) -> Any:
+    """``out[...] = clip(f(z), lo, hi)``; any shape; ``out`` must not overlap ``z``.
+
+    Args:
+        activation: a built-in (see :func:`has_kernel`).
+        z: pre-activations, any shape.
+        lo, hi: clamp sides to apply (None for none), as :func:`~smartmixed_np.fixed.clamp_limits` gives.
+        out: buffer of ``z``'s shape and dtype.
+
+    Returns:
+        ``out``.
+    """
+    _KERNELS[activation.name][0](array_module(z), z, lo, hi, out)
+    return out
+
+
+def activation_backward_into(
+    activation: Activation, da: Any, z: Any, a: Any, lo: float | None, hi: float | None, out: Any
+) -> Any:
+    """``out[...] = da * f'(z) * [lo < a < hi]`` with ``a`` from :func:`activation_forward_into`.
+
+    ``out`` must not overlap ``da``, ``z`` or ``a``.
+
+    Returns:
+        ``out``.
+    """
+    _KERNELS[activation.name][1](array_module(da), da, z, a, lo, hi, out)
+    return out

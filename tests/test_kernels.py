@@ -1,0 +1,64 @@
+"""Fused activation kernels against the reference (activation + clamp), values and gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smartmixed_np.activations import DEFAULT_POOL, get_activation, register_activation
+from smartmixed_np.backend import to_host
+from smartmixed_np.fixed import clamp_limits
+from smartmixed_np.kernels import activation_backward_into, activation_forward_into, has_kernel
+from strategies import beyond_clamp, default_candidates, seeds
+
+
+def _reference(activation, z, da, lo, hi):
+    a = activation.forward(z)
+    if lo is not None or hi is not None:
+        a = np.clip(a, lo, hi)
+    d = activation.derivative(z, a)
+    if lo is not None:
+        d = d * (a > lo)
+    if hi is not None:
+        d = d * (a < hi)
+    return a, da * d
+
+
+@given(name=default_candidates, seed=seeds, clamp=st.sampled_from([None, 10.0, 0.5]), dtype=st.sampled_from(["float32", "float64"]))
+def test_kernels_match_the_reference(backend, name, seed, clamp, dtype):
+    rng = np.random.default_rng(seed)
+    activation = get_activation(name)
+    lo, hi = clamp_limits(activation, clamp)
+    scale = 10.0 if clamp is None else clamp
+    z_host = np.concatenate([beyond_clamp(rng, (5, 7), scale), rng.uniform(-200, 200, (2, 7))]).astype(dtype)
+    da_host = rng.standard_normal(z_host.shape).astype(dtype)
+    a_ref, dz_ref = _reference(activation, z_host, da_host, lo, hi)
+
+    z, da = backend.asarray(z_host), backend.asarray(da_host)
+    a = backend.asarray(np.full(z_host.shape, np.nan, dtype=dtype))
+    activation_forward_into(activation, z, lo, hi, a)
+    np.testing.assert_array_equal(to_host(a), a_ref)  # the same operations: bitwise equal
+    dz = backend.asarray(np.full(z_host.shape, np.nan, dtype=dtype))
+    activation_backward_into(activation, da, z, a, lo, hi, dz)
+    rtol = 1e-6 if dtype == "float32" else 1e-14
+    np.testing.assert_allclose(to_host(dz), dz_ref, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("name", DEFAULT_POOL)
+def test_kernels_work_on_strided_views(name):
+    activation = get_activation(name)
+    z = np.random.default_rng(0).uniform(-20, 20, (6, 9))
+    lo, hi = clamp_limits(activation, 10.0)
+    out = np.zeros((9, 6)).T  # a feature-major (F-ordered) buffer, written through a column slice
+    activation_forward_into(activation, z[:, 2:5], lo, hi, out[:, 2:5])
+    np.testing.assert_array_equal(out[:, 2:5], np.clip(activation.forward(z[:, 2:5]), lo, hi))
+    assert not out[:, :2].any() and not out[:, 5:].any()
+
+
+def test_only_the_registered_builtins_have_kernels():
+    assert all(has_kernel(get_activation(name)) for name in DEFAULT_POOL)
+    assert not has_kernel(get_activation("gelu"))
+    custom = register_activation("kernel_test_square", lambda x: x * x, lambda x: 2 * x, overwrite=True)
+    assert not has_kernel(custom)
