@@ -1,0 +1,1 @@
+"""Benchmark scripts; the suite itself lives in :mod:`smartmixed_np.bench`."""
