@@ -1,6 +1,6 @@
 """The ``smartmixed`` command (also ``python -m smartmixed_np``).
 
-Subcommands: ``train``, ``evaluate``, ``demo``, ``archs``, ``activations``, ``bench``.
+Subcommands: ``train``, ``sweep``, ``evaluate``, ``demo``, ``archs``, ``activations``, ``bench``.
 A user error (a bad option, a missing or corrupt file, an unknown name) is one
 line on stderr and exit status 2, never a traceback.
 """
@@ -95,9 +95,109 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--split-seed", type=_non_negative_int, default=0, help="seed of the train/validation split (default: 0)")
 
 
+def _add_training_options(parser: argparse.ArgumentParser, *, single_run: bool) -> None:
+    """The training options of ``train``; ``sweep`` shares them, less what it sets per run.
+
+    ``single_run`` adds what only a single run has: ``--model``, ``--arch``/``--hidden``,
+    ``--seed``, ``--out``, ``--resume``, ``--quiet`` (a sweep sets these per run).
+    """
+    from .mixture import NOISE_MODES
+
+    _add_data_options(parser)
+    model = parser.add_argument_group("model")
+    if single_run:
+        model.add_argument("--model", default="smartmixed", help="'smartmixed' or a candidate name such as relu, elu (default: smartmixed)")
+        shape = model.add_mutually_exclusive_group()
+        shape.add_argument("--arch", type=int, metavar="ID", help="a published architecture by ID (see `smartmixed archs`)")
+        shape.add_argument("--hidden", type=_hidden, metavar="W1,W2,...", help="hidden widths (default: 512,256,128)")
+    model.add_argument("--tau", type=_positive_float, default=0.3, help="Gumbel-softmax temperature (default: 0.3)")
+    model.add_argument("--tau-final", type=_positive_float, help="anneal tau exponentially to this value over phase 1")
+    model.add_argument("--soft", action="store_true", help="soft mixture instead of hard straight-through selection")
+    model.add_argument("--noise", choices=NOISE_MODES, default="shared", help="Gumbel noise: one draw per batch (shared), per sample, or none")
+    model.add_argument("--clamp", type=_optional_positive_float, default=10.0, help="clamp of candidate outputs (default: 10; 'none' disables)")
+    schedule = parser.add_argument_group("schedule")
+    schedule.add_argument("--epochs", type=_positive_int, default=400, help="total epochs (default: 400)")
+    schedule.add_argument("--transition-epoch", type=_positive_int, default=50, help="epochs of phase 1 (default: 50)")
+    schedule.add_argument("--phase2-init", choices=("carry", "fresh"), default="carry", help="phase 2 starts from the phase-1 weights (carry) or fresh ones")
+    schedule.add_argument("--masked-groups", action="store_true", help="phase 2 with masked groups instead of contiguous slices")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    optim.add_argument("--lr", type=_positive_float, default=1e-4, help="learning rate (default: 1e-4)")
+    optim.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    optim.add_argument("--weight-decay", type=float, default=0.0)
+    optim.add_argument("--batch-size", type=_positive_int, default=128, help="(default: 128)")
+    optim.add_argument("--clip", type=_optional_positive_float, default=1.0, help="global gradient-norm clip (default: 1.0; 'none' disables)")
+    run = parser.add_argument_group("run")
+    if single_run:
+        run.add_argument("--seed", type=_non_negative_int, default=0, help="seed of everything random (default: 0)")
+    run.add_argument("--device", default="cpu", help="cpu or gpu (needs CuPy: pip install 'smartmixed_np[gpu]')")
+    run.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    if single_run:
+        run.add_argument("--out", metavar="DIR", help="run folder (default: runs/<dataset>_<model>_<arch>_seed<seed>_<time>)")
+        run.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR (its saved options are used)")
+        run.add_argument("--quiet", action="store_true", help="no progress bars: one log line per epoch")
+
+
+def _training_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields that ``_add_training_options`` gives to both train and sweep."""
+    return dict(
+        dataset=args.dataset, data_dir=args.data_dir, train_limit=args.train_limit, split_seed=args.split_seed,
+        epochs=args.epochs, transition_epoch=args.transition_epoch, lr=args.lr, batch_size=args.batch_size,
+        clip=args.clip, optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
+        lr_schedule=args.lr_schedule, tau=args.tau, tau_final=args.tau_final, hard=not args.soft,
+        noise_mode=args.noise, clamp=args.clamp, phase2_init=args.phase2_init, contiguous=not args.masked_groups,
+        device=args.device, dtype=args.dtype,
+    )
+
+
+def _id_list(text: str) -> list[int]:
+    """``"1,2,4"`` -> [1, 2, 4] (published architecture IDs, checked)."""
+    from .archs import get_architecture
+
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated architecture IDs, got {text!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError(f"expected comma-separated architecture IDs, got {text!r}")
+    for arch_id in ids:
+        try:
+            get_architecture(arch_id)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return ids
+
+
+def _name_list(text: str) -> list[str]:
+    """``"relu,smartmixed"`` -> names, each 'smartmixed' or a registered activation."""
+    from .activations import get_activation
+
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated model names, got {text!r}")
+    for name in names:
+        if name != "smartmixed":
+            try:
+                get_activation(name)
+            except ValueError as err:
+                raise argparse.ArgumentTypeError(f"{err} (or 'smartmixed')") from None
+    return names
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [_non_negative_int(part.strip()) for part in text.split(",") if part.strip()]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {text!r}")
+    return seeds
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``smartmixed`` command."""
-    from .mixture import NOISE_MODES
+    from .sweep import DEFAULT_MODELS
 
     parser = _Parser(
         prog="smartmixed",
@@ -106,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  smartmixed demo\n"
         "  smartmixed train --dataset mnist --data-dir ~/data --arch 2 --epochs 30 --transition-epoch 10 --lr 1e-3\n"
         "  smartmixed train --resume runs/mnist_smartmixed_512-256-128_seed0_20260101-120000\n"
-        "  smartmixed evaluate runs/<run>\n",
+        "  smartmixed evaluate runs/<run>\n"
+        "  smartmixed sweep --archs 1,2,4 --seeds 0,1,2 --epochs 30 --transition-epoch 10 --out sweeps/mnist\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"smartmixed_np {__version__}")
@@ -119,37 +220,38 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a SmartMixed network through both phases, or a fixed-activation baseline, "
         "and write a run folder (config, history, metrics, model, figures). Defaults are the published ones.",
     )
-    _add_data_options(train)
-    model = train.add_argument_group("model")
-    model.add_argument("--model", default="smartmixed", help="'smartmixed' or a candidate name such as relu, elu (default: smartmixed)")
-    shape = model.add_mutually_exclusive_group()
-    shape.add_argument("--arch", type=int, metavar="ID", help="a published architecture by ID (see `smartmixed archs`)")
-    shape.add_argument("--hidden", type=_hidden, metavar="W1,W2,...", help="hidden widths (default: 512,256,128)")
-    model.add_argument("--tau", type=_positive_float, default=0.3, help="Gumbel-softmax temperature (default: 0.3)")
-    model.add_argument("--tau-final", type=_positive_float, help="anneal tau exponentially to this value over phase 1")
-    model.add_argument("--soft", action="store_true", help="soft mixture instead of hard straight-through selection")
-    model.add_argument("--noise", choices=NOISE_MODES, default="shared", help="Gumbel noise: one draw per batch (shared), per sample, or none")
-    model.add_argument("--clamp", type=_optional_positive_float, default=10.0, help="clamp of candidate outputs (default: 10; 'none' disables)")
-    schedule = train.add_argument_group("schedule")
-    schedule.add_argument("--epochs", type=_positive_int, default=400, help="total epochs (default: 400)")
-    schedule.add_argument("--transition-epoch", type=_positive_int, default=50, help="epochs of phase 1 (default: 50)")
-    schedule.add_argument("--phase2-init", choices=("carry", "fresh"), default="carry", help="phase 2 starts from the phase-1 weights (carry) or fresh ones")
-    schedule.add_argument("--masked-groups", action="store_true", help="phase 2 with masked groups instead of contiguous slices")
-    optim = train.add_argument_group("optimisation")
-    optim.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    optim.add_argument("--lr", type=_positive_float, default=1e-4, help="learning rate (default: 1e-4)")
-    optim.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
-    optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    optim.add_argument("--weight-decay", type=float, default=0.0)
-    optim.add_argument("--batch-size", type=_positive_int, default=128, help="(default: 128)")
-    optim.add_argument("--clip", type=_optional_positive_float, default=1.0, help="global gradient-norm clip (default: 1.0; 'none' disables)")
-    run = train.add_argument_group("run")
-    run.add_argument("--seed", type=_non_negative_int, default=0, help="seed of everything random (default: 0)")
-    run.add_argument("--device", default="cpu", help="cpu or gpu (needs CuPy: pip install 'smartmixed_np[gpu]')")
-    run.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    run.add_argument("--out", metavar="DIR", help="run folder (default: runs/<dataset>_<model>_<arch>_seed<seed>_<time>)")
-    run.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR (its saved options are used)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars: one log line per epoch")
+    _add_training_options(train, single_run=True)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="train every (architecture, model, seed) combination in parallel, resumably",
+        description="Train one ordinary run folder per (architecture, model, seed) under --out "
+        "(OUT/arch2/smartmixed/seed0/, ...), in parallel. Run the same command again to continue a stopped "
+        "sweep: finished runs are skipped, interrupted ones resumed, failed ones retried. "
+        "The training options are those of `smartmixed train`.",
+        epilog="Examples:\n"
+        "  smartmixed sweep --archs 1,2,4 --seeds 0,1,2 --dataset mnist --data-dir ~/data --epochs 30 "
+        "--transition-epoch 10 --lr 1e-3 --out sweeps/mnist\n"
+        "  smartmixed sweep ... --executor dask --scheduler tcp://10.0.0.5:8786   (pip install 'smartmixed_np[dask]')\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    grid = sweep.add_argument_group("sweep")
+    grid.add_argument("--archs", required=True, type=_id_list, metavar="ID,ID,...", help="published architecture IDs (see `smartmixed archs`)")
+    grid.add_argument(
+        "--models", type=_name_list, default=",".join(DEFAULT_MODELS), metavar="NAME,...",
+        help=f"'smartmixed' and/or candidate activations (default: {','.join(DEFAULT_MODELS)})",
+    )
+    grid.add_argument("--seeds", type=_seed_list, default="0,1,2", metavar="S,S,...", help="seeds (default: 0,1,2)")
+    grid.add_argument("--out", required=True, metavar="DIR", help="the sweep folder (one run folder per combination inside)")
+    grid.add_argument("--skip-failed", action="store_true", help="do not retry runs that failed in an earlier invocation")
+    grid.add_argument("--dry-run", action="store_true", help="list the runs and what would happen to each, and stop")
+    grid.add_argument("--quiet", action="store_true", help="no output but errors")
+    parallel = sweep.add_argument_group("parallelism")
+    parallel.add_argument("--workers", type=_positive_int, metavar="N", help="local worker processes (default: the number of cores)")
+    parallel.add_argument("--blas-threads", type=_positive_int, metavar="N", help="BLAS threads per local worker (default: cores // workers)")
+    parallel.add_argument("--executor", choices=("process", "dask"), default="process", help="a local process pool (default) or a Dask cluster")
+    parallel.add_argument("--scheduler", metavar="ADDRESS", help="the Dask scheduler, e.g. tcp://10.0.0.5:8786 (with --executor dask)")
+    _add_training_options(sweep, single_run=False)
 
     evaluate = commands.add_parser("evaluate", help="re-score a saved model on the test data", description="Re-score the model saved in a run folder on its dataset's test set and print the metrics as JSON.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `smartmixed train`")
@@ -190,18 +292,35 @@ def _train(args: argparse.Namespace) -> int:
         result = train(resume=args.resume, overrides=overrides)
     else:
         config = TrainConfig(
-            dataset=args.dataset, data_dir=args.data_dir, train_limit=args.train_limit, split_seed=args.split_seed,
-            model=args.model.lower(), arch=args.arch, hidden=args.hidden or (512, 256, 128),
-            epochs=args.epochs, transition_epoch=args.transition_epoch, lr=args.lr, batch_size=args.batch_size,
-            clip=args.clip, optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
-            lr_schedule=args.lr_schedule, tau=args.tau, tau_final=args.tau_final, hard=not args.soft,
-            noise_mode=args.noise, clamp=args.clamp, phase2_init=args.phase2_init, contiguous=not args.masked_groups,
-            seed=args.seed, device=args.device, dtype=args.dtype, out=args.out, quiet=args.quiet, progress=not args.quiet,
+            **_training_options(args), model=args.model.lower(), arch=args.arch, hidden=args.hidden or (512, 256, 128),
+            seed=args.seed, out=args.out, quiet=args.quiet, progress=not args.quiet,
         )
         result = train(config)
     if result.interrupted:
         return EXIT_INTERRUPTED
     return 1 if result.metrics.get("stopped_early") else 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import plan_sweep, run_state, run_sweep
+    from .train import TrainConfig
+
+    config = TrainConfig(**_training_options(args))
+    if args.dry_run:
+        specs = plan_sweep(args.out, args.archs, args.models, args.seeds, config)
+        actions = {"finished": "skip (finished)", "failed": "keep (failed)" if args.skip_failed else "retry (failed)",
+                   "resumable": "resume", "new": "start"}
+        for spec in specs:
+            print(f"{spec.key:<32} {'-'.join(map(str, spec.hidden)):<24} {actions[run_state(spec.run_dir)]}")
+        print(f"{len(specs)} runs")
+        return 0
+    result = run_sweep(
+        args.out, args.archs, args.models, args.seeds, config, workers=args.workers, blas_threads=args.blas_threads,
+        executor=args.executor, scheduler=args.scheduler, retry_failed=not args.skip_failed, quiet=args.quiet,
+    )
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    return 0 if result.ok else 1
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -304,7 +423,10 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "evaluate": _evaluate, "demo": _demo, "archs": _archs, "activations": _activations, "bench": _bench}
+_COMMANDS = {
+    "train": _train, "sweep": _sweep, "evaluate": _evaluate, "demo": _demo, "archs": _archs,
+    "activations": _activations, "bench": _bench,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
