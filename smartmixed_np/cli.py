@@ -1,6 +1,6 @@
 """The ``smartmixed`` command (also ``python -m smartmixed_np``).
 
-Subcommands: ``train``, ``sweep``, ``evaluate``, ``demo``, ``archs``, ``activations``, ``bench``.
+Subcommands: ``train``, ``sweep``, ``report``, ``evaluate``, ``demo``, ``archs``, ``activations``, ``bench``.
 A user error (a bad option, a missing or corrupt file, an unknown name) is one
 line on stderr and exit status 2, never a traceback.
 """
@@ -207,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  smartmixed train --dataset mnist --data-dir ~/data --arch 2 --epochs 30 --transition-epoch 10 --lr 1e-3\n"
         "  smartmixed train --resume runs/mnist_smartmixed_512-256-128_seed0_20260101-120000\n"
         "  smartmixed evaluate runs/<run>\n"
-        "  smartmixed sweep --archs 1,2,4 --seeds 0,1,2 --epochs 30 --transition-epoch 10 --out sweeps/mnist\n",
+        "  smartmixed sweep --archs 1,2,4 --seeds 0,1,2 --epochs 30 --transition-epoch 10 --out sweeps/mnist\n"
+        "  smartmixed report sweeps/mnist\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"smartmixed_np {__version__}")
@@ -232,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples:\n"
         "  smartmixed sweep --archs 1,2,4 --seeds 0,1,2 --dataset mnist --data-dir ~/data --epochs 30 "
         "--transition-epoch 10 --lr 1e-3 --out sweeps/mnist\n"
-        "  smartmixed sweep ... --executor dask --scheduler tcp://10.0.0.5:8786   (pip install 'smartmixed_np[dask]')\n",
+        "  smartmixed sweep ... --executor dask --scheduler tcp://10.0.0.5:8786   (pip install 'smartmixed_np[dask]')\n"
+        "  smartmixed report sweeps/mnist\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     grid = sweep.add_argument_group("sweep")
@@ -252,6 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     parallel.add_argument("--executor", choices=("process", "dask"), default="process", help="a local process pool (default) or a Dask cluster")
     parallel.add_argument("--scheduler", metavar="ADDRESS", help="the Dask scheduler, e.g. tcp://10.0.0.5:8786 (with --executor dask)")
     _add_training_options(sweep, single_run=False)
+
+    report = commands.add_parser(
+        "report",
+        help="summarise a sweep: tables, rankings, statistics, figures",
+        description="Read every run folder under DIR and write summary.csv (one row per run), report.md, "
+        "report.json and figures: accuracy per architecture and model, ranks and mean reciprocal rank, "
+        "SmartMixed against the best fixed activation, layer-wise activation preferences, weight statistics "
+        "between activation groups, phase 1 against phase 2.",
+    )
+    report.add_argument("sweep_dir", metavar="DIR", help="a sweep folder written by `smartmixed sweep` (or any folder of run folders)")
+    report.add_argument("--out", metavar="DIR", help="where to write the report (default: DIR)")
 
     evaluate = commands.add_parser("evaluate", help="re-score a saved model on the test data", description="Re-score the model saved in a run folder on its dataset's test set and print the metrics as JSON.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `smartmixed train`")
@@ -321,6 +334,14 @@ def _sweep(args: argparse.Namespace) -> int:
     if result.interrupted:
         return EXIT_INTERRUPTED
     return 0 if result.ok else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    paths = write_report(args.sweep_dir, args.out)
+    print(f"report written: {paths['report_md']}")
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -424,7 +445,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {
-    "train": _train, "sweep": _sweep, "evaluate": _evaluate, "demo": _demo, "archs": _archs,
+    "train": _train, "sweep": _sweep, "report": _report, "evaluate": _evaluate, "demo": _demo, "archs": _archs,
     "activations": _activations, "bench": _bench,
 }
 

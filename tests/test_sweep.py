@@ -281,7 +281,7 @@ def test_sweep_help_shares_the_training_options(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     top = capsys.readouterr().out
-    assert "sweep" in top
+    assert "sweep" in top and "report" in top
 
 
 def test_sweep_dry_run_lists_the_plan(tmp_path, capsys):
