@@ -37,8 +37,10 @@ Parallelism goes through a :class:`concurrent.futures.Executor`:
   distributed cluster through ``Client.get_executor()`` (install the ``dask`` extra).
   Dask's nanny-started workers already set ``OMP_NUM_THREADS=1`` and friends
   (``distributed.nanny.pre-spawn-environ``); give each worker one thread
-  (``dask worker --nthreads 1``) so that runs do not share a process. The sweep
-  folder must be on storage that every worker sees, at the same path.
+  (``dask worker --nthreads 1``) so that runs do not share a process. Every worker
+  needs smartmixed_np installed (the task is ``smartmixed_np.sweep.run_task``), the
+  data at the path given by ``--data-dir`` (or ``SMARTMIXED_DATA`` in its own
+  environment), and the sweep folder on storage that it sees at the same path.
 * any ``concurrent.futures.Executor`` instance (the caller owns and shuts it down).
 
 Interrupting (Ctrl-C): the sweep stops every running run of a local pool at its
