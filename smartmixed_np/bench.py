@@ -478,8 +478,8 @@ def _figure(report: dict[str, Any], path: str) -> None:
         med = [main[kind][n]["median_ms"] for n in names]
         err = [[m - main[kind][n]["q25_ms"] for n, m in zip(names, med)], [main[kind][n]["q75_ms"] - m for n, m in zip(names, med)]]
         ax.barh(names, med, xerr=err, color=colors)
-        for i, m in enumerate(med):
-            ax.text(m, i, f" {m:.2f}", va="center", fontsize=8)
+        for i, (m, n) in enumerate(zip(med, names)):
+            ax.text(max(m, main[kind][n]["q75_ms"]), i, f"  {m:.2f}", va="center", fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("ms (median, bars: quartiles)")
         ax.set_title(f"{title}, {'-'.join(map(str, report['config']['sizes']))}, batch {report['config']['batch']}")
@@ -496,7 +496,11 @@ def _figure(report: dict[str, Any], path: str) -> None:
     ax.set_ylabel("µs per sample (training step)")
     ax.set_title("batch-size sweep")
     ax.legend(fontsize=8)
-    fig.suptitle(f"smartmixed_np benchmarks: {report['machine']['cpu']}, {report['machine']['blas_threads']} BLAS threads, float32", fontsize=10)
+    machine = report["machine"]
+    load = machine.get("load_average_at_start")
+    load_text = f", 1-min load average at start {load[0]:.1f}" if load else ""
+    fig.suptitle(f"smartmixed_np benchmarks: {machine['cpu']}, {machine['cpu_count']} cores, {machine['blas_threads']} BLAS threads "
+                 f"(torch threads {machine.get('torch_threads')}), float32{load_text}", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
