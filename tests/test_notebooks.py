@@ -1,0 +1,172 @@
+"""The tutorial notebooks: each executes cleanly in quick mode, and the committed ones read well.
+
+Execution: every notebook in ``tutorials/`` runs top to bottom in a fresh ``python3``
+kernel on this interpreter, with ``SMARTMIXED_QUICK=1`` (small sizes, seconds each),
+in a temporary copy of the folder and with ``TMPDIR`` pointing into pytest's temporary
+directory, so that the run folders the notebooks write vanish with it. A cell that
+raises fails the test (nbclient's ``CellExecutionError`` names the cell), and so does
+an error that only shows in a cell's output (a figure that fails to render, say).
+
+Committed notebooks: every code cell carries the output of one top-to-bottom run in
+full mode, and the cells are exactly those that ``tutorials/build_notebooks.py``
+generates, so the script and the notebooks cannot drift apart. After editing the
+script, rebuild with ``python tutorials/build_notebooks.py --execute``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
+NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
+EXPECTED = [
+    "01_activations",
+    "02_backprop_by_hand",
+    "03_gumbel_straight_through",
+    "04_smartmixed_end_to_end",
+    "05_phase2_fast",
+    "06_gpu_cupy",
+    "07_reproduce_mnist",
+]
+CELL_TIMEOUT = 300  # seconds per cell; quick mode needs a few
+REBUILD = "rebuild with `python tutorials/build_notebooks.py --execute`"
+
+
+@dataclass(frozen=True)
+class KernelSetup:
+    jupyter_path: str  # a folder whose kernels/python3 runs this interpreter
+    env: dict  # the kernel's environment, before per-test additions
+
+
+@pytest.fixture(scope="session")
+def kernel_setup(tmp_path_factory) -> KernelSetup:
+    """A ``python3`` kernelspec for *this* interpreter, in a private folder.
+
+    The folder goes first on ``JUPYTER_PATH``, so a ``python3`` spec installed elsewhere
+    (for another Python, without this package) is never picked up.
+    """
+    from ipykernel.kernelspec import install
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    prefix = tmp_path_factory.mktemp("jupyter-prefix")
+    install(kernel_name="python3", prefix=str(prefix))
+    jupyter_path = str(prefix / "share" / "jupyter")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JUPYTER_PATH", jupyter_path)
+        spec = KernelSpecManager().get_kernel_spec("python3")
+    assert Path(spec.argv[0]).resolve() == Path(sys.executable).resolve(), spec.argv
+
+    env = dict(os.environ)
+    env["JUPYTER_PATH"] = jupyter_path
+    env["SMARTMIXED_QUICK"] = "1"
+    # With MPLBACKEND set (CI sets Agg) ipykernel would not install its inline backend,
+    # and plt.show() would warn instead of producing figures.
+    env.pop("MPLBACKEND", None)
+    return KernelSetup(jupyter_path, env)
+
+
+def _execute(path: Path, setup: KernelSetup, tmp_path: Path, monkeypatch, **env_changes) -> nbformat.NotebookNode:
+    """Run a copy of notebook ``path`` in quick mode; return it with its outputs."""
+    monkeypatch.setenv("JUPYTER_PATH", setup.jupyter_path)  # for the kernelspec lookup in this process
+    work = tmp_path / "tutorials"
+    shutil.copytree(TUTORIALS, work, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**setup.env, "TMPDIR": str(scratch)}
+    for name, value in env_changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    nb = nbformat.read(work / path.name, as_version=4)
+    client = NotebookClient(
+        nb, timeout=CELL_TIMEOUT, kernel_name="python3", record_timing=False,
+        resources={"metadata": {"path": str(work)}},
+    )
+    client.execute(env=env)  # raises CellExecutionError at the first failing cell
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            assert output.output_type != "error", f"{path.name} cell {index}: {output.ename}: {output.evalue}"
+    return nb
+
+
+def _text(nb: nbformat.NotebookNode) -> str:
+    """All stream output of a notebook, concatenated."""
+    return "".join(
+        output.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "stream"
+    )
+
+
+def _images(nb: nbformat.NotebookNode) -> int:
+    """Number of PNG figures among a notebook's outputs."""
+    return sum(
+        "image/png" in output.get("data", {})
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    )
+
+
+def test_the_seven_tutorials_are_present():
+    assert [p.stem for p in NOTEBOOKS] == EXPECTED
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes_in_quick_mode(path, kernel_setup, tmp_path, monkeypatch):
+    nb = _execute(path, kernel_setup, tmp_path, monkeypatch)
+    assert "mode: quick" in _text(nb)
+    # The inline backend captured the figures: as many as the committed full run shows.
+    assert _images(nb) == _images(nbformat.read(path, as_version=4))
+
+
+def test_mnist_notebook_falls_back_to_synth_digits_without_mnist(kernel_setup, tmp_path, monkeypatch):
+    """With no data folder (and no downloads in quick mode) it says so and still runs."""
+    nb = _execute(TUTORIALS / "07_reproduce_mnist.ipynb", kernel_setup, tmp_path, monkeypatch, SMARTMIXED_DATA=None)
+    text = _text(nb)
+    assert "MNIST is not available here" in text
+    assert "falling back to synth-digits" in text
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebook_carries_the_outputs_of_a_full_run(path):
+    nb = nbformat.read(path, as_version=4)
+    code_cells = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert code_cells, f"{path.name} has no code"
+    counts = [cell.execution_count for cell in code_cells]
+    assert counts == list(range(1, len(code_cells) + 1)), f"{path.name}: not executed top to bottom ({counts}); {REBUILD}"
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            assert output.output_type != "error", f"{path.name} cell {index} shows an error; {REBUILD}"
+    first_output = "".join(o.get("text", "") for o in code_cells[0].outputs)
+    assert "mode: full" in first_output, f"{path.name}: outputs are not from a full run; {REBUILD}"
+
+
+def _load_build_script():
+    spec = importlib.util.spec_from_file_location("build_notebooks", TUTORIALS / "build_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_notebooks_match_the_build_script():
+    build = _load_build_script()
+    assert list(build.NOTEBOOKS) == EXPECTED
+    for name in build.NOTEBOOKS:
+        generated = build.build(name)
+        committed = nbformat.read(TUTORIALS / f"{name}.ipynb", as_version=4)
+        assert [(c.cell_type, c.source) for c in committed.cells] == [
+            (c.cell_type, c.source) for c in generated.cells
+        ], f"{name}.ipynb differs from tutorials/build_notebooks.py; {REBUILD}"
