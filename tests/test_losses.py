@@ -57,3 +57,20 @@ def test_bad_inputs_are_named():
         softmax_cross_entropy(np.zeros(4), np.array([0]))
     with pytest.raises(ValueError, match="empty batch"):
         softmax_cross_entropy(np.zeros((0, 4)), np.zeros(0, dtype=np.int64))
+
+
+def test_confident_predictions_keep_full_relative_precision(backend):
+    # loss = log(1 + e^-40) = e^-40 to within 1e-17 relative; log(sum) as written gives 0.
+    loss, dlogits = softmax_cross_entropy(backend.asarray(np.array([[40.0, 0.0]])), backend.asarray(np.array([0])))
+    assert float(to_host(loss)) == pytest.approx(np.exp(-40.0), rel=1e-12)
+    np.testing.assert_allclose(to_host(dlogits), [[-np.exp(-40.0), np.exp(-40.0)]], rtol=1e-12)
+
+
+def test_known_hard_case_for_finite_differences(backend):
+    # batch 1, two classes, a confident prediction: found by hypothesis when log(1 + x) lost x.
+    rng = np.random.default_rng(3)
+    logits = backend.asarray(8 * rng.standard_normal((1, 2)))
+    labels = backend.asarray(np.array([int(np.argmax(to_host(logits)))]))
+    fn = lambda s: softmax_cross_entropy(s, labels)[0]  # noqa: E731
+    vjp = lambda u: [u * softmax_cross_entropy(logits, labels)[1]]  # noqa: E731
+    assert check_vjp(fn, [logits], vjp).max_error < 1e-6
