@@ -49,6 +49,14 @@ class Workspace:
         """
         return self.get(name, (features, batch), dtype).T
 
+    # Buffers are scratch: a copy of a workspace (e.g. inside copy.deepcopy of a
+    # model) starts empty, and the array module is shared, not copied.
+    def __deepcopy__(self, memo: dict) -> "Workspace":
+        return Workspace(self.xp)
+
+    def __copy__(self) -> "Workspace":
+        return Workspace(self.xp)
+
     @property
     def nbytes(self) -> int:
         """Total bytes held."""

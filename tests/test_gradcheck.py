@@ -59,3 +59,11 @@ def test_model_check_leaves_the_model_untouched(backend):
     assert model.rng_state() == rng_before
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(value, before[name])
+
+
+def test_model_check_after_the_model_has_run(backend):
+    """A model that already holds reusable buffers can still be checked (it is copied)."""
+    model = MLP([3, 4, 2], "tanh", dtype="float64", seed=0, device=backend)
+    x = backend.asarray(np.random.default_rng(0).standard_normal((2, 3)))
+    model.forward(x, train=True)
+    assert check_model_gradients(model, x, backend.asarray(np.array([0, 1]))).passed
