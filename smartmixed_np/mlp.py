@@ -165,27 +165,23 @@ class MLP:
         """1 for a phase-1 SmartMixed network, 2 for a fixed (frozen or uniform) one."""
         return 1 if self.kind == "smartmixed" else 2
 
-    def parameters(self) -> dict[str, Any]:
-        """Trainable arrays by name (live references, updated in place by optimizers)."""
-        params: dict[str, Any] = {}
+    def _named(self, weight: str, bias: str, logits: str) -> dict[str, Any]:
+        arrays: dict[str, Any] = {}
         for i, linear in enumerate(self.linears):
-            params[f"layers.{i}.weight"] = linear.W
-            params[f"layers.{i}.bias"] = linear.b
+            arrays[f"layers.{i}.weight"] = getattr(linear, weight)
+            arrays[f"layers.{i}.bias"] = getattr(linear, bias)
         for i, act in enumerate(self.activations):
             if isinstance(act, SmartMixedActivation):
-                params[f"activations.{i}.logits"] = act.logits
-        return params
+                arrays[f"activations.{i}.logits"] = getattr(act, logits)
+        return arrays
+
+    def parameters(self) -> dict[str, Any]:
+        """Trainable arrays by name (live references, updated in place by optimizers)."""
+        return self._named("W", "b", "logits")
 
     def gradients(self) -> dict[str, Any]:
         """Gradient arrays by the same names as :meth:`parameters` (overwritten by backward)."""
-        grads: dict[str, Any] = {}
-        for i, linear in enumerate(self.linears):
-            grads[f"layers.{i}.weight"] = linear.dW
-            grads[f"layers.{i}.bias"] = linear.db
-        for i, act in enumerate(self.activations):
-            if isinstance(act, SmartMixedActivation):
-                grads[f"activations.{i}.logits"] = act.dlogits
-        return grads
+        return self._named("dW", "db", "dlogits")
 
     def num_parameters(self, include_logits: bool = True) -> int:
         """Number of scalar parameters."""
