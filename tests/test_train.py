@@ -252,3 +252,14 @@ def test_synth_digits_needs_more_than_a_linear_model():
         scores[name] = evaluate(model, data.x_test, data.y_test)["accuracy"]
     assert scores["mlp"] > scores["linear"] + 0.05, scores
     assert scores["linear"] > 0.5  # learnable, not noise
+
+
+def test_a_whole_run_on_the_strict_device_backend(tmp_path):
+    """Training, evaluation, checkpoints and resume never mix host and device arrays."""
+    strict = tiny(tmp_path, "strict", device="strict", epochs=3, transition_epoch=1)
+    result = train(strict, on_step=_StopAt(4))
+    assert result.interrupted
+    result = train(resume=result.run_dir, overrides={"device": "strict"})
+    reference = train(tiny(tmp_path, "numpy", epochs=3, transition_epoch=1))
+    assert result.metrics["test"] == reference.metrics["test"]  # the same arithmetic, so the same numbers
+    assert result.metrics["selected"]["phase"] == 2
