@@ -281,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--figure", metavar="FILE", help="also draw a figure (PNG)")
     bench.add_argument("--quick", action="store_true", help="few repeats, small sweep (a smoke test)")
     bench.add_argument("--data-dir", metavar="DIR", help="MNIST folder for the epoch-throughput benchmark (default: $SMARTMIXED_DATA)")
+    bench.add_argument("--device", default="cpu", help="cpu or gpu (CuPy; PyTorch on CUDA when available)")
     return parser
 
 
@@ -430,7 +431,7 @@ def _bench(args: argparse.Namespace) -> int:
         from .bench import run_benchmarks
     except ImportError:
         raise UserError("the benchmark suite is not available in this installation") from None
-    run_benchmarks(quick=args.quick, data_dir=args.data_dir, json_path=args.json, figure_path=args.figure)
+    run_benchmarks(quick=args.quick, data_dir=args.data_dir, json_path=args.json, figure_path=args.figure, device=args.device)
     return 0
 
 

@@ -80,3 +80,15 @@ def test_memory_section_reports_growth_per_network(quick_report):
         entry = report["memory"][name]
         assert {"growth_bytes", "peak_during_steps_bytes", "no_growth"} <= entry.keys()
     assert report["targets"]["no_memory_growth"]["met"] in (True, False)
+
+
+def test_the_suite_runs_on_a_device_backend(tmp_path):
+    """On a device backend (the strict CuPy-like one here) every contender runs there and syncs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("SMARTMIXED_DATA", raising=False)
+        report = run_benchmarks(quick=True, json_path=str(tmp_path / "b.json"), sizes=[20, 12, 8, 4], batch=8,
+                                with_torch=False, device="strict")
+    assert report["machine"]["backend"] == "strict"
+    assert "skipped" in report["memory"] and report["targets"]["no_memory_growth"]["met"] is None
+    for key in RATIO_KEYS:
+        assert math.isfinite(report["ratios"][key]), key
