@@ -340,7 +340,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .data import load_dataset
     from .errors import CheckpointError
-    from .train import confusion_matrix, evaluate
+    from .train import confusion_matrix, evaluate, per_class_accuracy
 
     run_dir = Path(args.run_dir)
     config_path = run_dir / "config.json"
@@ -358,7 +358,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     y_test = backend.asarray(data.y_test)
     scores = evaluate(model, x_test, y_test)
     confusion = confusion_matrix(data.y_test, scores["predictions"], data.num_classes)
-    per_class = (confusion.diagonal() / confusion.sum(axis=1).clip(min=1)).round(4).tolist()
+    per_class = per_class_accuracy(confusion).round(4).tolist()
     print(json.dumps({"run": str(run_dir), "dataset": dataset, "test_examples": int(len(data.y_test)),
                       "test_accuracy": scores["accuracy"], "test_loss": scores["loss"], "per_class_accuracy": per_class}, indent=2))
     return 0

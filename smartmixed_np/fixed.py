@@ -156,6 +156,11 @@ def _apply_clamp(xp: Any, a: Any, lo: float | None, hi: float | None) -> Any:
     return a
 
 
+def _covers_layer(groups: Sequence[Group]) -> bool:
+    """One group over every neuron (a uniform layer): no slicing needed at all."""
+    return len(groups) == 1 and isinstance(groups[0].columns, slice) and groups[0].columns == slice(None)
+
+
 def fixed_forward(z: Any, groups: Sequence[Group]) -> tuple[Any, FixedCache]:
     """$a_{:,n} = \\mathrm{clamp}(f_{c_n}(z_{:,n}))$, one vectorised call per group.
 
@@ -167,7 +172,7 @@ def fixed_forward(z: Any, groups: Sequence[Group]) -> tuple[Any, FixedCache]:
         ``a`` (B, N) and the cache.
     """
     xp = array_module(z)
-    if len(groups) == 1 and isinstance(groups[0].columns, slice) and groups[0].columns == slice(None):
+    if _covers_layer(groups):
         group = groups[0]
         a = _apply_clamp(xp, group.activation.forward(z), group.lo, group.hi)
         return a, FixedCache(z=z, a=a)
@@ -202,7 +207,7 @@ def fixed_backward(da: Any, cache: FixedCache, groups: Sequence[Group]) -> Any:
         raise ValueError("this cache holds neurons in grouped order: pass it to its layer's backward()")
     xp = array_module(da)
     z, a = cache.z, cache.a
-    if len(groups) == 1 and isinstance(groups[0].columns, slice) and groups[0].columns == slice(None):
+    if _covers_layer(groups):
         return da * _group_derivative(xp, groups[0], z, a)
     dz = xp.empty_like(da)
     for group in groups:

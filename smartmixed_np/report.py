@@ -932,6 +932,13 @@ def _pct(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.{digits}f}%"
 
 
+def _interval(entry: dict) -> str:
+    """An entry's 95% interval of a difference, in percentage points ("n/a" if undefined)."""
+    if entry["ci95_low"] is None:
+        return "n/a"
+    return f"[{_pp(entry['ci95_low'])}, {_pp(entry['ci95_high'])}]"
+
+
 def _pp(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:+.{digits}f} pp"
 
@@ -1138,12 +1145,12 @@ def _markdown(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], root
                    "test accuracies, which slightly favours it.\n")
         lines = [[e["arch"], e["best_fixed"], _pct(e["best_fixed_mean"]), _pct(e["smartmixed_mean"]), e["pairs"],
                   f"{e['wins']}/{e['ties']}/{e['losses']}", _pp(e["mean_difference"]),
-                  "n/a" if e["ci95_low"] is None else f"[{_pp(e['ci95_low'])}, {_pp(e['ci95_high'])}]",
+                  _interval(e),
                   "n/a" if e["p_value"] is None else f"{e['p_value']:.3g}"] for e in versus["per_arch"]]
         pooled = versus["pooled"]
         lines.append(["all", "", "", "", pooled["pairs"], f"{pooled['wins']}/{pooled['ties']}/{pooled['losses']}",
                       _pp(pooled["mean_difference"]),
-                      "n/a" if pooled["ci95_low"] is None else f"[{_pp(pooled['ci95_low'])}, {_pp(pooled['ci95_high'])}]",
+                      _interval(pooled),
                       "n/a" if pooled["p_value"] is None else f"{pooled['p_value']:.3g}"])
         out.append(_markdown_table(["arch", "best fixed", "its mean", "SmartMixed mean", "pairs", "wins/ties/losses",
                                     "mean difference", "95% interval", "p"], lines))
@@ -1162,11 +1169,11 @@ def _markdown(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], root
                    "the kept phase-2 model; a win is a run where phase 2 is higher.\n")
         lines = [[e["arch"], e["hidden"], e["pairs"], _pct(e["phase1_mean"]), _pct(e["phase2_mean"]),
                   f"{e['wins']}/{e['ties']}/{e['losses']}", _pp(e["mean_difference"]),
-                  "n/a" if e["ci95_low"] is None else f"[{_pp(e['ci95_low'])}, {_pp(e['ci95_high'])}]"] for e in phases["per_arch"]]
+                  _interval(e)] for e in phases["per_arch"]]
         pooled = phases["pooled"]
         lines.append(["all", "", pooled["pairs"], _pct(pooled.get("phase1_mean")), _pct(pooled.get("phase2_mean")),
                       f"{pooled['wins']}/{pooled['ties']}/{pooled['losses']}", _pp(pooled["mean_difference"]),
-                      "n/a" if pooled["ci95_low"] is None else f"[{_pp(pooled['ci95_low'])}, {_pp(pooled['ci95_high'])}]"])
+                      _interval(pooled)])
         out.append(_markdown_table(["arch", "hidden", "runs", "phase 1", "phase 2", "wins/ties/losses", "mean difference",
                                     "95% interval"], lines))
         if "phase1_vs_phase2.png" in figures:

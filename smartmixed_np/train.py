@@ -46,7 +46,7 @@ from .losses import softmax_cross_entropy
 from .mlp import MLP
 from .optim import SGD, Adam, clip_grad_norm
 
-__all__ = ["TrainConfig", "RunResult", "ConfigError", "train", "evaluate", "confusion_matrix", "CHECKPOINT"]
+__all__ = ["TrainConfig", "RunResult", "ConfigError", "train", "evaluate", "confusion_matrix", "per_class_accuracy", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_FORMAT = "smartmixed_np.checkpoint/1"
@@ -221,6 +221,11 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     return matrix
 
 
+def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
+    """(C,) share of each true class predicted correctly (0 for a class with no examples)."""
+    return np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
+
+
 # ------------------------------------------------------------------------ the run
 @dataclass
 class _Best:
@@ -238,6 +243,12 @@ class _Best:
         self.epoch, self.val_loss, self.val_accuracy = epoch, val_loss, val_accuracy
         self.state, self.config = model.state_dict(), model.config()
         return True
+
+    def model(self, backend: Any) -> MLP:
+        """The saved network, rebuilt on ``backend``."""
+        model = MLP.from_config(self.config, device=backend)
+        model.load_state_dict(self.state)
+        return model
 
     def meta(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "val_loss": self.val_loss, "val_accuracy": self.val_accuracy, "config": self.config}
@@ -604,15 +615,14 @@ def _finish(run: _Run) -> dict[str, Any]:
     best = run.best if run.best.state else run.best_phase1
     if not best.state:
         raise UserError(f"the run stopped before any epoch produced a finite validation loss ({run.stopped})")
-    model = MLP.from_config(best.config, device=run.backend)
-    model.load_state_dict(best.state)
+    model = best.model(run.backend)
     selected_phase = 2 if best is run.best and config.is_smartmixed else (1 if config.is_smartmixed else None)
 
     val = evaluate(model, run.x_val, run.y_val, config.eval_batch_size)
     test = evaluate(model, run.x_test, run.y_test, config.eval_batch_size)
     y_test = to_host(run.y_test)
     confusion = confusion_matrix(y_test, test["predictions"], run.data.num_classes)
-    per_class = (np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)).tolist()
+    per_class = per_class_accuracy(confusion).tolist()
     metrics: dict[str, Any] = {
         "model": config.model,
         "dataset": config.dataset,
@@ -629,8 +639,7 @@ def _finish(run: _Run) -> dict[str, Any]:
         "stopped_early": run.stopped,
     }
     if config.is_smartmixed and run.best_phase1.state:
-        phase1 = MLP.from_config(run.best_phase1.config, device=run.backend)
-        phase1.load_state_dict(run.best_phase1.state)
+        phase1 = run.best_phase1.model(run.backend)
         phase1_test = evaluate(phase1, run.x_test, run.y_test, config.eval_batch_size)
         metrics["phase1"] = {
             "epoch": run.best_phase1.epoch, "val_loss": run.best_phase1.val_loss, "val_accuracy": run.best_phase1.val_accuracy,
