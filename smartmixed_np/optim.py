@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from . import compiled
 from .backend import array_module, backend_of, to_host
 
-__all__ = ["Optimizer", "SGD", "Adam", "clip_grad_norm", "global_grad_norm"]
+__all__ = ["Optimizer", "SGD", "Adam", "adam_update_reference", "clip_grad_norm", "global_grad_norm"]
 
 
 def global_grad_norm(grads: dict[str, Any]) -> Any:
@@ -155,7 +156,10 @@ class Adam(Optimizer):
     with $g = \\nabla + \\lambda p$ when ``weight_decay`` $\\lambda > 0$ (L2, not AdamW).
 
     The update is computed as PyTorch computes it, with the step size and the
-    bias corrections folded into two scalars, in one scratch buffer per parameter.
+    bias corrections folded into two scalars: by :func:`adam_update_reference`
+    (NumPy or CuPy, one scratch buffer per parameter), or, on host arrays when
+    Numba is available, by its one-pass twin :func:`smartmixed_np.compiled.adam_update`,
+    which gives bitwise the same numbers.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
@@ -169,7 +173,7 @@ class Adam(Optimizer):
         zeros = lambda p: array_module(p).zeros_like(p)  # noqa: E731
         self.m = {name: zeros(p) for name, p in params.items()}
         self.v = {name: zeros(p) for name, p in params.items()}
-        self._scratch = {name: zeros(p) for name, p in params.items()}
+        self._scratch: dict[str, Any] = {}  # reference path only, allocated on first use
 
     def _buffers(self):
         return {"m": self.m, "v": self.v}
@@ -181,23 +185,53 @@ class Adam(Optimizer):
         t = self.step_count
         step_size = self.lr / (1 - self.beta1**t)
         inv_sqrt_bc2 = 1.0 / math.sqrt(1 - self.beta2**t)
+        settings = dict(beta1=self.beta1, beta2=self.beta2, eps=self.eps, step_size=step_size,
+                        inv_sqrt_bc2=inv_sqrt_bc2, weight_decay=self.weight_decay)
         for name, p in self.params.items():
-            xp = array_module(p)
-            g = grads[name]
-            if self.weight_decay:
-                g = g + self.weight_decay * p
-            m, v, scratch = self.m[name], self.v[name], self._scratch[name]
-            m *= self.beta1
-            xp.multiply(g, 1 - self.beta1, out=scratch)
-            m += scratch
-            v *= self.beta2
-            xp.multiply(g, g, out=scratch)
-            scratch *= 1 - self.beta2
-            v += scratch
-            # scratch <- sqrt(v) / sqrt(1 - beta2^t) + eps ; p -= step_size * m / scratch
-            xp.sqrt(v, out=scratch)
-            scratch *= inv_sqrt_bc2
-            scratch += self.eps
-            xp.divide(m, scratch, out=scratch)
-            scratch *= step_size
-            p -= scratch
+            m, v, g = self.m[name], self.v[name], grads[name]
+            if compiled.applies(p, g, m, v):
+                compiled.adam_update(p, g, m, v, **settings)
+            else:
+                adam_update_reference(p, g, m, v, scratch=self._scratch_for(name), **settings)
+
+    def _scratch_for(self, name: str) -> Any:
+        """A scratch buffer like parameter ``name``, allocated on first use."""
+        if name not in self._scratch:
+            self._scratch[name] = array_module(self.params[name]).empty_like(self.params[name])
+        return self._scratch[name]
+
+
+def adam_update_reference(
+    p: Any, g: Any, m: Any, v: Any, *, scratch: Any, beta1: float, beta2: float, eps: float,
+    step_size: float, inv_sqrt_bc2: float, weight_decay: float,
+) -> None:
+    """One Adam update of ``p``, ``m``, ``v`` in place, one array operation at a time.
+
+    $m \\leftarrow \\beta_1 m + (1-\\beta_1) g$, $v \\leftarrow \\beta_2 v + (1-\\beta_2) g^2$,
+    $p \\leftarrow p - s\\, m / (\\sqrt{v}\\, r + \\epsilon)$, where $s$ = ``step_size`` =
+    $\\eta / (1 - \\beta_1^t)$ and $r$ = ``inv_sqrt_bc2`` = $1/\\sqrt{1 - \\beta_2^t}$, with
+    $g \\leftarrow g + \\lambda p$ first when ``weight_decay`` $\\lambda \\ne 0$. This is
+    ``torch.optim.Adam``'s arithmetic. Any array module; all arrays of one shape;
+    ``scratch`` is overwritten. :func:`smartmixed_np.compiled.adam_update` computes
+    the same numbers in one pass.
+    """
+    xp = array_module(p)
+    # Python floats: NumPy then rounds each to the arrays' dtype (a NumPy float64
+    # scalar would instead promote the arithmetic to float64).
+    beta1, beta2, eps, step_size, inv_sqrt_bc2 = map(float, (beta1, beta2, eps, step_size, inv_sqrt_bc2))
+    if weight_decay:
+        g = g + float(weight_decay) * p
+    m *= beta1
+    xp.multiply(g, 1 - beta1, out=scratch)
+    m += scratch
+    v *= beta2
+    xp.multiply(g, g, out=scratch)
+    scratch *= 1 - beta2
+    v += scratch
+    # scratch <- sqrt(v) * r + eps ; p -= s * m / scratch
+    xp.sqrt(v, out=scratch)
+    scratch *= inv_sqrt_bc2
+    scratch += eps
+    xp.divide(m, scratch, out=scratch)
+    scratch *= step_size
+    p -= scratch
