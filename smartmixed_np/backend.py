@@ -39,6 +39,7 @@ __all__ = [
     "array_module",
     "available_backends",
     "backend_of",
+    "clip_into",
     "get_backend",
     "register_backend",
     "to_host",
@@ -268,3 +269,28 @@ class SeededRNG:
     def integers(self, high: int, shape: tuple[int, ...], backend: Backend) -> Any:
         """Integers in ``[0, high)`` of ``shape`` on ``backend``."""
         return backend.asarray(self._generator.integers(0, high, size=shape).astype(np.int64))
+
+
+def _numpy_clip_ufunc() -> Callable[..., Any]:
+    """NumPy's ``clip`` ufunc itself (``np.clip`` wraps it in Python-level argument handling)."""
+    for namespace in ("_core", "core"):  # NumPy 2, NumPy 1
+        clip = getattr(getattr(getattr(np, namespace, None), "umath", None), "clip", None)
+        if isinstance(clip, np.ufunc):
+            return clip
+    return np.clip  # pragma: no cover - every supported NumPy has the ufunc
+
+
+_CLIP_UFUNC = _numpy_clip_ufunc()
+
+
+def clip_into(x: Any, lo: float, hi: float, out: Any) -> Any:
+    """``out[...] = clip(x, lo, hi)`` (``-inf``/``inf`` for an open side); returns ``out``.
+
+    The same as ``xp.clip(x, lo, hi, out=out)``. On host arrays it calls NumPy's clip
+    ufunc directly: ``np.clip``'s wrapper costs about a microsecond and a half per
+    call, more than clipping a block of a few thousand values, and a one-sided
+    ``np.maximum(x, 0)`` runs several times slower than the clip ufunc on large arrays.
+    """
+    if type(x) is np.ndarray:
+        return _CLIP_UFUNC(x, lo, hi, out=out)
+    return array_module(x).clip(x, lo, hi, out=out)

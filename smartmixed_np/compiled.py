@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["JIT_ENV", "status", "applies", "adam_update"]
+__all__ = ["JIT_ENV", "status", "applies", "adam_update", "ACTIVATION_CODES", "GroupTable", "group_table", "grouped_forward", "grouped_backward"]
 
 JIT_ENV = "SMARTMIXED_JIT"
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -140,3 +141,213 @@ def adam_update(
         p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
         t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(inv_sqrt_bc2), t(eps), t(step_size), t(weight_decay),
     )
+
+
+# --------------------------------------------------------------------------- phase-2 groups
+# The codes by which the group loops know the built-in activations.
+RELU, SIGMOID, TANH, LEAKY_RELU, ELU, SELU = range(6)
+ACTIVATION_CODES = {"relu": RELU, "sigmoid": SIGMOID, "tanh": TANH, "leaky_relu": LEAKY_RELU, "elu": ELU, "selu": SELU}
+
+
+@dataclass(frozen=True)
+class GroupTable:
+    """A phase-2 layer's activation groups, as the compiled group loops read them.
+
+    The layer's arrays are feature-major, (N, B): row ``n`` holds neuron ``n``'s values
+    over the batch. The groups are runs of *positions* ``i`` in ``rows``:
+
+    Attributes:
+        rows: (N,) int64; ``rows[i]`` is the neuron at position ``i`` (the identity for
+            contiguous groups; the sorting permutation for masked groups).
+        starts, stops: (G,) int64; group ``k`` holds positions ``starts[k]:stops[k]``.
+        codes: (G,) int64 activation codes (:data:`ACTIVATION_CODES`).
+        lo, hi: (G,) the clamp of each group in the arrays' dtype; ``-inf``/``inf``
+            stands for no clamp on that side.
+        contiguous: ``rows`` is the identity, so a group's rows are one slice.
+        constants: the activations' constants, rounded to the dtype (see :func:`group_table`).
+    """
+
+    rows: np.ndarray
+    starts: np.ndarray
+    stops: np.ndarray
+    codes: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    contiguous: bool
+    constants: tuple
+
+
+def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
+    """The :class:`GroupTable` of ``groups`` (slices of positions, in order) for arrays of ``dtype``.
+
+    Args:
+        groups: :class:`~smartmixed_np.fixed.Group` objects whose ``columns`` are
+            slices of positions covering ``0..N`` in order, each a built-in activation.
+        rows: (N,) host ints, the neuron at each position.
+        dtype: float32 or float64.
+    """
+    from .activations import ELU_ALPHA, LEAKY_SLOPE, SELU_ALPHA, SELU_SCALE
+
+    t = np.dtype(dtype).type
+    n = len(rows)
+    starts, stops = [], []
+    for group in groups:
+        start, stop, _ = group.columns.indices(n)
+        starts.append(start)
+        stops.append(stop)
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    # The selu derivative's cap, as the NumPy kernel forms it: BIG + lambda in the dtype.
+    big_cap = t(1e30) + t(SELU_SCALE)
+    constants = (
+        t(0), t(1), t(LEAKY_SLOPE), t(ELU_ALPHA), t(SELU_ALPHA), t(SELU_SCALE), t(SELU_SCALE * SELU_ALPHA), big_cap,
+    )
+    return GroupTable(
+        rows=rows,
+        starts=np.asarray(starts, dtype=np.int64),
+        stops=np.asarray(stops, dtype=np.int64),
+        codes=np.asarray([ACTIVATION_CODES[g.activation.name] for g in groups], dtype=np.int64),
+        lo=np.asarray([-np.inf if g.lo is None else g.lo for g in groups], dtype=dtype),
+        hi=np.asarray([np.inf if g.hi is None else g.hi for g in groups], dtype=dtype),
+        contiguous=bool(np.array_equal(rows, np.arange(n))),
+        constants=constants,
+    )
+
+
+# In the loops below a clamp is written out as "if y < lo: y = lo; if y > hi: y = hi",
+# which keeps NaN as NaN, as the clip ufunc does.
+@_jit
+def _grouped_forward_loop(zT, t, out, rows, starts, stops, codes, lo, hi, constants):
+    zero, one, slope, elu_alpha, selu_alpha, selu_scale, _, _ = constants
+    width = zT.shape[1]
+    for k in range(codes.shape[0]):
+        code, l, h = codes[k], lo[k], hi[k]
+        if code == 0:  # relu's clamp: [0, hi]
+            l = zero
+        for i in range(starts[k], stops[k]):
+            z, e, o = zT[rows[i]], t[i], out[rows[i]]
+            for j in range(width):
+                if code == 0:  # relu: z, clamped to [0, hi]
+                    y = z[j]
+                elif code == 1:  # sigmoid: exp(min(z, 0)) / (1 + e), e = exp(-|z|)
+                    y = (one if z[j] >= zero else e[j]) / (e[j] + one)
+                elif code == 2:  # tanh: e = tanh(z)
+                    y = e[j]
+                elif code == 3:  # leaky relu: max(0.01 z, z)
+                    y = z[j] * slope
+                    if z[j] > y:
+                        y = z[j]
+                elif code == 4:  # elu: max(alpha e, z), e = expm1(min(z, 0))
+                    y = e[j] * elu_alpha
+                    if z[j] > y:
+                        y = z[j]
+                else:  # selu: scale (alpha e + max(z, 0)), e = expm1(min(z, 0))
+                    positive = z[j]
+                    if positive < zero:
+                        positive = zero
+                    y = (e[j] * selu_alpha + positive) * selu_scale
+                if y < l:
+                    y = l
+                if y > h:
+                    y = h
+                o[j] = y
+
+
+@_jit
+def _grouped_backward_loop(daT, aT, out, rows, starts, stops, codes, lo, hi, constants):
+    zero, one, slope, elu_alpha, _, selu_scale, selu_scale_alpha, big_cap = constants
+    width = daT.shape[1]
+    for k in range(codes.shape[0]):
+        code, l, h = codes[k], lo[k], hi[k]
+        has_lo, has_hi = l != -np.inf, h != np.inf
+        for i in range(starts[k], stops[k]):
+            da, a, o = daT[rows[i]], aT[rows[i]], out[rows[i]]
+            for j in range(width):
+                x = a[j]
+                if code == 0:  # relu: [a > 0] [a < hi]
+                    d = da[j] * (one if (x > zero and (x < h or not has_hi)) else zero)
+                else:
+                    if code == 1:  # sigmoid: a (1 - a)
+                        d = ((one - x) * x) * da[j]
+                    elif code == 2:  # tanh: 1 - a^2
+                        d = (one - x * x) * da[j]
+                    elif code == 3:  # leaky relu: 1 or 0.01
+                        d = (one if x > zero else slope) * da[j]
+                    elif code == 4:  # elu: min(a + alpha, 1)
+                        s = x + elu_alpha
+                        d = (one if s > one else s) * da[j]
+                    else:  # selu: lambda where z > 0, else a + lambda alpha
+                        s = (zero if x > zero else x) + selu_scale_alpha
+                        cap = big_cap if x <= zero else selu_scale
+                        d = (cap if cap < s else s) * da[j]
+                    if has_lo and not x > l:
+                        d = d * zero
+                    if has_hi and not x < h:
+                        d = d * zero
+                o[j] = d
+
+
+def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    r"""A phase-2 layer's forward: ``out[n] = clamp(f_{c_n}(zT[n]))`` for every neuron row ``n``.
+
+    The transcendental parts ($e^{-|z|}$ for sigmoid, $\tanh z$, $\mathrm{expm1}(\min(z, 0))$
+    for elu and selu) are computed group by group by NumPy's vectorised ufuncs into
+    ``scratch``; one compiled pass then finishes every group and the clamp, reading
+    each neuron's row where it lies, so that masked groups need no gather or scatter
+    of the rows that need no transcendental function.
+
+    Reference: :func:`smartmixed_np.fixed.grouped_forward_fused` over the sorted rows
+    (the per-activation kernels of :mod:`smartmixed_np.kernels`): the same numbers.
+
+    Args:
+        zT: (N, B) pre-activations, C-contiguous.
+        table: from :func:`group_table`, in ``zT``'s dtype.
+        out: (N, B) C-contiguous output buffer, not overlapping ``zT``.
+        scratch: (N, B) C-contiguous buffer, overwritten.
+
+    Returns:
+        ``out``.
+    """
+    from .backend import clip_into
+
+    for k, code in enumerate(table.codes):
+        if code in (RELU, LEAKY_RELU):
+            continue
+        start, stop = int(table.starts[k]), int(table.stops[k])
+        t = scratch[start:stop]
+        if table.contiguous:
+            z = zT[start:stop]
+        else:
+            z = np.take(zT, table.rows[start:stop], axis=0, out=t)
+        if code == SIGMOID:
+            np.abs(z, out=t)
+            np.negative(t, out=t)
+            np.exp(t, out=t)
+        elif code == TANH:
+            np.tanh(z, out=t)
+        else:  # ELU, SELU
+            clip_into(z, -np.inf, 0.0, t)
+            np.expm1(t, out=t)
+    _grouped_forward_loop(zT, scratch, out, table.rows, table.starts, table.stops, table.codes, table.lo, table.hi,
+                          table.constants)
+    return out
+
+
+def grouped_backward(daT: np.ndarray, aT: np.ndarray, table: GroupTable, out: np.ndarray) -> np.ndarray:
+    r"""A phase-2 layer's backward: ``out[n] = daT[n] f'_{c_n} [lo < aT[n] < hi]``, in one pass.
+
+    Every derivative is written in terms of the output ``a`` (see
+    :mod:`smartmixed_np.kernels`), so no transcendental function is needed.
+
+    Reference: :func:`smartmixed_np.fixed.grouped_backward_fused`: the same numbers.
+
+    Args:
+        daT, aT: (N, B) upstream gradient and the forward's output, C-contiguous.
+        table: as for :func:`grouped_forward`.
+        out: (N, B) C-contiguous buffer, not overlapping the inputs.
+
+    Returns:
+        ``out``.
+    """
+    _grouped_backward_loop(daT, aT, out, table.rows, table.starts, table.stops, table.codes, table.lo, table.hi,
+                           table.constants)
+    return out

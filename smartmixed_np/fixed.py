@@ -38,6 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import compiled
 from .activations import Activation, resolve_pool
 from .backend import Backend, array_module, get_backend, to_host
 from .kernels import activation_backward_into, activation_forward_into, has_kernel
@@ -82,11 +83,14 @@ class FixedCache:
     ``grouped``: the fused path of a masked layer keeps ``z`` and ``a`` with their
     neurons permuted into grouped order (see :class:`FixedMixedActivation`); such a
     cache belongs to that layer's :meth:`~FixedMixedActivation.backward` only.
+    ``compiled``: made by the compiled group loops (neurons in their own order), whose
+    backward then runs the compiled loop too.
     """
 
     z: Any
     a: Any
     grouped: bool = False
+    compiled: bool = False
 
 
 def clamp_limits(activation: Activation, clamp: float | None) -> tuple[float | None, float | None]:
@@ -303,6 +307,10 @@ class FixedMixedActivation:
             self._perm = self.backend.asarray(perm)
             self._inverse = self.backend.asarray(np.argsort(perm).astype(np.int64))
             self._sorted_groups = make_groups(self.choices[perm], self.pool, self.backend, contiguous=True, clamp=self.clamp)
+        # The compiled group loops (host arrays, Numba present) read the sorted groups
+        # through the neuron at each sorted position: one table per dtype, on first use.
+        self._rows = np.arange(self.size, dtype=np.int64) if self._perm is None else perm
+        self._tables: dict[Any, compiled.GroupTable] = {}
 
     @classmethod
     def uniform(cls, activation: str | Activation, size: int, *, backend: Backend | str = "cpu") -> "FixedMixedActivation":
@@ -331,6 +339,12 @@ class FixedMixedActivation:
         xp = array_module(z)
         batch, width = z.shape
         zT = z.T
+        table = self._compiled_table(zT)
+        if table is not None:
+            aT = _buffer(workspace, xp, "a", (width, batch), z.dtype)
+            scratch = _buffer(workspace, xp, "scratch", (width, batch), z.dtype)
+            compiled.grouped_forward(zT, table, aT, scratch)
+            return aT.T, FixedCache(z=z, a=aT.T, compiled=True)
         if self._perm is not None:
             zT = xp.take(zT, self._perm, axis=0, out=_buffer(workspace, xp, "z_grouped", (width, batch), z.dtype))
         aT = grouped_forward_fused(zT, self._sorted_groups, _buffer(workspace, xp, "a_grouped", (width, batch), z.dtype))
@@ -345,6 +359,10 @@ class FixedMixedActivation:
             return fixed_backward(da, cache, self.groups)
         xp = array_module(da)
         batch, width = da.shape
+        if cache.compiled:
+            aT = cache.a.T
+            dzT = _buffer(workspace, xp, "dz", (width, batch), da.dtype)
+            return compiled.grouped_backward(xp.ascontiguousarray(da.T), aT, self._tables[aT.dtype], dzT).T
         daT = da.T
         if self._perm is not None:
             daT = xp.take(daT, self._perm, axis=0, out=_buffer(workspace, xp, "da_grouped", (width, batch), da.dtype))
@@ -353,6 +371,15 @@ class FixedMixedActivation:
         if self._perm is not None:
             dzT = xp.take(dzT, self._inverse, axis=0, out=_buffer(workspace, xp, "dz", (width, batch), da.dtype))
         return dzT.T
+
+    def _compiled_table(self, zT: Any) -> "compiled.GroupTable | None":
+        """The group table for the compiled loops, or None where they do not apply to ``zT``."""
+        if not compiled.applies(zT):
+            return None
+        table = self._tables.get(zT.dtype)
+        if table is None:
+            table = self._tables[zT.dtype] = compiled.group_table(self._sorted_groups, self._rows, zT.dtype)
+        return table
 
     def original_choices(self) -> np.ndarray:
         """(N,) choice indices in the neurons' original order."""

@@ -15,7 +15,8 @@ the selection between branches is done arithmetically):
 
 * relu: $\mathrm{clip}(z, 0, c)$; $f' [a < c] = [a > 0][a < c]$.
 * sigmoid: with $e = e^{-|z|}$, the reference's $1/(1+e)$ (for $z \ge 0$) or
-  $e/(1+e)$ (for $z < 0$) is $\max(e, [z \ge 0]) / (1 + e)$; $f' = a(1 - a)$.
+  $e/(1+e)$ (for $z < 0$) is $e^{\min(z, 0)} / (1 + e)$, since $e^{\min(z,0)}$ is
+  exactly 1 for $z \ge 0$ and exactly $e$ for $z < 0$; $f' = a(1 - a)$.
 * tanh: ``tanh``; $f' = 1 - a^2$.
 * leaky_relu: $\max(z, 0.01z)$; $f' = \mathrm{clip}([a > 0], 0.01, 1)$.
 * elu: $\max(\mathrm{expm1}(\min(z, 0)), z)$, because $e^z - 1 \ge z$;
@@ -40,7 +41,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .activations import ELU_ALPHA, LEAKY_SLOPE, SELU_ALPHA, SELU_SCALE, Activation, get_activation
-from .backend import array_module
+from .backend import array_module, clip_into
 
 __all__ = ["has_kernel", "activation_forward_into", "activation_backward_into"]
 
@@ -50,9 +51,9 @@ _BIG = 1e30  # finite in float32 and float64; larger than any derivative
 
 
 def _clamp_into(xp: Any, out: Any, lo: float | None, hi: float | None) -> None:
-    # A two-sided clip is one fast ufunc; a one-sided maximum/minimum with a scalar is not.
+    # A two-sided clip ufunc is fast; a one-sided maximum/minimum with a scalar is not.
     if lo is not None or hi is not None:
-        xp.clip(out, -_INF if lo is None else lo, _INF if hi is None else hi, out=out)
+        clip_into(out, -_INF if lo is None else lo, _INF if hi is None else hi, out)
 
 
 def _mask_into(xp: Any, out: Any, a: Any, lo: float | None, hi: float | None) -> None:
@@ -66,16 +67,17 @@ def _mask_into(xp: Any, out: Any, a: Any, lo: float | None, hi: float | None) ->
 # --------------------------------------------------------------------------- forward
 def _relu_forward(xp, z, lo, hi, out):
     # lo is never needed (relu >= 0 >= -c); a positive lo would be a caller's error.
-    xp.clip(z, 0.0, _INF if hi is None else hi, out=out)
+    clip_into(z, 0.0, _INF if hi is None else hi, out)
 
 
 def _sigmoid_forward(xp, z, lo, hi, out):
     xp.abs(z, out=out)
     xp.negative(out, out=out)
     xp.exp(out, out=out)  # e = exp(-|z|) <= 1
-    denominator = out + 1.0
-    xp.maximum(out, z >= 0, out=out)  # the numerator: 1 where z >= 0, else e
-    out /= denominator
+    out += 1.0  # the denominator 1 + e
+    numerator = clip_into(z, -_INF, 0.0, xp.empty_like(out))
+    xp.exp(numerator, out=numerator)  # exp(min(z, 0)): 1 where z >= 0, else e (bitwise)
+    xp.divide(numerator, out, out=out)
     _clamp_into(xp, out, lo, hi)
 
 
@@ -91,7 +93,7 @@ def _leaky_relu_forward(xp, z, lo, hi, out):
 
 
 def _elu_forward(xp, z, lo, hi, out):
-    xp.clip(z, -_INF, 0.0, out=out)
+    clip_into(z, -_INF, 0.0, out)
     xp.expm1(out, out=out)
     if ELU_ALPHA != 1.0:  # pragma: no cover - the constant is 1
         out *= ELU_ALPHA
@@ -100,10 +102,10 @@ def _elu_forward(xp, z, lo, hi, out):
 
 
 def _selu_forward(xp, z, lo, hi, out):
-    xp.clip(z, -_INF, 0.0, out=out)
+    clip_into(z, -_INF, 0.0, out)
     xp.expm1(out, out=out)
     out *= SELU_ALPHA
-    out += xp.clip(z, 0.0, _INF)
+    out += clip_into(z, 0.0, _INF, xp.empty_like(out))
     out *= SELU_SCALE
     _clamp_into(xp, out, lo, hi)
 
@@ -132,14 +134,14 @@ def _tanh_backward(xp, da, z, a, lo, hi, out):
 
 def _leaky_relu_backward(xp, da, z, a, lo, hi, out):
     out[...] = a > 0
-    xp.clip(out, LEAKY_SLOPE, 1.0, out=out)
+    clip_into(out, LEAKY_SLOPE, 1.0, out)
     out *= da
     _mask_into(xp, out, a, lo, hi)
 
 
 def _elu_backward(xp, da, z, a, lo, hi, out):
     xp.add(a, ELU_ALPHA, out=out)
-    xp.clip(out, -_INF, 1.0, out=out)
+    clip_into(out, -_INF, 1.0, out)
     out *= da
     _mask_into(xp, out, a, lo, hi)
 
@@ -147,7 +149,7 @@ def _elu_backward(xp, da, z, a, lo, hi, out):
 def _selu_backward(xp, da, z, a, lo, hi, out):
     cap = xp.multiply(a <= 0, _BIG, dtype=da.dtype)
     cap += SELU_SCALE  # lambda where z > 0, huge elsewhere
-    xp.clip(a, -_INF, 0.0, out=out)
+    clip_into(a, -_INF, 0.0, out)
     out += _SELU_SA
     xp.minimum(out, cap, out=out)
     out *= da

@@ -102,3 +102,93 @@ def test_adam_takes_the_compiled_path_and_matches_the_reference_path(monkeypatch
         np.testing.assert_array_equal(fast[name], slow[name])
         np.testing.assert_array_equal(fast_opt.m[name], slow_opt.m[name])
         np.testing.assert_array_equal(fast_opt.v[name], slow_opt.v[name])
+
+
+# --------------------------------------------------------------------------- phase-2 group loops
+from smartmixed_np.fixed import FixedMixedActivation  # noqa: E402
+
+_SIX = ["relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu"]
+
+
+def _feature_major(rng, width, batch, dtype, scale):
+    """A (B, N) view of a C-contiguous (N, B) array, as the MLP's buffers are laid out."""
+    values = rng.standard_normal((width, batch)) * scale
+    values.reshape(-1)[rng.integers(0, values.size, 3)] = rng.choice([0.0, -0.0, 10.0, -10.0, 60.0, -200.0], 3)
+    return np.ascontiguousarray(values.astype(dtype)).T
+
+
+def _both_paths(layer, z, da):
+    """(a, cache, dz) by the compiled loops, and by the NumPy kernels."""
+    a, cache = layer.forward(z)
+    dz = layer.backward(da, cache)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compiled, "applies", lambda *arrays: False)
+        a_ref, cache_ref = layer.forward(z)
+        dz_ref = layer.backward(da, cache_ref)
+    return (a, cache, dz), (a_ref, cache_ref, dz_ref)
+
+
+@given(
+    width=st.integers(1, 40),
+    batch=st.integers(1, 9),
+    present=st.sets(st.sampled_from(range(6)), min_size=1),
+    contiguous=st.booleans(),
+    clamp=st.sampled_from([None, 10.0, 0.5]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    scale=st.sampled_from([0.5, 3.0, 30.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_group_loops_give_the_numpy_kernels_numbers(width, batch, present, contiguous, clamp, dtype, scale, seed):
+    rng = np.random.default_rng(seed)
+    choices = rng.choice(sorted(present), width)
+    if contiguous:
+        choices = np.sort(choices)
+    layer = FixedMixedActivation(choices, _SIX, contiguous=contiguous, clamp=clamp)
+    z = _feature_major(rng, width, batch, dtype, scale)
+    da = _feature_major(rng, width, batch, dtype, 1.0)
+    (a, cache, dz), (a_ref, cache_ref, dz_ref) = _both_paths(layer, z, da)
+    assert cache.compiled and not cache_ref.compiled
+    assert a.dtype == dz.dtype == dtype
+    np.testing.assert_array_equal(a, a_ref)
+    np.testing.assert_array_equal(dz, dz_ref)
+
+
+def test_group_loops_keep_nan_and_infinities():
+    values = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, -1e-40, 88.0, -104.0], np.float32)
+    for contiguous in (True, False):
+        choices = np.repeat(np.arange(6), 2) if contiguous else np.tile(np.arange(6), 2)
+        layer = FixedMixedActivation(choices, _SIX, contiguous=contiguous, clamp=10.0)
+        z = np.ascontiguousarray(np.tile(values, (12, 1))).T
+        (a, _, dz), (a_ref, _, dz_ref) = _both_paths(layer, z, np.ones_like(z))
+        np.testing.assert_array_equal(a, a_ref)
+        np.testing.assert_array_equal(dz, dz_ref)
+        assert np.isnan(a[0]).all()
+
+
+def test_group_loops_run_inside_the_mlp_and_agree(monkeypatch):
+    from smartmixed_np.losses import softmax_cross_entropy
+    from smartmixed_np.mlp import MLP
+
+    rng = np.random.default_rng(3)
+    phase1 = MLP([12, 16, 8, 3], "smartmixed", seed=1)
+    for act in phase1.activations:
+        act.logits[...] = rng.standard_normal(act.logits.shape).astype(np.float32)
+    x = rng.standard_normal((5, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 5)
+    for contiguous in (True, False):
+        model = phase1.freeze(contiguous=contiguous)
+
+        def run(expect_compiled):
+            logits = model.forward(x, train=True)
+            assert [cache.compiled for _, cache in model._tape.caches[:-1]] == [expect_compiled] * 2
+            _, dlogits = softmax_cross_entropy(logits, y)
+            model.backward(dlogits)
+            return logits, {k: g.copy() for k, g in model.gradients().items()}
+
+        logits, grads = run(True)
+        with monkeypatch.context() as patch:
+            patch.setattr(compiled, "applies", lambda *arrays: False)
+            logits_ref, grads_ref = run(False)
+        np.testing.assert_array_equal(logits, logits_ref)
+        for name in grads:
+            np.testing.assert_array_equal(grads[name], grads_ref[name])

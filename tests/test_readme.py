@@ -20,5 +20,5 @@ def test_ci_runs_the_readme_commands():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     # CI installs the README's extras, plus the optional ones whose tests it runs (dask).
-    assert 'pip install -e ".[dev]"' in readme and re.search(r'pip install --quiet -e "\.\[dev(,\w+)*\]"', ci)
+    assert 'pip install -e ".[dev,fast]"' in readme and re.search(r'pip install --quiet -e "\.\[dev(,\w+)*,fast(,\w+)*\]"', ci)
     assert "\npytest\n" in readme and "python -m pytest" in ci
