@@ -50,6 +50,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import compiled
 from .backend import Backend, get_backend, to_host
 from .fileio import atomic_writer, write_json
 from .losses import softmax_cross_entropy
@@ -495,7 +496,7 @@ def _machine(threads: int) -> dict[str, Any]:
         pass
     info: dict[str, Any] = {
         "python": sys.version.split()[0], "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-        "numpy": np.__version__, "blas_threads": threads, "dtype": "float32",
+        "numpy": np.__version__, "blas_threads": threads, "dtype": "float32", "compiled_loops": compiled.status(),
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     try:

@@ -165,6 +165,9 @@ class GroupTable:
             stands for no clamp on that side.
         contiguous: ``rows`` is the identity, so a group's rows are one slice.
         constants: the activations' constants, rounded to the dtype (see :func:`group_table`).
+        prepass: ``(code, start, stop)`` runs of positions whose transcendental part
+            NumPy computes first; neighbouring elu and selu groups share one run.
+        prepass_array: the same as a (R, 3) int64 array, for the compiled loop.
     """
 
     rows: np.ndarray
@@ -175,6 +178,8 @@ class GroupTable:
     hi: np.ndarray
     contiguous: bool
     constants: tuple
+    prepass: tuple
+    prepass_array: np.ndarray
 
 
 def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
@@ -196,6 +201,16 @@ def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
         starts.append(start)
         stops.append(stop)
     rows = np.ascontiguousarray(rows, dtype=np.int64)
+    codes = [ACTIVATION_CODES[g.activation.name] for g in groups]
+    prepass: list[tuple[int, int, int]] = []
+    for code, start, stop in zip(codes, starts, stops):
+        if code in (RELU, LEAKY_RELU):
+            continue
+        code = ELU if code == SELU else code  # both need expm1(min(z, 0))
+        if prepass and prepass[-1][0] == code and prepass[-1][2] == start:
+            prepass[-1] = (code, prepass[-1][1], stop)
+        else:
+            prepass.append((code, start, stop))
     # The selu derivative's cap, as the NumPy kernel forms it: BIG + lambda in the dtype.
     big_cap = t(1e30) + t(SELU_SCALE)
     constants = (
@@ -205,12 +220,32 @@ def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
         rows=rows,
         starts=np.asarray(starts, dtype=np.int64),
         stops=np.asarray(stops, dtype=np.int64),
-        codes=np.asarray([ACTIVATION_CODES[g.activation.name] for g in groups], dtype=np.int64),
+        codes=np.asarray(codes, dtype=np.int64),
         lo=np.asarray([-np.inf if g.lo is None else g.lo for g in groups], dtype=dtype),
         hi=np.asarray([np.inf if g.hi is None else g.hi for g in groups], dtype=dtype),
         contiguous=bool(np.array_equal(rows, np.arange(n))),
         constants=constants,
+        prepass=tuple(prepass),
+        prepass_array=np.asarray(prepass, dtype=np.int64).reshape(-1, 3),
     )
+
+
+@_jit
+def _prepass_arguments_loop(zT, t, rows, spans, zero):
+    # t[i] = the argument of the transcendental function at position i:
+    # -|z| (sigmoid), z (tanh), min(z, 0) (elu, selu).
+    width = zT.shape[1]
+    for k in range(spans.shape[0]):
+        code = spans[k, 0]
+        for i in range(spans[k, 1], spans[k, 2]):
+            z, o = zT[rows[i]], t[i]
+            for j in range(width):
+                x = z[j]
+                if code == 1:
+                    x = -abs(x)
+                elif code != 2 and x > zero:
+                    x = zero
+                o[j] = x
 
 
 # In the loops below a clamp is written out as "if y < lo: y = lo; if y > hi: y = hi",
@@ -289,11 +324,12 @@ def _grouped_backward_loop(daT, aT, out, rows, starts, stops, codes, lo, hi, con
 def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
     r"""A phase-2 layer's forward: ``out[n] = clamp(f_{c_n}(zT[n]))`` for every neuron row ``n``.
 
-    The transcendental parts ($e^{-|z|}$ for sigmoid, $\tanh z$, $\mathrm{expm1}(\min(z, 0))$
-    for elu and selu) are computed group by group by NumPy's vectorised ufuncs into
-    ``scratch``; one compiled pass then finishes every group and the clamp, reading
-    each neuron's row where it lies, so that masked groups need no gather or scatter
-    of the rows that need no transcendental function.
+    Three steps, whatever the number of groups: one compiled pass writes the argument
+    of each group's transcendental function into ``scratch`` in sorted order ($-|z|$
+    for sigmoid, $z$ for tanh, $\min(z, 0)$ for elu and selu); NumPy's vectorised
+    ``exp``, ``tanh`` and ``expm1`` run in place over those runs; one compiled pass
+    finishes every group and the clamp. Each neuron's row is read and written where
+    it lies, so masked groups need no gather or scatter.
 
     Reference: :func:`smartmixed_np.fixed.grouped_forward_fused` over the sorted rows
     (the per-activation kernels of :mod:`smartmixed_np.kernels`): the same numbers.
@@ -307,25 +343,14 @@ def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch:
     Returns:
         ``out``.
     """
-    from .backend import clip_into
-
-    for k, code in enumerate(table.codes):
-        if code in (RELU, LEAKY_RELU):
-            continue
-        start, stop = int(table.starts[k]), int(table.stops[k])
+    _prepass_arguments_loop(zT, scratch, table.rows, table.prepass_array, table.constants[0])
+    for code, start, stop in table.prepass:
         t = scratch[start:stop]
-        if table.contiguous:
-            z = zT[start:stop]
-        else:
-            z = np.take(zT, table.rows[start:stop], axis=0, out=t)
         if code == SIGMOID:
-            np.abs(z, out=t)
-            np.negative(t, out=t)
             np.exp(t, out=t)
         elif code == TANH:
-            np.tanh(z, out=t)
-        else:  # ELU, SELU
-            clip_into(z, -np.inf, 0.0, t)
+            np.tanh(t, out=t)
+        else:  # ELU and SELU
             np.expm1(t, out=t)
     _grouped_forward_loop(zT, scratch, out, table.rows, table.starts, table.stops, table.codes, table.lo, table.hi,
                           table.constants)
