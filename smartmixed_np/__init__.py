@@ -11,13 +11,14 @@ from .activations import DEFAULT_POOL, get_activation, list_activations, registe
 from .backend import get_backend, to_host
 from .mlp import MLP
 from .losses import softmax_cross_entropy
-from .optim import SGD, Adam, clip_grad_norm
+from .optim import SGD, Adam, clip_factor, clip_grad_norm
 
 __all__ = [
     "DEFAULT_POOL",
     "MLP",
     "SGD",
     "Adam",
+    "clip_factor",
     "clip_grad_norm",
     "get_activation",
     "get_backend",

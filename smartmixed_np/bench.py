@@ -2,8 +2,9 @@
 
 One call, :func:`run_benchmarks`, measures (CPU, float32, one process):
 
-* a training step (forward, softmax cross-entropy, backward, ``clip_grad_norm(1.0)``,
-  Adam) and an inference forward of
+* a training step (forward, softmax cross-entropy, backward, clipping to global norm
+  1.0, Adam; ours applies the clipping factor inside Adam's pass, see
+  :func:`~smartmixed_np.optim.clip_factor`) and an inference forward of
   - ``floor``: the matrix products of a step alone, with preallocated outputs
     (per layer ``x @ W.T``, ``dz.T @ x``, and ``dz @ W`` except for the first layer,
     whose input needs no gradient; inference: ``x @ W.T`` per layer);
@@ -55,7 +56,7 @@ from .backend import Backend, get_backend, to_host
 from .fileio import atomic_writer, write_json
 from .losses import softmax_cross_entropy
 from .mlp import MLP
-from .optim import Adam, clip_grad_norm
+from .optim import Adam, clip_factor
 
 __all__ = ["run_benchmarks", "DEFAULT_SIZES", "DATA_ENV"]
 
@@ -135,8 +136,7 @@ def _numpy_step(model: MLP, x: np.ndarray, y: np.ndarray, train: bool = True) ->
         logits = model.forward(x, train=train)
         _, dlogits = softmax_cross_entropy(logits, y, check=False)
         model.backward(dlogits)
-        clip_grad_norm(grads, 1.0)
-        optimizer.step(grads)
+        optimizer.step(grads, scale=clip_factor(grads, 1.0)[1])  # clip_grad_norm(grads, 1.0), then step
 
     assert params.keys() == grads.keys()
     return step
@@ -380,8 +380,7 @@ def _epoch_throughput(data_dir: str, sizes: Sequence[int], batch: int, seed: int
                 logits = model.forward(x_all[idx], train=train_flag)
                 _, dlogits = softmax_cross_entropy(logits, y_all[idx], check=False)
                 model.backward(dlogits)
-                clip_grad_norm(grads, 1.0)
-                optimizer.step(grads)
+                optimizer.step(grads, scale=clip_factor(grads, 1.0)[1])
 
         return epoch
 

@@ -86,7 +86,11 @@ def _jit(function: Any) -> Any:
     def call(*args: Any) -> Any:
         nonlocal compiled
         if compiled is None:
-            compiled = _numba().njit(cache=True, error_model="numpy", nogil=True)(function)
+            njit = _numba().njit
+            try:
+                compiled = njit(cache=True, error_model="numpy", nogil=True)(function)
+            except RuntimeError:  # no writable place for Numba's cache: compile every run
+                compiled = njit(cache=False, error_model="numpy", nogil=True)(function)
         return compiled(*args)
 
     return call
@@ -94,9 +98,9 @@ def _jit(function: Any) -> Any:
 
 # --------------------------------------------------------------------------- Adam
 @_jit
-def _adam_loop(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, inv_sqrt_bc2, eps, step_size, weight_decay):
+def _adam_loop(p, g, m, v, scale, beta1, one_minus_beta1, beta2, one_minus_beta2, inv_sqrt_bc2, eps, step_size, weight_decay):
     for i in range(p.shape[0]):
-        gi = g[i]
+        gi = g[i] * scale
         if weight_decay != 0:
             gi = gi + weight_decay * p[i]
         mi = m[i] * beta1 + gi * one_minus_beta1
@@ -118,10 +122,13 @@ def adam_update(
     step_size: float,
     inv_sqrt_bc2: float,
     weight_decay: float,
+    scale: float = 1.0,
 ) -> None:
     r"""One Adam update of ``p``, ``m``, ``v`` in place, in one pass.
 
-    Per element, with $g \leftarrow g + \lambda p$ when ``weight_decay`` $\lambda \ne 0$:
+    Per element, with $g \leftarrow g \cdot$ ``scale`` (a gradient-clipping factor,
+    applied on the fly) and then $g \leftarrow g + \lambda p$ when ``weight_decay``
+    $\lambda \ne 0$:
     $m \leftarrow \beta_1 m + (1-\beta_1) g$, $v \leftarrow \beta_2 v + (1-\beta_2) g^2$,
     $p \leftarrow p - s \cdot m / (\sqrt{v}\, r + \epsilon)$ with $s$ = ``step_size``
     and $r$ = ``inv_sqrt_bc2``.
@@ -131,14 +138,14 @@ def adam_update(
 
     Args:
         p, g, m, v: arrays of one shape, accepted by :func:`applies`; ``g`` is read only.
-        beta1, beta2, eps, step_size, inv_sqrt_bc2, weight_decay: Python floats, rounded
+        beta1, beta2, eps, step_size, inv_sqrt_bc2, weight_decay, scale: numbers, rounded
             to the arrays' dtype as NumPy rounds a Python scalar in ``a * x``.
     """
     if not (p.shape == g.shape == m.shape == v.shape):
         raise ValueError(f"adam_update needs arrays of one shape, got {p.shape}, {g.shape}, {m.shape}, {v.shape}")
     t = p.dtype.type
     _adam_loop(
-        p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
+        p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), t(scale),
         t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(inv_sqrt_bc2), t(eps), t(step_size), t(weight_decay),
     )
 

@@ -23,7 +23,12 @@ the fused path when every activation of the layer is a built-in with a kernel in
 which a contiguous group is one contiguous block of rows, and a masked layer is
 handled by one row permutation into grouped order, the contiguous kernels, and one
 permutation back (:func:`grouped_forward_fused`, :func:`grouped_backward_fused`).
-``tests/test_fixed.py`` checks the two against each other.
+``tests/test_fixed.py`` checks the two against each other. On host arrays, with
+Numba installed, the fused path runs as the compiled group loops of
+:mod:`smartmixed_np.compiled` instead: every group of the layer in one forward and
+one backward pass, each neuron's row read where it lies (masked groups need no
+permutation); ``tests/test_compiled.py`` checks that they give the fused kernels'
+numbers.
 
 Clamping: phase 1 clamps each candidate's output to ``[-c, c]`` (the reference's
 choice, c = 10); a frozen layer keeps the same clamp so that freezing preserves the

@@ -21,7 +21,7 @@ import numpy as np
 from . import compiled
 from .backend import array_module, backend_of, to_host
 
-__all__ = ["Optimizer", "SGD", "Adam", "adam_update_reference", "clip_grad_norm", "global_grad_norm"]
+__all__ = ["Optimizer", "SGD", "Adam", "adam_update_reference", "clip_factor", "clip_grad_norm", "global_grad_norm"]
 
 
 def global_grad_norm(grads: dict[str, Any]) -> Any:
@@ -36,6 +36,24 @@ def global_grad_norm(grads: dict[str, Any]) -> Any:
     return xp.sqrt(total)
 
 
+def clip_factor(grads: dict[str, Any], max_norm: float, eps: float = 1e-6) -> tuple[Any, Any]:
+    """The global norm and the clipping factor, without scaling anything.
+
+    $f = \\min(1, \\mathrm{max\\_norm} / (\\lVert g \\rVert + \\epsilon))$, a 0-d device array
+    of the gradients' dtype. ``optimizer.step(grads, scale=f)`` then performs the
+    update of :func:`clip_grad_norm` followed by ``optimizer.step(grads)`` with the
+    same numbers, without a pass that rewrites the gradients.
+
+    Returns:
+        ``(norm, factor)``, both 0-d device arrays.
+    """
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be positive, got {max_norm}")
+    norm = global_grad_norm(grads)
+    xp = array_module(norm)
+    return norm, xp.minimum(max_norm / (norm + eps), 1.0).astype(norm.dtype)
+
+
 def clip_grad_norm(grads: dict[str, Any], max_norm: float, eps: float = 1e-6) -> Any:
     """Scale all gradients in place so that their global L2 norm is at most ``max_norm``.
 
@@ -46,11 +64,7 @@ def clip_grad_norm(grads: dict[str, Any], max_norm: float, eps: float = 1e-6) ->
     Returns:
         The norm before clipping, a 0-d device array.
     """
-    if not max_norm > 0:
-        raise ValueError(f"max_norm must be positive, got {max_norm}")
-    norm = global_grad_norm(grads)
-    xp = array_module(norm)
-    factor = xp.minimum(max_norm / (norm + eps), 1.0).astype(norm.dtype)
+    norm, factor = clip_factor(grads, max_norm, eps)
     for g in grads.values():
         g *= factor
     return norm
@@ -78,7 +92,14 @@ class Optimizer:
             extra = sorted(set(grads) - set(self.params))
             raise ValueError(f"gradients do not match the parameters (missing {missing}, unexpected {extra})")
 
-    def step(self, grads: dict[str, Any]) -> None:
+    def step(self, grads: dict[str, Any], scale: Any = None) -> None:
+        """One update of every parameter, in place.
+
+        Args:
+            grads: gradients by parameter name (read, never written).
+            scale: optional factor (a number or 0-d array, e.g. from :func:`clip_factor`)
+                that every gradient is multiplied by first.
+        """
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -128,12 +149,12 @@ class SGD(Optimizer):
     def _buffers(self):
         return {"velocity": self.velocity} if self.momentum else {}
 
-    def step(self, grads: dict[str, Any]) -> None:
-        """One update of every parameter, in place."""
+    def step(self, grads: dict[str, Any], scale: Any = None) -> None:
+        """One update of every parameter, in place (see :meth:`Optimizer.step`)."""
         self._check_grads(grads)
         first = self.step_count == 0
         for name, p in self.params.items():
-            g = grads[name]
+            g = grads[name] if scale is None else grads[name] * scale
             if self.weight_decay:
                 g = g + self.weight_decay * p
             if self.momentum:
@@ -178,8 +199,8 @@ class Adam(Optimizer):
     def _buffers(self):
         return {"m": self.m, "v": self.v}
 
-    def step(self, grads: dict[str, Any]) -> None:
-        """One update of every parameter, in place."""
+    def step(self, grads: dict[str, Any], scale: Any = None) -> None:
+        """One update of every parameter, in place (see :meth:`Optimizer.step`)."""
         self._check_grads(grads)
         self.step_count += 1
         t = self.step_count
@@ -189,10 +210,10 @@ class Adam(Optimizer):
                         inv_sqrt_bc2=inv_sqrt_bc2, weight_decay=self.weight_decay)
         for name, p in self.params.items():
             m, v, g = self.m[name], self.v[name], grads[name]
-            if compiled.applies(p, g, m, v):
-                compiled.adam_update(p, g, m, v, **settings)
+            if compiled.applies(p, g, m, v) and backend_of(scale) in (None, backend_of(p)):
+                compiled.adam_update(p, g, m, v, scale=1.0 if scale is None else float(scale), **settings)
             else:
-                adam_update_reference(p, g, m, v, scratch=self._scratch_for(name), **settings)
+                adam_update_reference(p, g, m, v, scratch=self._scratch_for(name), scale=scale, **settings)
 
     def _scratch_for(self, name: str) -> Any:
         """A scratch buffer like parameter ``name``, allocated on first use."""
@@ -203,14 +224,15 @@ class Adam(Optimizer):
 
 def adam_update_reference(
     p: Any, g: Any, m: Any, v: Any, *, scratch: Any, beta1: float, beta2: float, eps: float,
-    step_size: float, inv_sqrt_bc2: float, weight_decay: float,
+    step_size: float, inv_sqrt_bc2: float, weight_decay: float, scale: Any = None,
 ) -> None:
     """One Adam update of ``p``, ``m``, ``v`` in place, one array operation at a time.
 
     $m \\leftarrow \\beta_1 m + (1-\\beta_1) g$, $v \\leftarrow \\beta_2 v + (1-\\beta_2) g^2$,
     $p \\leftarrow p - s\\, m / (\\sqrt{v}\\, r + \\epsilon)$, where $s$ = ``step_size`` =
     $\\eta / (1 - \\beta_1^t)$ and $r$ = ``inv_sqrt_bc2`` = $1/\\sqrt{1 - \\beta_2^t}$, with
-    $g \\leftarrow g + \\lambda p$ first when ``weight_decay`` $\\lambda \\ne 0$. This is
+    $g \\leftarrow g + \\lambda p$ first when ``weight_decay`` $\\lambda \\ne 0$, and before
+    that $g \\leftarrow g \\cdot$ ``scale`` when a scale is given. This is
     ``torch.optim.Adam``'s arithmetic. Any array module; all arrays of one shape;
     ``scratch`` is overwritten. :func:`smartmixed_np.compiled.adam_update` computes
     the same numbers in one pass.
@@ -219,6 +241,8 @@ def adam_update_reference(
     # Python floats: NumPy then rounds each to the arrays' dtype (a NumPy float64
     # scalar would instead promote the arithmetic to float64).
     beta1, beta2, eps, step_size, inv_sqrt_bc2 = map(float, (beta1, beta2, eps, step_size, inv_sqrt_bc2))
+    if scale is not None:
+        g = g * scale
     if weight_decay:
         g = g + float(weight_decay) * p
     m *= beta1

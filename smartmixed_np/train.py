@@ -44,7 +44,7 @@ from .errors import CheckpointError, UserError
 from .fileio import write_json, write_text
 from .losses import softmax_cross_entropy
 from .mlp import MLP
-from .optim import SGD, Adam, clip_grad_norm
+from .optim import SGD, Adam, clip_factor
 
 __all__ = ["TrainConfig", "RunResult", "ConfigError", "train", "evaluate", "confusion_matrix", "per_class_accuracy", "CHECKPOINT"]
 
@@ -542,9 +542,9 @@ def _train_loop(run: _Run, on_step: Callable | None, interrupt: dict) -> None:
                 loss, dlogits = softmax_cross_entropy(logits, yb, check=False)
                 run.model.backward(dlogits)
                 grads = run.model.gradients()
-                if config.clip is not None:
-                    clip_grad_norm(grads, config.clip)
-                run.optimizer.step(grads)
+                # Clipping by global norm, applied inside the optimizer's pass (clip_factor).
+                scale = clip_factor(grads, config.clip)[1] if config.clip is not None else None
+                run.optimizer.step(grads, scale=scale)
                 batch = int(xb.shape[0])
                 loss_sum += loss * batch
                 correct += xp.sum(xp.argmax(logits, axis=1) == yb)

@@ -46,10 +46,11 @@ def test_applies_only_to_contiguous_host_floats_of_one_dtype():
     beta1=st.sampled_from([0.0, 0.5, 0.9]),
     beta2=st.sampled_from([0.0, 0.99, 0.999]),
     weight_decay=st.sampled_from([0.0, 1e-2]),
+    scale=st.sampled_from([None, 1.0, 0.37]),
     steps=st.integers(1, 4),
     seed=st.integers(0, 2**16),
 )
-def test_adam_update_is_bitwise_the_reference(rows, cols, dtype, beta1, beta2, weight_decay, steps, seed):
+def test_adam_update_is_bitwise_the_reference(rows, cols, dtype, beta1, beta2, weight_decay, scale, steps, seed):
     rng = np.random.default_rng(seed)
     p = rng.standard_normal((rows, cols)).astype(dtype)
     m, v = np.zeros_like(p), np.zeros_like(p)
@@ -61,8 +62,9 @@ def test_adam_update_is_bitwise_the_reference(rows, cols, dtype, beta1, beta2, w
             beta1=beta1, beta2=beta2, eps=1e-8, step_size=1e-3 / (1 - beta1**t),
             inv_sqrt_bc2=1 / math.sqrt(1 - beta2**t), weight_decay=weight_decay,
         )
-        adam_update_reference(p, g, m, v, scratch=np.empty_like(p), **settings)
-        compiled.adam_update(p2, g, m2, v2, **settings)
+        factor = None if scale is None else np.asarray(scale, dtype)  # a 0-d array, as clip_factor gives
+        adam_update_reference(p, g, m, v, scratch=np.empty_like(p), scale=factor, **settings)
+        compiled.adam_update(p2, g, m2, v2, scale=1.0 if factor is None else float(factor), **settings)
         np.testing.assert_array_equal(g, g_before)  # the gradient is read only
     for ours, reference in ((p2, p), (m2, m), (v2, v)):
         assert ours.dtype == reference.dtype

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from smartmixed_np.backend import to_host
-from smartmixed_np.optim import SGD, Adam, clip_grad_norm, global_grad_norm
+from smartmixed_np.optim import SGD, Adam, clip_factor, clip_grad_norm, global_grad_norm
 
 
 def _params(backend):
@@ -137,3 +137,23 @@ def test_bad_optimizer_arguments(backend):
         Adam(_params(backend)).step({"w": _grads(backend)["w"]})
     with pytest.raises(ValueError, match="max_norm"):
         clip_grad_norm(_grads(backend), 0.0)
+
+
+@pytest.mark.parametrize("make", [lambda p: Adam(p, lr=1e-2, weight_decay=1e-3), lambda p: SGD(p, lr=0.1, momentum=0.9)])
+@pytest.mark.parametrize("grad_scale", [0.1, 30.0])  # clipping inactive, active
+def test_step_with_the_clip_factor_equals_clipping_then_stepping(backend, make, grad_scale):
+    """step(grads, scale=clip_factor(...)) gives clip_grad_norm + step's numbers, and leaves grads alone."""
+    p_clip, p_fold = _params(backend), _params(backend)
+    opt_clip, opt_fold = make(p_clip), make(p_fold)
+    for _ in range(3):
+        grads = _grads(backend, grad_scale)
+        before = {k: to_host(g).copy() for k, g in grads.items()}
+        norm, factor = clip_factor(grads, 1.0)
+        opt_fold.step(grads, scale=factor)
+        for name, g in grads.items():
+            np.testing.assert_array_equal(to_host(g), before[name])
+        assert float(to_host(clip_grad_norm(grads, 1.0))) == float(to_host(norm))
+        assert (float(to_host(factor)) < 1.0) == (grad_scale > 1.0)  # the norm at scale 1 is 1.28
+        opt_clip.step(grads)
+    for name in p_clip:
+        np.testing.assert_array_equal(to_host(p_fold[name]), to_host(p_clip[name]))
