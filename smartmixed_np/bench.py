@@ -27,9 +27,10 @@ One call, :func:`run_benchmarks`, measures (CPU, float32, one process):
   second window adds nothing (a leak would add in every window).
 
 Timing: ``time.perf_counter``; in each repeat round every contender runs, in a
-shuffled order, an untimed call and a timed one, so that machine noise (other
-processes, frequency changes) falls on all of them alike; a figure is the median
-over rounds, after warm-up. Ratios are of medians taken in the same rounds. The
+shuffled order, untimed calls for a settling time (60 ms; the other library's
+worker threads spin on the cores that long after their last task) and then one
+timed call, so that machine noise (other processes, frequency changes) falls on all
+of them alike; a figure is the median over rounds, after warm-up. Ratios are of medians taken in the same rounds. The
 report records the load average before and after: on a shared machine, compare
 runs taken at low load. Timings are never asserted by tests.
 
@@ -68,9 +69,9 @@ TAU = 0.3
 OURS = ("floor", "relu", "phase1", "phase2_masked", "phase2_contiguous")
 THEIRS = ("torch_relu", "torch_phase1", "torch_phase2")
 
-_FULL = dict(repeats=60, warmup=10, sweep_repeats=15, batches=(32, 64, 128, 256, 512, 1024),
+_FULL = dict(repeats=60, warmup=10, sweep_repeats=20, settle_s=0.06, batches=(32, 64, 128, 256, 512, 1024),
              widths=((256, 128, 64), (512, 256, 128), (1024, 512, 256)), memory_steps=60, epoch_rounds=3)
-_QUICK = dict(repeats=3, warmup=1, sweep_repeats=2, batches=(8, 16), widths=((16, 8),),
+_QUICK = dict(repeats=3, warmup=1, sweep_repeats=2, settle_s=0.0, batches=(8, 16), widths=((16, 8),),
               memory_steps=4, epoch_rounds=1)
 
 
@@ -273,13 +274,16 @@ def _torch_infer(model, x) -> Callable[[], None]:
 
 # --------------------------------------------------------------------------- timing
 def _interleaved(functions: dict[str, Callable[[], None]], repeats: int, warmup: int, seed: int = 0,
-                 sync: Callable[[], None] = lambda: None) -> dict[str, dict[str, float]]:
+                 sync: Callable[[], None] = lambda: None, settle_s: float = 0.0) -> dict[str, dict[str, float]]:
     """Median, quartiles and min of seconds per call, contenders interleaved round by round.
 
-    Each round runs every contender in a freshly shuffled order: one untimed call
-    (it absorbs the switch from the previous contender: caches, and the idle
-    threads of the other library's pool, which still spin for a while) and then
-    one timed call. ``sync`` waits for queued device work before the clock starts
+    Each round runs every contender in a freshly shuffled order: untimed calls first,
+    for at least ``settle_s`` seconds and at least one call, then one timed call. The
+    untimed calls absorb the switch from the previous contender: caches, and above
+    all the other library's idle worker threads, which keep spinning on the cores for
+    tens of milliseconds after their last task (measured here: a PyTorch step right
+    after ours ran 2x slower for its first five calls, and ours after PyTorch's for
+    its first three). ``sync`` waits for queued device work before the clock starts
     and before it stops.
     """
     names = list(functions)
@@ -291,7 +295,10 @@ def _interleaved(functions: dict[str, Callable[[], None]], repeats: int, warmup:
     for _ in range(repeats):
         for index in order_rng.permutation(len(names)):
             name = names[index]
+            settle_until = time.perf_counter() + settle_s
             functions[name]()
+            while time.perf_counter() < settle_until:
+                functions[name]()
             sync()
             start = time.perf_counter()
             functions[name]()
@@ -310,7 +317,7 @@ def _interleaved(functions: dict[str, Callable[[], None]], repeats: int, warmup:
 
 
 def _measure(sizes: Sequence[int], batch: int, seed: int, repeats: int, warmup: int, threads: int, with_torch: bool,
-             dev: _Device = _CPU) -> dict[str, Any]:
+             dev: _Device = _CPU, settle_s: float = 0.0) -> dict[str, Any]:
     """Step and inference timings of every contender at one size and batch."""
     rng = np.random.default_rng(seed + 1)
     x = dev.backend.asarray(rng.standard_normal((batch, sizes[0])).astype(np.float32))
@@ -324,7 +331,10 @@ def _measure(sizes: Sequence[int], batch: int, seed: int, repeats: int, warmup: 
     if with_torch:
         for name, (step, infer) in _torch_contenders(sizes, batch, seed, threads, dev).items():
             steps[name], infers[name] = step, infer
-    return {"step": _interleaved(steps, repeats, warmup, sync=dev.sync), "infer": _interleaved(infers, repeats, warmup, sync=dev.sync)}
+    return {
+        "step": _interleaved(steps, repeats, warmup, sync=dev.sync, settle_s=settle_s),
+        "infer": _interleaved(infers, repeats, warmup, sync=dev.sync, settle_s=settle_s),
+    }
 
 
 def _ratios(timings: dict[str, Any], statistic: str = "median_ms") -> dict[str, float | None]:
@@ -607,7 +617,7 @@ def run_benchmarks(
         "machine": {**_machine(threads), "backend": dev.backend.name, "device": dev.backend.device,
                     "torch_device": dev.torch_device if has_torch else None},
         "config": {"quick": quick, "sizes": sizes, "batch": batch, "seed": seed, "repeats": plan["repeats"],
-                   "warmup": plan["warmup"], "clamp": CLAMP, "tau": TAU, "torch": has_torch},
+                   "warmup": plan["warmup"], "settle_s": plan["settle_s"], "clamp": CLAMP, "tau": TAU, "torch": has_torch},
     }
     if has_torch:
         import torch
@@ -616,20 +626,22 @@ def run_benchmarks(
         report["machine"]["torch_threads"] = torch.get_num_threads()
 
     say(f"main: {'-'.join(map(str, sizes))} at batch {batch}")
-    report["main"] = _measure(sizes, batch, seed, plan["repeats"], plan["warmup"], threads, has_torch, dev)
+    report["main"] = _measure(sizes, batch, seed, plan["repeats"], plan["warmup"], threads, has_torch, dev, plan["settle_s"])
     ratios = _ratios(report["main"])
     report["ratios_of_minima"] = {f"{key}_of_minima": value for key, value in _ratios(report["main"], "min_ms").items()}
 
     report["batch_sweep"] = []
     for b in plan["batches"]:
         say(f"batch sweep: {b}")
-        timings = _measure(sizes, b, seed, plan["sweep_repeats"], max(2, plan["warmup"] // 2), threads, has_torch, dev)
+        timings = _measure(sizes, b, seed, plan["sweep_repeats"], max(2, plan["warmup"] // 2), threads, has_torch, dev,
+                           plan["settle_s"])
         report["batch_sweep"].append({"batch": b, **timings, "ratios": _ratios(timings)})
     report["width_sweep"] = []
     for hidden in plan["widths"]:
         widths = [sizes[0], *hidden, sizes[-1]]
         say(f"width sweep: {'-'.join(map(str, widths))}")
-        timings = _measure(widths, batch, seed, plan["sweep_repeats"], max(2, plan["warmup"] // 2), threads, has_torch, dev)
+        timings = _measure(widths, batch, seed, plan["sweep_repeats"], max(2, plan["warmup"] // 2), threads, has_torch, dev,
+                           plan["settle_s"])
         report["width_sweep"].append({"sizes": widths, **timings, "ratios": _ratios(timings)})
 
     data_dir = data_dir or os.environ.get(DATA_ENV)

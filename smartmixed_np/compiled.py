@@ -248,9 +248,9 @@ def _prepass_arguments_loop(zT, t, rows, spans, zero):
             z, o = zT[rows[i]], t[i]
             for j in range(width):
                 x = z[j]
-                if code == 1:
+                if code == SIGMOID:
                     x = -abs(x)
-                elif code != 2 and x > zero:
+                elif code != TANH and x > zero:
                     x = zero
                 o[j] = x
 
@@ -263,22 +263,22 @@ def _grouped_forward_loop(zT, t, out, rows, starts, stops, codes, lo, hi, consta
     width = zT.shape[1]
     for k in range(codes.shape[0]):
         code, l, h = codes[k], lo[k], hi[k]
-        if code == 0:  # relu's clamp: [0, hi]
+        if code == RELU:  # relu's clamp: [0, hi]
             l = zero
         for i in range(starts[k], stops[k]):
             z, e, o = zT[rows[i]], t[i], out[rows[i]]
             for j in range(width):
-                if code == 0:  # relu: z, clamped to [0, hi]
+                if code == RELU:  # relu: z, clamped to [0, hi]
                     y = z[j]
-                elif code == 1:  # sigmoid: exp(min(z, 0)) / (1 + e), e = exp(-|z|)
+                elif code == SIGMOID:  # sigmoid: exp(min(z, 0)) / (1 + e), e = exp(-|z|)
                     y = (one if z[j] >= zero else e[j]) / (e[j] + one)
-                elif code == 2:  # tanh: e = tanh(z)
+                elif code == TANH:  # tanh: e = tanh(z)
                     y = e[j]
-                elif code == 3:  # leaky relu: max(0.01 z, z)
+                elif code == LEAKY_RELU:  # leaky relu: max(0.01 z, z)
                     y = z[j] * slope
                     if z[j] > y:
                         y = z[j]
-                elif code == 4:  # elu: max(alpha e, z), e = expm1(min(z, 0))
+                elif code == ELU:  # elu: max(alpha e, z), e = expm1(min(z, 0))
                     y = e[j] * elu_alpha
                     if z[j] > y:
                         y = z[j]
@@ -305,16 +305,16 @@ def _grouped_backward_loop(daT, aT, out, rows, starts, stops, codes, lo, hi, con
             da, a, o = daT[rows[i]], aT[rows[i]], out[rows[i]]
             for j in range(width):
                 x = a[j]
-                if code == 0:  # relu: [a > 0] [a < hi]
+                if code == RELU:  # relu: [a > 0] [a < hi]
                     d = da[j] * (one if (x > zero and (x < h or not has_hi)) else zero)
                 else:
-                    if code == 1:  # sigmoid: a (1 - a)
+                    if code == SIGMOID:  # sigmoid: a (1 - a)
                         d = ((one - x) * x) * da[j]
-                    elif code == 2:  # tanh: 1 - a^2
+                    elif code == TANH:  # tanh: 1 - a^2
                         d = (one - x * x) * da[j]
-                    elif code == 3:  # leaky relu: 1 or 0.01
+                    elif code == LEAKY_RELU:  # leaky relu: 1 or 0.01
                         d = (one if x > zero else slope) * da[j]
-                    elif code == 4:  # elu: min(a + alpha, 1)
+                    elif code == ELU:  # elu: min(a + alpha, 1)
                         s = x + elu_alpha
                         d = (one if s > one else s) * da[j]
                     else:  # selu: lambda where z > 0, else a + lambda alpha

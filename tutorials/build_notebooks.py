@@ -1608,14 +1608,25 @@ def notebook_05() -> list:
             step is spent in the matrix products, which are the same for all three.
 
             How much the two group layouts differ depends on how the library applies a group.
-            The network above uses whatever `FixedMixedActivation` does today. To see the cost of
-            gathering and scattering itself, here is one activation layer alone (512 neurons,
-            batch 128), through the plain reference functions `fixed_forward`/`fixed_backward`,
-            next to a Python loop over neurons and a single uniform ReLU group:
+            With Numba installed (the `fast` extra), `FixedMixedActivation` runs all the groups of
+            a layer in one compiled forward pass and one compiled backward pass
+            (`smartmixed_np/compiled.py`), which read each neuron's row of the feature-major
+            buffers wherever it lies: then a masked layer needs no gather or scatter, and the
+            two layouts cost about the same. Without Numba it runs a few NumPy calls per group,
+            and a masked layer pays for one permutation of its rows each way. The line below
+            says which this notebook ran with.
+
+            To see the cost of gathering and scattering itself, here is one activation layer
+            alone (512 neurons, batch 128), through the plain reference functions
+            `fixed_forward`/`fixed_backward`, next to a Python loop over neurons and a single
+            uniform ReLU group:
             """
         ),
         code(
             r"""
+            from smartmixed_np import compiled
+            print("compiled loops:", compiled.status())
+
             WIDTH = 128 if QUICK else 512
             z = rng.standard_normal((BATCH, WIDTH)).astype(np.float32)
             da = rng.standard_normal((BATCH, WIDTH)).astype(np.float32)
