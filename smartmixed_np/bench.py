@@ -625,6 +625,7 @@ def run_benchmarks(
         torch.set_num_threads(threads)
         report["machine"]["torch_threads"] = torch.get_num_threads()
 
+    say(f"compiled loops: {report['machine']['compiled_loops']}")
     say(f"main: {'-'.join(map(str, sizes))} at batch {batch}")
     report["main"] = _measure(sizes, batch, seed, plan["repeats"], plan["warmup"], threads, has_torch, dev, plan["settle_s"])
     ratios = _ratios(report["main"])
