@@ -16,6 +16,9 @@ from smartmixed_np import compiled
 from smartmixed_np.optim import Adam, adam_update_reference
 
 numba = pytest.importorskip("numba", reason="the compiled loops need the 'fast' extra (numba)")
+pytestmark = pytest.mark.skipif(
+    not compiled.status().startswith("numba"), reason=f"compiled loops: {compiled.status()}"
+)
 
 
 def test_status_names_numba():
