@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import __version__
+from . import __version__, compiled
 from .archs import get_architecture
 from .backend import SeededRNG, get_backend, to_host
 from .checkpoint import load_arrays, save_arrays, save_model
@@ -395,11 +395,9 @@ def _default_run_dir(config: TrainConfig) -> Path:
 
 def _environment(backend_name: str) -> dict[str, Any]:
     versions = {"smartmixed_np": __version__, "python": platform.python_version(), "numpy": np.__version__}
-    if backend_name == "cupy":
-        import cupy  # only reached when the GPU backend is in use
-
-        versions["cupy"] = cupy.__version__
-    return {"versions": versions, "platform": platform.platform(), "argv": sys.argv}
+    if backend_name != "numpy":
+        versions[backend_name] = getattr(get_backend(backend_name).xp, "__version__", None)
+    return {"versions": versions, "compiled_loops": compiled.status(), "platform": platform.platform(), "argv": sys.argv}
 
 
 def train(
