@@ -32,7 +32,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["JIT_ENV", "status", "applies", "adam_update", "ACTIVATION_CODES", "GroupTable", "group_table", "grouped_forward", "grouped_backward"]
+__all__ = [
+    "JIT_ENV", "status", "applies", "adam_update", "ACTIVATION_CODES", "GroupTable", "group_table", "grouped_forward",
+    "grouped_backward", "CandidateTable", "candidate_table", "selected_backward",
+]
 
 JIT_ENV = "SMARTMIXED_JIT"
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -175,6 +178,9 @@ class GroupTable:
         prepass: ``(code, start, stop)`` runs of positions whose transcendental part
             NumPy computes first; neighbouring elu and selu groups share one run.
         prepass_array: the same as a (R, 3) int64 array, for the compiled loop.
+        row_codes, row_lo, row_hi: (N,) the code and clamp of each neuron, in the
+            neurons' own order (for the row-wise backward loop).
+        identity: (N,) ``arange(N)``.
     """
 
     rows: np.ndarray
@@ -187,6 +193,10 @@ class GroupTable:
     constants: tuple
     prepass: tuple
     prepass_array: np.ndarray
+    row_codes: np.ndarray
+    row_lo: np.ndarray
+    row_hi: np.ndarray
+    identity: np.ndarray
 
 
 def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
@@ -198,9 +208,6 @@ def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
         rows: (N,) host ints, the neuron at each position.
         dtype: float32 or float64.
     """
-    from .activations import ELU_ALPHA, LEAKY_SLOPE, SELU_ALPHA, SELU_SCALE
-
-    t = np.dtype(dtype).type
     n = len(rows)
     starts, stops = [], []
     for group in groups:
@@ -208,9 +215,11 @@ def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
         starts.append(start)
         stops.append(stop)
     rows = np.ascontiguousarray(rows, dtype=np.int64)
-    codes = [ACTIVATION_CODES[g.activation.name] for g in groups]
+    codes = np.asarray([ACTIVATION_CODES[g.activation.name] for g in groups], dtype=np.int64)
+    lo = np.asarray([-np.inf if g.lo is None else g.lo for g in groups], dtype=dtype)
+    hi = np.asarray([np.inf if g.hi is None else g.hi for g in groups], dtype=dtype)
     prepass: list[tuple[int, int, int]] = []
-    for code, start, stop in zip(codes, starts, stops):
+    for code, start, stop in zip(codes.tolist(), starts, stops):
         if code in (RELU, LEAKY_RELU):
             continue
         code = ELU if code == SELU else code  # both need expm1(min(z, 0))
@@ -218,23 +227,35 @@ def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
             prepass[-1] = (code, prepass[-1][1], stop)
         else:
             prepass.append((code, start, stop))
-    # The selu derivative's cap, as the NumPy kernel forms it: BIG + lambda in the dtype.
-    big_cap = t(1e30) + t(SELU_SCALE)
-    constants = (
-        t(0), t(1), t(LEAKY_SLOPE), t(ELU_ALPHA), t(SELU_ALPHA), t(SELU_SCALE), t(SELU_SCALE * SELU_ALPHA), big_cap,
-    )
+    group_of_row = np.empty(n, dtype=np.int64)  # each neuron's group, in the neurons' own order
+    for k, (start, stop) in enumerate(zip(starts, stops)):
+        group_of_row[rows[start:stop]] = k
     return GroupTable(
         rows=rows,
         starts=np.asarray(starts, dtype=np.int64),
         stops=np.asarray(stops, dtype=np.int64),
-        codes=np.asarray(codes, dtype=np.int64),
-        lo=np.asarray([-np.inf if g.lo is None else g.lo for g in groups], dtype=dtype),
-        hi=np.asarray([np.inf if g.hi is None else g.hi for g in groups], dtype=dtype),
+        codes=codes,
+        lo=lo,
+        hi=hi,
         contiguous=bool(np.array_equal(rows, np.arange(n))),
-        constants=constants,
+        constants=_constants(dtype),
         prepass=tuple(prepass),
         prepass_array=np.asarray(prepass, dtype=np.int64).reshape(-1, 3),
+        row_codes=codes[group_of_row],
+        row_lo=lo[group_of_row],
+        row_hi=hi[group_of_row],
+        identity=np.arange(n, dtype=np.int64),
     )
+
+
+def _constants(dtype: Any) -> tuple:
+    """The activations' constants rounded to ``dtype``, as NumPy rounds them in ``a * x``."""
+    from .activations import ELU_ALPHA, LEAKY_SLOPE, SELU_ALPHA, SELU_SCALE
+
+    t = np.dtype(dtype).type
+    # The selu derivative's cap, as the NumPy kernel forms it: BIG + lambda in the dtype.
+    big_cap = t(1e30) + t(SELU_SCALE)
+    return (t(0), t(1), t(LEAKY_SLOPE), t(ELU_ALPHA), t(SELU_ALPHA), t(SELU_SCALE), t(SELU_SCALE * SELU_ALPHA), big_cap)
 
 
 @_jit
@@ -295,37 +316,37 @@ def _grouped_forward_loop(zT, t, out, rows, starts, stops, codes, lo, hi, consta
 
 
 @_jit
-def _grouped_backward_loop(daT, aT, out, rows, starts, stops, codes, lo, hi, constants):
+def _rowwise_backward_loop(daT, a_source, a_rows, out, codes, lo, hi, constants):
+    # out[n] = daT[n] * f'(a) * [lo < a < hi] with a = a_source[a_rows[n]], f = codes[n].
     zero, one, slope, elu_alpha, _, selu_scale, selu_scale_alpha, big_cap = constants
     width = daT.shape[1]
-    for k in range(codes.shape[0]):
-        code, l, h = codes[k], lo[k], hi[k]
+    for n in range(daT.shape[0]):
+        code, l, h = codes[n], lo[n], hi[n]
         has_lo, has_hi = l != -np.inf, h != np.inf
-        for i in range(starts[k], stops[k]):
-            da, a, o = daT[rows[i]], aT[rows[i]], out[rows[i]]
-            for j in range(width):
-                x = a[j]
-                if code == RELU:  # relu: [a > 0] [a < hi]
-                    d = da[j] * (one if (x > zero and (x < h or not has_hi)) else zero)
-                else:
-                    if code == SIGMOID:  # sigmoid: a (1 - a)
-                        d = ((one - x) * x) * da[j]
-                    elif code == TANH:  # tanh: 1 - a^2
-                        d = (one - x * x) * da[j]
-                    elif code == LEAKY_RELU:  # leaky relu: 1 or 0.01
-                        d = (one if x > zero else slope) * da[j]
-                    elif code == ELU:  # elu: min(a + alpha, 1)
-                        s = x + elu_alpha
-                        d = (one if s > one else s) * da[j]
-                    else:  # selu: lambda where z > 0, else a + lambda alpha
-                        s = (zero if x > zero else x) + selu_scale_alpha
-                        cap = big_cap if x <= zero else selu_scale
-                        d = (cap if cap < s else s) * da[j]
-                    if has_lo and not x > l:
-                        d = d * zero
-                    if has_hi and not x < h:
-                        d = d * zero
-                o[j] = d
+        da, a, o = daT[n], a_source[a_rows[n]], out[n]
+        for j in range(width):
+            x = a[j]
+            if code == RELU:  # relu: [a > 0] [a < hi]
+                d = da[j] * (one if (x > zero and (x < h or not has_hi)) else zero)
+            else:
+                if code == SIGMOID:  # sigmoid: a (1 - a)
+                    d = ((one - x) * x) * da[j]
+                elif code == TANH:  # tanh: 1 - a^2
+                    d = (one - x * x) * da[j]
+                elif code == LEAKY_RELU:  # leaky relu: 1 or 0.01
+                    d = (one if x > zero else slope) * da[j]
+                elif code == ELU:  # elu: min(a + alpha, 1)
+                    s = x + elu_alpha
+                    d = (one if s > one else s) * da[j]
+                else:  # selu: lambda where z > 0, else a + lambda alpha
+                    s = (zero if x > zero else x) + selu_scale_alpha
+                    cap = big_cap if x <= zero else selu_scale
+                    d = (cap if cap < s else s) * da[j]
+                if has_lo and not x > l:
+                    d = d * zero
+                if has_hi and not x < h:
+                    d = d * zero
+            o[j] = d
 
 
 def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
@@ -380,6 +401,71 @@ def grouped_backward(daT: np.ndarray, aT: np.ndarray, table: GroupTable, out: np
     Returns:
         ``out``.
     """
-    _grouped_backward_loop(daT, aT, out, table.rows, table.starts, table.stops, table.codes, table.lo, table.hi,
-                           table.constants)
+    _rowwise_backward_loop(daT, aT, table.identity, out, table.row_codes, table.row_lo, table.row_hi, table.constants)
     return out
+
+
+# --------------------------------------------------------------------------- phase 1
+@dataclass(frozen=True)
+class CandidateTable:
+    """A phase-1 pool as the compiled loops read it: per candidate ``k``, its code and clamp.
+
+    Attributes:
+        codes: (K,) int64 activation codes.
+        lo, hi: (K,) the clamps in the arrays' dtype (``-inf``/``inf``: none).
+        constants: as in :class:`GroupTable`.
+    """
+
+    codes: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    constants: tuple
+
+
+@functools.lru_cache(maxsize=64)
+def candidate_table(pool: tuple, clamp: float | None, dtype: Any) -> CandidateTable | None:
+    """The :class:`CandidateTable` of ``pool`` (a tuple of activations) under a
+    ``[-clamp, clamp]`` clamp, or None if a candidate is no built-in with a kernel
+    (:func:`smartmixed_np.kernels.has_kernel`). Cached: a layer asks at every step."""
+    from .fixed import clamp_limits
+    from .kernels import has_kernel
+
+    if not all(has_kernel(a) and a.name in ACTIVATION_CODES for a in pool):
+        return None
+    limits = [clamp_limits(a, clamp) for a in pool]
+    return CandidateTable(
+        codes=np.asarray([ACTIVATION_CODES[a.name] for a in pool], dtype=np.int64),
+        lo=np.asarray([-np.inf if lo is None else lo for lo, _ in limits], dtype=dtype),
+        hi=np.asarray([np.inf if hi is None else hi for _, hi in limits], dtype=dtype),
+        constants=_constants(dtype),
+    )
+
+
+def selected_backward(doutT: np.ndarray, stack: np.ndarray, selected: np.ndarray, table: CandidateTable,
+                      out: np.ndarray) -> np.ndarray:
+    r"""A hard phase-1 layer's input gradient: ``out[n] = doutT[n] f'_{s_n} [lo < a < hi]``.
+
+    Only the selected candidate $s_n$ of each neuron reaches $dz$ (the forward output
+    is that candidate's value), so only its derivative is computed, from its row
+    ``stack[s_n, n]`` of the candidate stack, in one pass over (N, B).
+
+    Reference: every candidate's derivative by the kernels of
+    :mod:`smartmixed_np.kernels`, then the selected rows gathered
+    (:func:`smartmixed_np.mixture.mixture_backward_fused`): the same numbers.
+
+    Args:
+        doutT: (N, B) upstream gradient, C-contiguous.
+        stack: (K, N, B) clamped candidate values, C-contiguous.
+        selected: (N,) host int64, each neuron's selected candidate.
+        table: from :func:`candidate_table`, in the arrays' dtype.
+        out: (N, B) C-contiguous buffer, not overlapping the inputs.
+
+    Returns:
+        ``out``.
+    """
+    k, n, b = stack.shape
+    a_rows = selected * n + np.arange(n)
+    _rowwise_backward_loop(doutT, stack.reshape(k * n, b), a_rows, out, table.codes[selected], table.lo[selected],
+                           table.hi[selected], table.constants)
+    return out
+

@@ -46,6 +46,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import compiled
 from .activations import Activation, resolve_pool
 from .backend import Backend, SeededRNG, array_module, backend_of, get_backend, to_host
 from .fixed import FixedMixedActivation, clamp_limits
@@ -283,9 +284,11 @@ def mixture_backward_fused(
 ) -> tuple[Any, Any]:
     """:func:`mixture_backward` for a cache of :func:`mixture_forward_fused`.
 
-    $dy_{nk} = \\sum_b dout_{bn} a_{kbn}$ is one product and one contiguous sum over
-    the stack; $dz = dout \\cdot D_{s_n}$ takes each candidate's fused
-    ``dout * f'_k`` and gathers the selected rows.
+    $dy_{nk} = \\sum_b dout_{bn} a_{kbn}$ is one ``einsum`` over the stack.
+    $dz = dout \\cdot D_{s_n}$ takes each candidate's fused ``dout * f'_k`` and
+    gathers the selected rows, or, on host arrays with Numba, computes the selected
+    candidate's derivative alone (:func:`smartmixed_np.compiled.selected_backward`,
+    the same numbers).
 
     Returns:
         ``dz`` (B, N) (in the workspace if given) and ``dlogits`` (N, K).
@@ -294,15 +297,18 @@ def mixture_backward_fused(
     batch, width = dout.shape
     stack = cache.candidates.transpose(0, 2, 1)  # (K, N, B)
     doutT = dout.T
-    work = _buffer(workspace, xp, "work", tuple(stack.shape), dout.dtype)
-    xp.multiply(stack, doutT, out=work)
-    dy = xp.sum(work, axis=2).T  # (N, K)
-    zT = cache.z.T
-    for k, activation in enumerate(pool):
-        lo, hi = clamp_limits(activation, cache.clamp)
-        activation_backward_into(activation, doutT, zT, stack[k], lo, hi, work[k])
+    dy = xp.einsum("knb,nb->nk", stack, doutT)  # (N, K); a third of multiply-then-sum's time here
     dzT = _buffer(workspace, xp, "dz", (width, batch), dout.dtype)
-    xp.take(work.reshape(len(pool) * width, batch), _selected_rows(xp, cache.selected, width), axis=0, out=dzT)
+    table = compiled.candidate_table(tuple(pool), cache.clamp, dout.dtype) if compiled.applies(doutT, stack, dzT) else None
+    if table is not None:  # only the selected candidate's derivative, in one compiled pass
+        compiled.selected_backward(doutT, stack, cache.selected, table, dzT)
+    else:
+        work = _buffer(workspace, xp, "work", tuple(stack.shape), dout.dtype)
+        zT = cache.z.T
+        for k, activation in enumerate(pool):
+            lo, hi = clamp_limits(activation, cache.clamp)
+            activation_backward_into(activation, doutT, zT, stack[k], lo, hi, work[k])
+        xp.take(work.reshape(len(pool) * width, batch), _selected_rows(xp, cache.selected, width), axis=0, out=dzT)
     dlogits = softmax_backward(dy, cache.weights) / cache.tau
     return dzT.T, dlogits
 

@@ -197,3 +197,43 @@ def test_group_loops_run_inside_the_mlp_and_agree(monkeypatch):
         np.testing.assert_array_equal(logits, logits_ref)
         for name in grads:
             np.testing.assert_array_equal(grads[name], grads_ref[name])
+
+
+# --------------------------------------------------------------------------- phase 1
+@given(
+    width=st.integers(1, 30),
+    batch=st.integers(1, 9),
+    pool=st.lists(st.sampled_from(_SIX), min_size=1, max_size=6, unique=True),
+    clamp=st.sampled_from([None, 10.0, 0.5]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    scale=st.sampled_from([0.5, 3.0, 30.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_selected_backward_gives_the_numpy_kernels_numbers(width, batch, pool, clamp, dtype, scale, seed):
+    """mixture_backward_fused: the compiled dz (selected candidate only) equals every-candidate-then-gather."""
+    from smartmixed_np.activations import resolve_pool
+    from smartmixed_np.mixture import mixture_backward_fused, mixture_forward_fused
+    from smartmixed_np.workspace import Workspace
+
+    rng = np.random.default_rng(seed)
+    candidates = resolve_pool(pool)
+    z = _feature_major(rng, width, batch, dtype, scale)
+    dout = _feature_major(rng, width, batch, dtype, 1.0)
+    logits = rng.standard_normal((width, len(candidates))).astype(dtype)
+    noise = rng.gumbel(size=logits.shape).astype(dtype)
+    _, cache = mixture_forward_fused(z, logits, noise, candidates, tau=0.3, clamp=clamp, workspace=Workspace(np))
+    assert compiled.applies(dout.T, cache.candidates.transpose(0, 2, 1))
+    dz, dlogits = mixture_backward_fused(dout, cache, candidates, workspace=Workspace(np))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compiled, "applies", lambda *arrays: False)
+        dz_ref, dlogits_ref = mixture_backward_fused(dout, cache, candidates, workspace=Workspace(np))
+    np.testing.assert_array_equal(dz, dz_ref)
+    np.testing.assert_array_equal(dlogits, dlogits_ref)
+
+
+def test_candidate_table_refuses_a_user_activation():
+    from smartmixed_np.activations import Activation, resolve_pool
+
+    custom = Activation("cube", lambda z: z**3, lambda z, a: 3 * z**2, "z^3")
+    assert compiled.candidate_table((custom,), 10.0, np.dtype(np.float32)) is None
+    assert compiled.candidate_table(tuple(resolve_pool(None)), 10.0, np.dtype(np.float32)) is not None
