@@ -436,9 +436,7 @@ class SmartMixedActivation:
         overwritten by the next forward given the same workspace.
         """
         if not train:
-            frozen = FixedMixedActivation(
-                self.choices(), self.pool, contiguous=False, clamp=self.clamp, backend=_backend_of_array(self.logits)
-            )
+            frozen = self._frozen()
             out, cache = frozen.forward(z, workspace=workspace)
             return out, (frozen, cache)
         if noise is None:
@@ -459,6 +457,17 @@ class SmartMixedActivation:
             dz, dlogits = mixture_backward(dout, cache, self.pool)
         self.dlogits[...] = dlogits
         return dz
+
+    def _frozen(self) -> FixedMixedActivation:
+        """The phase-2 layer of the current choices (rebuilt only when a choice changed,
+        so that evaluating batch after batch builds its groups once)."""
+        choices = self.choices()
+        kept = self.__dict__.get("_frozen_layer")
+        backend = _backend_of_array(self.logits)
+        if kept is None or not np.array_equal(kept.choices, choices) or kept.clamp != self.clamp or kept.backend is not backend:
+            kept = FixedMixedActivation(choices, self.pool, contiguous=False, clamp=self.clamp, backend=backend)
+            self._frozen_layer = kept
+        return kept
 
     def choices(self) -> np.ndarray:
         """(N,) host ints: each neuron's argmax choice (what freezing keeps)."""

@@ -157,6 +157,19 @@ def test_evaluation_uses_the_argmax_without_noise(backend):
     assert layer.rng.state == state  # evaluation draws nothing
 
 
+def test_evaluation_follows_changed_logits(backend):
+    """The evaluation layer is kept between calls, but never outlives a change of choice."""
+    layer = _layer(backend, width=8)
+    z = backend.asarray(np.random.default_rng(1).standard_normal((3, 8)))
+    layer.forward(z, train=False)
+    new_logits = np.zeros((8, len(POOL)))
+    new_logits[np.arange(8), (to_host(layer.logits).argmax(1) + 1) % len(POOL)] = 5.0  # every choice moves
+    layer.logits[...] = backend.asarray(new_logits, dtype=layer.logits.dtype)
+    out, _ = layer.forward(z, train=False)
+    frozen = FixedMixedActivation(new_logits.argmax(1), clamp=10.0, backend=backend)
+    np.testing.assert_array_equal(to_host(out), to_host(frozen.forward(z)[0]))
+
+
 def test_no_noise_mode_is_deterministic(backend):
     layer = _layer(backend, "none", hard=True)
     z = backend.asarray(np.random.default_rng(2).standard_normal((2, 5)))
