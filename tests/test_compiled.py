@@ -237,3 +237,16 @@ def test_candidate_table_refuses_a_user_activation():
     custom = Activation("cube", lambda z: z**3, lambda z, a: 3 * z**2, "z^3")
     assert compiled.candidate_table((custom,), 10.0, np.dtype(np.float32)) is None
     assert compiled.candidate_table(tuple(resolve_pool(None)), 10.0, np.dtype(np.float32)) is not None
+
+
+def test_grouped_forward_ignores_stale_scratch():
+    """Whatever the scratch buffer holds beforehand (NaN here), the outputs are the same."""
+    rng = np.random.default_rng(5)
+    for choices in (np.arange(6).repeat(3), np.zeros(6, dtype=np.int64), np.array([0, 0, 3, 3])):
+        layer = FixedMixedActivation(choices, _SIX, contiguous=True, clamp=10.0)
+        zT = np.ascontiguousarray(rng.standard_normal((len(choices), 7)).astype(np.float32))
+        table = layer._compiled_table(zT)
+        clean = compiled.grouped_forward(zT, table, np.empty_like(zT), np.zeros_like(zT))
+        stale = compiled.grouped_forward(zT, table, np.empty_like(zT), np.full_like(zT, np.nan))
+        np.testing.assert_array_equal(stale, clean)
+        assert not np.isnan(clean).any()
