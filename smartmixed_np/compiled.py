@@ -173,7 +173,6 @@ class GroupTable:
         codes: (G,) int64 activation codes (:data:`ACTIVATION_CODES`).
         lo, hi: (G,) the clamp of each group in the arrays' dtype; ``-inf``/``inf``
             stands for no clamp on that side.
-        contiguous: ``rows`` is the identity, so a group's rows are one slice.
         constants: the activations' constants, rounded to the dtype (see :func:`group_table`).
         prepass: ``(code, start, stop)`` runs of positions whose transcendental part
             NumPy computes first; neighbouring elu and selu groups share one run.
@@ -193,7 +192,6 @@ class GroupTable:
     codes: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
-    contiguous: bool
     constants: tuple
     prepass: tuple
     idle: tuple
@@ -244,7 +242,6 @@ def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
         codes=codes,
         lo=lo,
         hi=hi,
-        contiguous=bool(np.array_equal(rows, np.arange(n))),
         constants=_constants(dtype),
         prepass=tuple(prepass),
         idle=tuple(idle),
