@@ -90,6 +90,23 @@ def test_same_seed_same_run_bit_for_bit(tmp_path):
     assert _strip_times(a.history) == _strip_times(b.history)
 
 
+def test_compiled_loops_change_no_number_of_a_run(tmp_path, monkeypatch):
+    """A two-phase run (masked phase-2 groups) gives the same bits with the NumPy paths only."""
+    from smartmixed_np import compiled
+
+    if not compiled.status().startswith("numba"):
+        pytest.skip(f"compiled loops: {compiled.status()}")
+    options = dict(epochs=3, contiguous=False)
+    fast = train(tiny(tmp_path, "fast", **options))
+    monkeypatch.setattr(compiled, "applies", lambda *arrays: False)
+    plain = train(tiny(tmp_path, "plain", **options))
+    arrays_fast, _ = load_arrays(fast.run_dir / "model.npz")
+    arrays_plain, _ = load_arrays(plain.run_dir / "model.npz")
+    for name in arrays_fast:
+        assert arrays_fast[name].tobytes() == arrays_plain[name].tobytes(), name
+    assert _strip_times(fast.history) == _strip_times(plain.history)
+
+
 class _StopAt:
     """An on_step hook that raises KeyboardInterrupt (as Ctrl-C would) at given global steps."""
 
