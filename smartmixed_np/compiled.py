@@ -41,10 +41,14 @@ JIT_ENV = "SMARTMIXED_JIT"
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def _switched_off() -> bool:
+    return os.environ.get(JIT_ENV, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 @functools.lru_cache(maxsize=None)
 def _numba() -> Any:
     """The ``numba`` module, or None when it is missing or switched off."""
-    if os.environ.get(JIT_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if _switched_off():
         return None
     try:
         import numba
@@ -58,7 +62,7 @@ def status() -> str:
     numba = _numba()
     if numba is not None:
         return f"numba {numba.__version__}"
-    if os.environ.get(JIT_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if _switched_off():
         return f"off ({JIT_ENV}=0)"
     return "off (numba is not installed; pip install 'smartmixed_np[fast]')"
 

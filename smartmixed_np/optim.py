@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import compiled
-from .backend import array_module, backend_of, to_host
+from .backend import array_module, backend_of, get_backend, to_host
 
 __all__ = ["Optimizer", "SGD", "Adam", "adam_update_reference", "clip_factor", "clip_grad_norm", "global_grad_norm"]
 
@@ -208,10 +208,12 @@ class Adam(Optimizer):
         inv_sqrt_bc2 = 1.0 / math.sqrt(1 - self.beta2**t)
         settings = dict(beta1=self.beta1, beta2=self.beta2, eps=self.eps, step_size=step_size,
                         inv_sqrt_bc2=inv_sqrt_bc2, weight_decay=self.weight_decay)
+        # The compiled loop takes the scale as a host number: only a host (or no) scale qualifies.
+        host_scale = 1.0 if scale is None else float(scale) if backend_of(scale) in (None, get_backend("numpy")) else None
         for name, p in self.params.items():
             m, v, g = self.m[name], self.v[name], grads[name]
-            if compiled.applies(p, g, m, v) and backend_of(scale) in (None, backend_of(p)):
-                compiled.adam_update(p, g, m, v, scale=1.0 if scale is None else float(scale), **settings)
+            if host_scale is not None and compiled.applies(p, g, m, v):
+                compiled.adam_update(p, g, m, v, scale=host_scale, **settings)
             else:
                 adam_update_reference(p, g, m, v, scratch=self._scratch_for(name), scale=scale, **settings)
 
