@@ -78,7 +78,10 @@ class TrainConfig:
     train_limit: int | None = None
     val_fraction: float = 0.1
     split_seed: int = 0
+    mirror: str | None = None
     model: str = "smartmixed"
+    pool: tuple[str, ...] | None = None
+    imports: tuple[str, ...] = ()
     hidden: tuple[int, ...] = (512, 256, 128)
     arch: int | None = None
     epochs: int = 400
@@ -112,6 +115,9 @@ class TrainConfig:
             except ValueError as err:
                 raise ConfigError(str(err)) from None
         self.hidden = tuple(int(h) for h in self.hidden)
+        if self.pool is not None:
+            self.pool = tuple(str(name).strip().lower() for name in self.pool)
+        self.imports = tuple(str(spec) for spec in self.imports)
 
     @property
     def is_smartmixed(self) -> bool:
@@ -119,8 +125,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid option."""
-        from .activations import get_activation
+        from .activations import get_activation, resolve_pool
         from .mixture import NOISE_MODES
+        from .plugins import load_plugins
 
         def require(condition: bool, message: str) -> None:
             if not condition:
@@ -148,6 +155,12 @@ class TrainConfig:
             get_backend(self.device)
         except ValueError as err:
             raise ConfigError(f"--device: {err}") from None
+        load_plugins(self.imports)  # a user's candidates must be registered before names are checked
+        if self.pool is not None:
+            try:
+                resolve_pool(self.pool)
+            except ValueError as err:
+                raise ConfigError(f"--pool: {err}") from None
         if self.is_smartmixed:
             require(
                 isinstance(self.transition_epoch, int) and 1 <= self.transition_epoch <= self.epochs,
@@ -163,6 +176,8 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["hidden"] = list(self.hidden)
+        data["pool"] = None if self.pool is None else list(self.pool)
+        data["imports"] = list(self.imports)
         return data
 
     @classmethod
@@ -173,6 +188,9 @@ class TrainConfig:
             raise ConfigError(f"unknown training options in the saved configuration: {', '.join(unknown)}")
         data = dict(data)
         data["hidden"] = tuple(data.get("hidden", ()))
+        if data.get("pool") is not None:
+            data["pool"] = tuple(data["pool"])
+        data["imports"] = tuple(data.get("imports", ()))
         data["arch"] = None  # hidden already holds the widths
         return cls(**data)
 
@@ -270,6 +288,7 @@ class _Run:
             val_fraction=config.val_fraction,
             split_seed=config.split_seed,
             progress=not config.quiet,
+            mirror=config.mirror,
         )
         self.data = data
         dtype = np.dtype(config.dtype)
@@ -284,6 +303,7 @@ class _Run:
         self.model = MLP(
             self.sizes,
             "smartmixed" if config.is_smartmixed else config.model,
+            pool=config.pool,
             tau=config.tau,
             hard=config.hard,
             clamp=config.clamp,

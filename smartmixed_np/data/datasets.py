@@ -98,6 +98,7 @@ def load_dataset(
     split_seed: int = 0,
     download: bool = True,
     progress: bool = False,
+    mirror: str | None = None,
     **synthetic_options,
 ) -> SplitDataset:
     """Load a dataset by name and split it into training, validation and test sets.
@@ -118,6 +119,7 @@ def load_dataset(
             same split, bit for bit.
         download: allow downloading an IDX dataset that is not found locally.
         progress: report download progress on stderr.
+        mirror: a base URL to download from instead of the dataset's own mirrors.
         **synthetic_options: synthetic datasets only. Both take ``n_train``, ``n_val``,
             ``n_test`` (default 12000/2000/4000 for synth-digits, 2400/600/1500 for
             spirals) and ``seed``; spirals also ``num_classes`` (3), ``noise`` (0.05)
@@ -144,12 +146,12 @@ def load_dataset(
 
     if synthetic_options:
         raise DataError(f"dataset {key!r} takes no options {sorted(synthetic_options)} (they are for synthetic datasets)")
-    folder = find_dataset_folder(key, data_dir, download=download, progress=progress)
+    folder = find_dataset_folder(key, data_dir, download=download, progress=progress, mirror=mirror)
     return _load_idx(key, folder, train_limit, val_fraction, split_seed)
 
 
 def find_dataset_folder(
-    name: str, data_dir: PathLike | None = None, *, download: bool = True, progress: bool = False
+    name: str, data_dir: PathLike | None = None, *, download: bool = True, progress: bool = False, mirror: str | None = None
 ) -> Path:
     """The folder holding the four IDX files of dataset ``name``.
 
@@ -188,7 +190,7 @@ def find_dataset_folder(
         raise DataError(f"dataset {key} not found locally ({where}) and downloading is off; {local_copy_hint(key)}")
     if key not in REGISTRY:
         raise DataError(f"dataset {key} is not found locally and cannot be downloaded; {local_copy_hint(key)}")
-    return ensure_dataset(key, progress=progress)
+    return ensure_dataset(key, progress=progress, mirrors=None if mirror is None else [mirror])
 
 
 def stratified_split(
