@@ -7,19 +7,51 @@ the destination with ``os.replace``, which is atomic on POSIX and Windows. If th
 writer fails, or the process is interrupted (KeyboardInterrupt included), the
 temporary file is removed and the destination is untouched; if the process is
 killed outright, only a hidden ``.<name>.*.part`` file can remain, never a
-truncated destination.
+truncated destination (:func:`remove_stale_parts` cleans those up).
+
+A write that the operating system refuses (a full disk, a read-only mount, a path
+that is too long or runs through a file) raises :class:`WriteError`, a user error
+with a one-line message naming the file: the files written before it are intact.
+
+JSON is always strict (RFC 8259): :func:`write_json` writes NaN and infinities as
+``null`` and lists where it did so under ``"non_finite"``, since ``NaN`` is not
+JSON and most readers other than Python's refuse it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["atomic_writer", "write_bytes", "write_text", "write_json"]
+from .errors import UserError
+
+__all__ = ["WriteError", "atomic_writer", "write_bytes", "write_text", "write_json", "strict_json", "remove_stale_parts"]
+
+_PART = re.compile(r"^\..+\.[A-Za-z0-9_]+\.part$")
+
+
+class WriteError(UserError, OSError):
+    """A file could not be written (disk full, read-only, bad path); earlier files are intact."""
+
+
+def _write_error(path: Path, err: OSError) -> WriteError:
+    reason = err.strerror or str(err)
+    hint = {
+        errno.ENOSPC: "; free some space and run the command again (files written before are intact)",
+        errno.EDQUOT: "; the disk quota is exhausted (files written before are intact)",
+        errno.EROFS: "; the file system is read-only: choose another --out",
+        errno.ENAMETOOLONG: "; use a shorter path",
+        errno.ENOTDIR: "; a part of the path is a file, not a folder",
+        errno.EACCES: "; no permission to write there",
+    }.get(err.errno, "")
+    return WriteError(f"{path}: cannot write ({reason}){hint}")
 
 
 @contextlib.contextmanager
@@ -32,11 +64,18 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
     Yields:
         The open temporary file.
+
+    Raises:
+        WriteError: the operating system refused to create, write, sync or rename
+            the file (ENOSPC, EROFS, ENAMETOOLONG, ...); the destination is untouched.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_writer supports modes 'wb' and 'w', got {mode!r}")
     path = Path(path)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as err:
+        raise _write_error(path, err) from None
     try:
         with os.fdopen(handle, mode, **({"encoding": "utf-8", "newline": ""} if mode == "w" else {})) as file:
             yield file
@@ -44,8 +83,11 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.fsync(file.fileno())
         os.chmod(temp_name, 0o644)  # mkstemp makes the file private; ours are ordinary files
         os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            Path(temp_name).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, WriteError) and err.errno is not None:
+            raise _write_error(path, err) from None
         raise
 
 
@@ -63,6 +105,50 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def strict_json(obj: Any) -> tuple[Any, list[str]]:
+    """``obj`` with every NaN or infinity replaced by None, and the places replaced.
+
+    Returns:
+        ``(clean, places)``; ``places`` are dotted paths such as ``"test.loss"``.
+    """
+    places: list[str] = []
+
+    def clean(value: Any, where: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            places.append(f"{where or '(top)'} was {value}")
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    return clean(obj, ""), places
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as indented, strict JSON to ``path`` atomically.
+
+    NaN and infinities become ``null``; for an object, ``"non_finite"`` lists
+    which values were replaced (``"test.loss was nan"``).
+    """
+    clean, places = strict_json(obj)
+    if places and isinstance(clean, dict):
+        clean["non_finite"] = places
+    return write_text(path, json.dumps(clean, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def remove_stale_parts(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.*.part`` temporaries that a killed writer left in ``folder``.
+
+    Call it only while no other process writes into ``folder`` (a run holds its
+    folder alone). Returns the files removed.
+    """
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if entry.is_file(follow_symlinks=False) and _PART.match(entry.name):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed

@@ -24,8 +24,9 @@ import contextlib
 import csv
 import dataclasses
 import io
+import json
 import math
-import platform
+import os
 import signal
 import sys
 import threading
@@ -36,19 +37,19 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import __version__, compiled
 from .archs import get_architecture
 from .backend import SeededRNG, get_backend, to_host
 from .checkpoint import load_arrays, save_arrays, save_model
 from .errors import CheckpointError, UserError
-from .fileio import write_json, write_text
+from .fileio import WriteError, remove_stale_parts, write_json, write_text
 from .losses import softmax_cross_entropy
 from .mlp import MLP
 from .optim import SGD, Adam, clip_factor
+from .runfolder import CHECKPOINT, CHOICES, CONFIG, HISTORY, METRICS, determinism_mismatch, environment
 
 __all__ = ["TrainConfig", "RunResult", "ConfigError", "train", "evaluate", "confusion_matrix", "per_class_accuracy", "CHECKPOINT"]
 
-CHECKPOINT = "checkpoint.npz"
+RUN_FOLDER_FORMAT = "smartmixed_np.run/1"
 CHECKPOINT_FORMAT = "smartmixed_np.checkpoint/1"
 
 
@@ -138,8 +139,10 @@ class TrainConfig:
         require(self.eval_batch_size >= 1, f"eval batch size must be positive, got {self.eval_batch_size}")
         require(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
         require(self.clip is None or (math.isfinite(self.clip) and self.clip > 0), f"--clip must be positive, got {self.clip}")
-        require(self.tau > 0 and math.isfinite(self.tau), f"--tau must be a positive number, got {self.tau}")
-        require(self.tau_final is None or (self.tau_final > 0 and math.isfinite(self.tau_final)), f"--tau-final must be positive, got {self.tau_final}")
+        # Below 1e-4 the Gumbel-softmax is an argmax in float32 and logits / tau overflow.
+        require(math.isfinite(self.tau) and self.tau >= MIN_TAU, f"--tau must be a number of at least {MIN_TAU:g}, got {self.tau}")
+        require(self.tau_final is None or (math.isfinite(self.tau_final) and self.tau_final >= MIN_TAU),
+                f"--tau-final must be a number of at least {MIN_TAU:g}, got {self.tau_final}")
         require(self.clamp is None or self.clamp > 0, f"--clamp must be positive, got {self.clamp}")
         require(self.optimizer in ("adam", "sgd"), f"--optimizer must be adam or sgd, got {self.optimizer!r}")
         require(self.lr_schedule in ("constant", "cosine"), f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
@@ -150,7 +153,9 @@ class TrainConfig:
         require(self.train_limit is None or self.train_limit >= 10, f"--train-limit must be at least 10, got {self.train_limit}")
         require(isinstance(self.seed, int) and self.seed >= 0, f"--seed must be a non-negative integer, got {self.seed}")
         require(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), f"--hidden needs at least one positive width, got {self.hidden}")
-        require(self.momentum >= 0 and self.weight_decay >= 0, "--momentum and --weight-decay must be non-negative")
+        require(math.isfinite(self.momentum) and math.isfinite(self.weight_decay) and self.momentum >= 0 and self.weight_decay >= 0,
+                "--momentum and --weight-decay must be finite and non-negative")
+        require(all(h <= MAX_WIDTH for h in self.hidden), f"--hidden: widths above {MAX_WIDTH:,} are not supported, got {self.hidden}")
         try:
             get_backend(self.device)
         except ValueError as err:
@@ -172,6 +177,8 @@ class TrainConfig:
                 get_activation(self.model)
             except ValueError as err:
                 raise ConfigError(f"--model: {err} (or 'smartmixed')") from None
+        if self.device in ("cpu", "numpy"):
+            _check_memory(self)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -195,6 +202,53 @@ class TrainConfig:
         return cls(**data)
 
 
+MIN_TAU = 1e-4
+MAX_WIDTH = 1 << 20
+
+
+def estimate_memory(config: TrainConfig, input_dim: int = 784, num_classes: int = 10, examples: int = 70_000) -> int:
+    """Bytes a training run needs, roughly, before anything is allocated.
+
+    Parameters P (weights, biases, selection logits) are held about seven times
+    (the parameters, their gradients, Adam's two moments, the best model of each
+    phase, a checkpoint copy); the activations of a batch about (K + 4) times per
+    hidden unit (the K candidates of phase 1); and the dataset once, in the run's
+    dtype. An estimate for refusing what cannot fit, not an accounting.
+    """
+    itemsize = np.dtype(config.dtype).itemsize
+    sizes = [input_dim, *config.hidden, num_classes]
+    pool = len(config.pool) if config.pool else 6
+    params = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+    params += sum(config.hidden) * pool if config.is_smartmixed else 0
+    batch = max(config.batch_size, config.eval_batch_size)
+    activations = batch * (sum(config.hidden) * (pool + 4) + input_dim + 2 * num_classes)
+    return int(itemsize * (7 * params + activations + examples * input_dim))
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation on this machine (None if unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_memory(config: TrainConfig) -> None:
+    needed, available = estimate_memory(config), _available_memory()
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"this network needs about {needed / 2**30:.1f} GiB of memory to train (hidden {','.join(map(str, config.hidden))}, "
+            f"batch {config.batch_size}, {config.dtype}), and this machine has {available / 2**30:.1f} GiB available"
+        )
+
+
 @dataclass
 class RunResult:
     """What :func:`train` returns: where the run was written and what it measured."""
@@ -204,6 +258,8 @@ class RunResult:
     history: list[dict[str, Any]]
     model: MLP
     interrupted: bool = False
+    #: the signal that stopped an interrupted run: ``"SIGINT"`` (Ctrl-C) or ``"SIGTERM"``
+    stop_signal: str | None = None
 
 
 # ------------------------------------------------------------------------ evaluation
@@ -323,6 +379,12 @@ class _Run:
         self.best = _Best()
         self.stopped: str | None = None
         self.elapsed = 0.0
+        #: True while the state is that of a step boundary (what a checkpoint may hold);
+        #: False inside a step and the end-of-epoch bookkeeping.
+        self.at_boundary = True
+        #: (completed epochs, step in epoch) of the last checkpoint written, if any.
+        self.saved_at: tuple[int, int] | None = None
+        self.environment = environment(self.backend.name, self.backend.xp)
 
     # -- pieces ------------------------------------------------------------------
     def _make_optimizer(self):
@@ -376,8 +438,11 @@ class _Run:
             "best_phase1": self.best_phase1.meta(),
             "stopped": self.stopped,
             "elapsed": self.elapsed,
+            "environment": self.environment,
         }
-        return save_arrays(self.run_dir / CHECKPOINT, arrays, meta)
+        path = save_arrays(self.run_dir / CHECKPOINT, arrays, meta)
+        self.saved_at = (self.epoch, self.step_in_epoch)
+        return path
 
     def load_checkpoint(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], path: Path) -> None:
         try:
@@ -399,6 +464,7 @@ class _Run:
                 best.config, best.state = info["config"], _section(arrays, f"{key}/")
             self.stopped = meta.get("stopped")
             self.elapsed = float(meta.get("elapsed", 0.0))
+            self.saved_at = (self.epoch, self.step_in_epoch)
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: checkpoint does not match this run ({err})") from None
 
@@ -413,11 +479,36 @@ def _default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.dataset}_{config.model}_{arch}_seed{config.seed}_{stamp}"
 
 
-def _environment(backend_name: str) -> dict[str, Any]:
-    versions = {"smartmixed_np": __version__, "python": platform.python_version(), "numpy": np.__version__}
-    if backend_name != "numpy":
-        versions[backend_name] = getattr(get_backend(backend_name).xp, "__version__", None)
-    return {"versions": versions, "compiled_loops": compiled.status(), "platform": platform.platform(), "argv": sys.argv}
+#: What may stand in a folder before a run starts in it: what a sweep writes first
+#: (its log, its attempts, its lock, a failure note) and the hidden temporaries of
+#: atomic writes. Anything else means the folder is not meant for a run.
+_BEFORE_A_RUN = ("train.log", "sweep_run.json", "FAILED")
+
+
+def _check_new_run_dir(run_dir: Path) -> None:
+    """Refuse a run folder that holds a run already, or other files, or cannot be a folder."""
+    if (run_dir / CHECKPOINT).exists() or (run_dir / METRICS).exists() or (run_dir / CONFIG).exists():
+        raise ConfigError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or choose another --out")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir}: exists and is not a folder")
+    if run_dir.is_dir():
+        try:
+            others = sorted(e.name for e in os.scandir(run_dir) if not e.name.startswith(".") and e.name not in _BEFORE_A_RUN)
+        except OSError as err:
+            raise ConfigError(f"--out {run_dir}: cannot read the folder ({err.strerror or err})") from None
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise ConfigError(f"--out {run_dir}: the folder holds other files ({shown}); a run needs an empty or new folder")
+    for part in run_dir.parts:
+        if len(os.fsencode(part)) > 255:
+            raise ConfigError(f"--out: the path component {part[:40]!r}... is longer than 255 bytes")
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(f"--out {run_dir}: cannot create the run folder ({err.strerror or err})") from None
 
 
 def train(
@@ -434,15 +525,17 @@ def train(
         resume: a run folder holding ``checkpoint.npz`` to continue.
         on_step: called as ``on_step(epoch, step_in_epoch, global_step, model)``
             after every optimizer step (tests use it to interrupt a run).
-        overrides: options that may differ on resume (``quiet``, ``progress``,
-            ``device``, ``data_dir``).
+        overrides: options that may differ on resume: ``quiet``, ``progress``,
+            ``device``, ``data_dir``, ``mirror``, and ``epochs`` (at least the epochs
+            already run: a finished run can be continued for more).
 
     Returns:
-        A :class:`RunResult`. After Ctrl-C (KeyboardInterrupt) the checkpoint is
-        saved and the result has ``interrupted=True``.
+        A :class:`RunResult`. After Ctrl-C or SIGTERM the checkpoint is saved at a
+        step boundary and the result has ``interrupted=True`` and ``stop_signal``.
 
     Raises:
-        ConfigError, DataError, CheckpointError: user errors, with one-line messages.
+        ConfigError, DataError, CheckpointError, WriteError: user errors, with
+        one-line messages.
     """
     checkpoint = None
     if resume is not None:
@@ -453,7 +546,13 @@ def train(
         arrays, meta = load_arrays(path)
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path}: not a training checkpoint (format {meta.get('format')!r})")
-        config = TrainConfig.from_json({**meta["config"], **(overrides or {})})
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - RESUME_OVERRIDES)
+        if unknown:
+            raise ConfigError(f"cannot change {', '.join(unknown)} when resuming; start a new run with --out")
+        if not isinstance(meta.get("config"), dict):
+            raise CheckpointError(f"{path}: checkpoint without its training options")
+        config = TrainConfig.from_json({**meta["config"], **overrides})
         checkpoint = (arrays, meta, path)
     else:
         if config is None:
@@ -461,31 +560,108 @@ def train(
         if overrides:
             config = dataclasses.replace(config, **overrides)
         run_dir = Path(config.out) if config.out else _default_run_dir(config)
-        if (run_dir / CHECKPOINT).exists():
-            raise ConfigError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or choose another --out")
+        _check_new_run_dir(run_dir)
     config.validate()
-    run_dir.mkdir(parents=True, exist_ok=True)
     config.out = str(run_dir)
 
+    # Everything that can fail on the user's input (data, checkpoint) fails before
+    # the folder exists: a failed start leaves nothing behind.
     run = _Run(config, run_dir)
+    resumed_from = None
     if checkpoint is not None:
         run.load_checkpoint(*checkpoint)
-    write_json(run_dir / "config.json", {**config.to_json(), "environment": _environment(run.backend.name), "data": {
-        "name": run.data.name, "source": run.data.source, "train": int(run.data.x_train.shape[0]),
-        "val": int(run.data.x_val.shape[0]), "test": int(run.data.x_test.shape[0]), "num_classes": run.data.num_classes}})
+        resumed_from = _check_resume(run, checkpoint[1])
+    _note_train_limit(run)
+    _make_run_dir(run_dir)
+    remove_stale_parts(run_dir)
+    _write_config(run, resumed_from)
 
-    interrupted = False
     try:
         with _interrupt_at_step_boundaries() as interrupt:
-            _train_loop(run, on_step, interrupt)
-    except KeyboardInterrupt:
-        interrupted = True
-        run.save_checkpoint()
-        _say(f"interrupted: checkpoint saved; continue with `smartmixed train --resume {run_dir}`", sys.stderr)
-    if interrupted:
-        return RunResult(run_dir, {}, run.history, run.model, interrupted=True)
-    metrics = _finish(run)
+            try:
+                _train_loop(run, on_step, interrupt)
+                metrics = _finish(run, interrupt)
+            except KeyboardInterrupt:
+                return _stopped(run, interrupt)
+    except KeyboardInterrupt:  # a signal between the two handlers above
+        return _stopped(run, {"set": True, "signal": "SIGINT"})
     return RunResult(run_dir, metrics, run.history, run.model)
+
+
+#: The options that ``train(resume=..., overrides=...)`` may change.
+RESUME_OVERRIDES = frozenset({"quiet", "progress", "device", "data_dir", "mirror", "epochs"})
+
+
+def _stopped(run: "_Run", interrupt: dict) -> RunResult:
+    """After an interrupt: save the checkpoint if the state is a step boundary, and say so."""
+    name = interrupt.get("signal") or "SIGINT"
+    again = f"continue with `smartmixed train --resume {run.run_dir}`"
+    if run.at_boundary:
+        run.save_checkpoint()
+        _say(f"interrupted ({name}): checkpoint saved {_position(run.epoch, run.step_in_epoch)}; {again}", sys.stderr)
+    elif run.saved_at is not None:
+        _say(f"stopped at once ({name} twice, inside a step): the checkpoint saved {_position(*run.saved_at)} is kept; {again}", sys.stderr)
+    else:
+        _say(f"stopped at once ({name} twice) before the first checkpoint; nothing to resume", sys.stderr)
+    return RunResult(run.run_dir, {}, run.history, run.model, interrupted=True, stop_signal=name)
+
+
+def _position(epochs_done: int, step: int) -> str:
+    """Where a checkpoint stands, in words: "after epoch 3" or "at epoch 4, step 92"."""
+    return f"after epoch {epochs_done}" if step == 0 else f"at epoch {epochs_done + 1}, step {step}"
+
+
+def _check_resume(run: "_Run", meta: dict[str, Any]) -> dict[str, Any]:
+    """Validate a resume's epochs, warn if the bits will differ, say where it resumes."""
+    config = run.config
+    if config.epochs < run.epoch:
+        raise ConfigError(f"--epochs {config.epochs}: the run has already trained {run.epoch} epochs; give at least that many")
+    if config.is_smartmixed and config.epochs < config.transition_epoch:
+        raise ConfigError(f"--epochs {config.epochs} is shorter than the run's phase 1 ({config.transition_epoch} epochs)")
+    if config.epochs > run.epoch and (run.run_dir / METRICS).exists():
+        # A finished run continued for more epochs is unfinished again until it ends.
+        try:
+            (run.run_dir / METRICS).unlink()
+        except OSError as err:
+            raise WriteError(f"{run.run_dir / METRICS}: cannot remove the finished marker ({err.strerror or err})") from None
+        run.stopped = None
+    mismatch = determinism_mismatch(meta.get("environment"), run.environment)
+    if mismatch:
+        _say(f"warning: {mismatch}: the continuation will not be bit-identical to an uninterrupted run", sys.stderr)
+    batches = math.ceil(int(run.x_train.shape[0]) / config.batch_size)
+    if run.epoch >= config.epochs:
+        where = f"after its last epoch ({run.epoch}): writing the end of the run"
+    else:
+        where = f"at epoch {run.epoch + 1}, step {run.step_in_epoch} of {batches}"
+    _say(f"resuming {run.run_dir} {where}", sys.stderr if config.quiet else None)
+    return {"epoch": run.epoch + 1, "step": run.step_in_epoch, "environment": run.environment}
+
+
+def _note_train_limit(run: "_Run") -> None:
+    """Say when ``--train-limit`` asks for more official training images than exist."""
+    data, limit = run.data, run.config.train_limit
+    available = getattr(data, "train_available", None)
+    if limit is not None and available is not None and limit > available and not run.config.quiet:
+        _say(f"note: --train-limit {limit:,} asks for more than the {available:,} official training images; using all of them", sys.stderr)
+
+
+def _write_config(run: "_Run", resumed_from: dict[str, Any] | None) -> None:
+    """config.json: the options, the data, and the environment of the first start and of each resume."""
+    path = run.run_dir / CONFIG
+    previous: dict[str, Any] = {}
+    if resumed_from is not None and path.is_file():
+        with contextlib.suppress(OSError, ValueError, UnicodeDecodeError, RecursionError):
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            previous = loaded if isinstance(loaded, dict) else {}
+    data = run.data
+    content = {**run.config.to_json(), "environment": previous.get("environment", run.environment), "data": {
+        "name": data.name, "source": data.source, "train": int(data.x_train.shape[0]),
+        "val": int(data.x_val.shape[0]), "test": int(data.x_test.shape[0]), "num_classes": data.num_classes}}
+    resumes = previous.get("resumes") if isinstance(previous.get("resumes"), list) else []
+    if resumed_from is not None:
+        content["resumes"] = [*resumes, resumed_from]
+    content["format"] = RUN_FOLDER_FORMAT
+    write_json(path, content)
 
 
 def _say(message: str, stream: Any = None) -> None:
@@ -495,30 +671,38 @@ def _say(message: str, stream: Any = None) -> None:
     tqdm.write(message, file=stream or sys.stdout)
 
 
+#: The signals a run stops on at the next step boundary: Ctrl-C, and what cluster
+#: schedulers (and ``kill``) send. The exit status is 128 + the signal's number.
+STOP_SIGNALS = ("SIGINT", "SIGTERM")
+
+
 @contextlib.contextmanager
 def _interrupt_at_step_boundaries() -> Any:
-    """Turn the first Ctrl-C into a flag that the loop checks between steps.
+    """Turn the first SIGINT or SIGTERM into a flag that the loop checks between steps.
 
     An interrupt in the middle of an optimizer update would leave half-updated
     weights; deferring it to the end of the step keeps the checkpoint exact. A
-    second Ctrl-C interrupts at once.
+    second signal stops at once (KeyboardInterrupt), and then the half-done step is
+    not saved: the last checkpoint stays as it was (see :func:`_stopped`).
     """
-    flag = {"set": False}
+    flag: dict[str, Any] = {"set": False, "signal": None}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def handler(signum, frame):
+        name = signal.Signals(signum).name
         if flag["set"]:
             raise KeyboardInterrupt
-        flag["set"] = True
-        _say("interrupt received: stopping after this step (Ctrl-C again to stop at once)", sys.stderr)
+        flag["set"], flag["signal"] = True, name
+        _say(f"{name} received: stopping after this step ({name} again to stop at once)", sys.stderr)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {name: signal.signal(getattr(signal, name), handler) for name in STOP_SIGNALS}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for name, old in previous.items():
+            signal.signal(getattr(signal, name), old)
 
 
 def _train_loop(run: _Run, on_step: Callable | None, interrupt: dict) -> None:
@@ -549,11 +733,12 @@ def _train_loop(run: _Run, on_step: Callable | None, interrupt: dict) -> None:
         seen = int(run.accumulators["seen"])
         started = time.perf_counter()
         bar = tqdm(
-            total=batches, initial=run.step_in_epoch, desc=f"epoch {epoch}/{config.epochs} (phase {phase if config.is_smartmixed else '-'})",
+            total=batches, initial=run.step_in_epoch, desc=f"epoch {epoch}/{config.epochs}" + (f" (phase {phase})" if config.is_smartmixed else ""),
             disable=config.quiet or not config.progress, leave=False, unit="batch", file=sys.stderr, dynamic_ncols=True,
         )
         try:
             for step in range(run.step_in_epoch, batches):
+                run.at_boundary = False
                 index = order[step * config.batch_size : (step + 1) * config.batch_size]
                 xb, yb = run.x_train[index], run.y_train[index]
                 logits = run.model.forward(xb, train=True)
@@ -569,6 +754,7 @@ def _train_loop(run: _Run, on_step: Callable | None, interrupt: dict) -> None:
                 seen += batch
                 run.step_in_epoch = step + 1
                 run.accumulators = {"loss_sum": loss_sum, "correct": correct, "seen": seen}
+                run.at_boundary = True
                 global_step += 1
                 if step % 20 == 0 or step == batches - 1:
                     current = float(to_host(loss_sum)) / seen
@@ -586,6 +772,7 @@ def _train_loop(run: _Run, on_step: Callable | None, interrupt: dict) -> None:
                 "loss_sum": float(to_host(loss_sum)), "correct": int(to_host(correct)), "seen": seen,
             }
             run.elapsed += time.perf_counter() - started
+        run.at_boundary = False  # the end-of-epoch bookkeeping, until its checkpoint is written
         train_loss = run.accumulators["loss_sum"] / max(seen, 1)
         train_acc = run.accumulators["correct"] / max(seen, 1)
         val = evaluate(run.model, run.x_val, run.y_val, config.eval_batch_size)
@@ -601,13 +788,17 @@ def _train_loop(run: _Run, on_step: Callable | None, interrupt: dict) -> None:
         run.history.append(row)
         run.epoch, run.step_in_epoch = epoch, 0
         if not (math.isfinite(train_loss) and math.isfinite(val["loss"])):
-            run.stopped = f"non-finite loss at epoch {epoch} (train {train_loss}, validation {val['loss']}); kept the best model"
+            kept = "kept the best model" if (run.best.state or run.best_phase1.state) else "no epoch had a finite loss"
+            run.stopped = f"non-finite loss at epoch {epoch} (train {train_loss}, validation {val['loss']}); {kept}"
         elif phase == 1 and config.is_smartmixed:
             run.best_phase1.offer(epoch, val["loss"], val["accuracy"], run.model)
         else:
             run.best.offer(epoch, val["loss"], val["accuracy"], run.model)
         _epoch_line(run, row)
         run.save_checkpoint()
+        run.at_boundary = True
+        if interrupt["set"]:  # a signal during the evaluation or the checkpoint: stop here
+            raise KeyboardInterrupt
 
 
 def _epoch_line(run: _Run, row: dict[str, Any]) -> None:
@@ -625,14 +816,28 @@ def _epoch_line(run: _Run, row: dict[str, Any]) -> None:
     _say(text)
 
 
-def _finish(run: _Run) -> dict[str, Any]:
-    """Select the best model, score it on the test set, write the run folder."""
+def _finish(run: _Run, interrupt: dict | None = None) -> dict[str, Any]:
+    """Select the best model, score it on the test set, write the end of the run folder.
+
+    The files are written in :data:`smartmixed_np.runfolder.FINISH_ORDER`: the model,
+    the history, the choices, the figures, and ``metrics.json`` (the finished marker)
+    last, each atomically. A signal that arrives meanwhile stops the run before the
+    marker is written: the folder stays resumable, and ``--resume`` writes its end
+    again (the checkpoint of the last epoch holds everything needed).
+    """
     config = run.config
+    interrupt = interrupt if interrupt is not None else {"set": False}
+
+    def stop_if_asked() -> None:
+        if interrupt["set"]:
+            raise KeyboardInterrupt
+
     if run.stopped:
         _say(f"stopped: {run.stopped}", sys.stderr)
     best = run.best if run.best.state else run.best_phase1
     if not best.state:
-        raise UserError(f"the run stopped before any epoch produced a finite validation loss ({run.stopped})")
+        raise UserError(f"the run diverged before any epoch produced a finite validation loss ({run.stopped}); "
+                        "no model to keep: try a smaller --lr")
     model = best.model(run.backend)
     selected_phase = 2 if best is run.best and config.is_smartmixed else (1 if config.is_smartmixed else None)
 
@@ -666,17 +871,24 @@ def _finish(run: _Run) -> dict[str, Any]:
         metrics["choice_shares"] = model.choice_shares() if model.kind == "fixed" else phase1.choice_shares()
 
     folder = run.run_dir
-    write_text(folder / "history.csv", _history_csv(run.history))
-    write_json(folder / "metrics.json", metrics)
+    stop_if_asked()
+    save_model(folder, model, {"dataset": config.dataset, "selected": metrics["selected"], "test_accuracy": test["accuracy"],
+                               "imports": list(config.imports)})
+    stop_if_asked()
+    write_text(folder / HISTORY, _history_csv(run.history))
     if config.is_smartmixed:
-        write_text(folder / "choices.csv", _choices_csv(model))
-    save_model(folder, model, {"dataset": config.dataset, "selected": metrics["selected"], "test_accuracy": test["accuracy"]})
+        write_text(folder / CHOICES, _choices_csv(model))
+    stop_if_asked()
     try:
         from .plots import write_run_figures
 
-        write_run_figures(folder)
-    except Exception as err:  # the results are written; a figure must not lose them
+        write_run_figures(folder, metrics=metrics)
+    except WriteError:
+        raise
+    except Exception as err:  # a figure must not lose the results
         _say(f"warning: figures could not be drawn: {err}", sys.stderr)
+    stop_if_asked()
+    write_json(folder / METRICS, metrics)  # the finished marker: last
     _say(f"done: test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}) of the model from epoch {best.epoch}; run folder {folder}")
     return metrics
 

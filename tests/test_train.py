@@ -185,7 +185,7 @@ def test_an_existing_run_is_not_overwritten(tmp_path):
         ({"transition_epoch": 9}, r"--transition-epoch \(9\) must lie in \[1, --epochs \(4\)\]"),
         ({"lr": -1.0}, "--lr must be a positive number"),
         ({"model": "swish"}, "unknown activation 'swish'"),
-        ({"tau": 0.0}, "--tau must be a positive number"),
+        ({"tau": 0.0}, "--tau must be a number of at least"),
         ({"arch": 99}, "unknown architecture ID 99"),
         ({"device": "tpu"}, "unknown device/backend 'tpu'"),
         ({"phase2_init": "warm"}, "--phase2-init must be carry or fresh"),
