@@ -9,7 +9,10 @@ rcParams are changed, and the functions work headless and from several threads.
 
 An activation has the same colour in every figure (:data:`ACTIVATION_COLORS` for
 the built-ins; a user-registered name gets a fallback colour derived from its name,
-so that it too keeps its colour from one figure to the next).
+so that it too keeps its colour from one figure to the next). A *model* has one
+colour too (:data:`MODEL_COLORS`): a fixed-activation baseline takes its
+activation's colour ("ReLU" is drawn like ``relu``) and SmartMixed its own, in
+every figure of this module, the overview figure and the report.
 
 Inputs are the plain data a training run writes:
 
@@ -50,8 +53,12 @@ from .fileio import atomic_writer
 __all__ = [
     "ACTIVATION_COLORS",
     "DPI",
+    "MODEL_COLORS",
+    "SMARTMIXED_COLOR",
     "activation_color",
     "activation_colors",
+    "model_color",
+    "model_colors",
     "plot_curves",
     "plot_confusion",
     "plot_activation_shares",
@@ -82,9 +89,16 @@ _FALLBACK_COLORS = (
     "#1b9e77", "#e6ab02", "#7570b3", "#e7298a", "#a6761d", "#4d4d4d", "#66a61e",
     "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
 )
+# SmartMixed is near-black: tab10 is taken by the activations, and a SmartMixed
+# network mixes all of them, so it gets the one colour none of them has.
+SMARTMIXED_COLOR = "#111111"
+# One colour per model, wherever models are compared: a baseline is drawn in the
+# colour of its activation, SmartMixed in its own. Keys are model names as
+# `smartmixed train --model` takes them; see :func:`model_color` for labels.
+MODEL_COLORS: dict[str, str] = {"smartmixed": SMARTMIXED_COLOR, **ACTIVATION_COLORS}
+# Train and validation curves of one run (splits, not models).
 _TRAIN_COLOR = "#1f77b4"
 _VAL_COLOR = "#d62728"
-_RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 _SHARE_KEY = re.compile(r"^share\.L(\d+)\.(.+)$")
 
 
@@ -118,6 +132,35 @@ def activation_colors(names: Iterable[str]) -> dict[str, str]:
             colors[name] = next((c for c in free if c not in used), free[0])
         used.add(colors[name])
     return colors
+
+
+def _model_key(label: str) -> str:
+    """The model name behind a display label: "SmartMixed" -> "smartmixed", "Leaky ReLU" -> "leaky_relu"."""
+    return re.sub(r"[\s-]+", "_", str(label).strip().lower())
+
+
+def model_color(label: str) -> str:
+    """The colour of a model, by name or display label ("SmartMixed", "ReLU", "elu").
+
+    A baseline takes its activation's colour (:func:`activation_color`, so a
+    user-registered activation's baseline is stable too); SmartMixed takes
+    :data:`SMARTMIXED_COLOR`.
+    """
+    key = _model_key(label)
+    return MODEL_COLORS.get(key) or activation_color(key)
+
+
+def model_colors(labels: Iterable[str]) -> dict[str, str]:
+    """Colours for the models of one figure, keyed by the labels given.
+
+    Known models keep their :data:`MODEL_COLORS` colour; other labels get distinct
+    fallback colours as in :func:`activation_colors`. Two labels naming the same
+    model ("ReLU", "relu") share a colour.
+    """
+    keys = {label: _model_key(label) for label in labels}
+    colors = activation_colors([key for key in keys.values() if key != "smartmixed"])
+    colors["smartmixed"] = SMARTMIXED_COLOR
+    return {label: colors[key] for label, key in keys.items()}
 
 
 def _text_color_on(color: str) -> str:
@@ -569,18 +612,22 @@ def plot_choice_map(
         row += num_rows
     grid = np.ma.masked_invalid(np.vstack(blocks))
 
-    # About 8.5 inches of cells across (at most 0.3 inch a cell), 1.7 inches for the
-    # layer labels; the height is fitted to the map once the layout is known.
+    # About 8.5 inches of cells across (at most 0.3 inch a cell). The figure is laid
+    # out by hand, in inches, not by constrained layout: square cells in a strip one
+    # or a few cells high leave the layout engine no room to trade, and it collapses
+    # the axes (and warns) for a single layer of 8 to 128 neurons. Text sizes are
+    # fixed in points, so one measuring draw is enough to place everything exactly.
     cell = min(0.3, 8.5 / columns)
-    fig = _new_figure(columns * cell + 1.7, grid.shape[0] * cell + 1.8)
-    ax = fig.subplots()
+    map_width, map_height = columns * cell, grid.shape[0] * cell
+    fig = Figure(figsize=(map_width + 3.0, map_height + 3.0))  # provisional size, set below
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.3, 0.3, map_width / (map_width + 3.0), map_height / (map_height + 3.0)))
     cmap = ListedColormap([colors[n] for n in names])
     many = grid.size > 6000
     ax.pcolormesh(grid, cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5,
                   edgecolors="none" if many else "white", linewidth=0 if many else 0.4)
     ax.set_xlim(0, columns)
     ax.set_ylim(grid.shape[0], 0)
-    ax.set_aspect("equal")
     ax.set_yticks(label_rows, [f"layer {i + 1} ({len(layer)})" for i, layer in enumerate(layers)])
     ax.tick_params(axis="y", length=0)
     step = 16 if columns >= 32 else max(1, columns // 4)
@@ -591,20 +638,44 @@ def plot_choice_map(
         ax.set_xlabel(f"neuron index mod {columns}  (neurons fill the rows left to right, top to bottom)")
     for spine in ax.spines.values():
         spine.set_visible(False)
-    fig.legend(handles=[Patch(color=colors[n], label=n) for n in names], loc="outside lower center",
-               ncol=_legend_columns(len(names)), frameon=False)
-    fig.suptitle(title or "Activation chosen by each neuron", fontsize=12)
-    # Square cells: the axes box should be exactly as tall as its width makes the map.
-    # Fit the figure height to that (a few rounds, the layout moves a little each time).
-    for _ in range(4):
-        fig.draw_without_rendering()
-        box = ax.get_position(original=True)
-        box_width, box_height = box.width * fig.get_figwidth(), box.height * fig.get_figheight()
-        excess = box_height - box_width * grid.shape[0] / columns
-        if abs(excess) < 0.02:
-            break
-        fig.set_figheight(fig.get_figheight() - excess)
+    legend = fig.legend(handles=[Patch(color=colors[n], label=n) for n in names], loc="lower center",
+                        ncol=_legend_columns(len(names)), frameon=False)
+    suptitle = fig.suptitle(title or "Activation chosen by each neuron", fontsize=12, va="top")
+    _place_map(fig, ax, legend, suptitle, map_width, map_height)
     return _save(fig, path, dpi)
+
+
+def _place_map(fig: Figure, ax: Any, legend: Any, suptitle: Any, map_width: float, map_height: float) -> None:
+    """Size ``fig`` and place its parts, in inches: title, map (``map_width`` x ``map_height``), legend.
+
+    From top to bottom: a margin, the title, a gap, the axes' decorations above the
+    map (none here), the map itself at exactly its size (so its cells stay square),
+    the tick labels and x label, a gap, the legend, a margin. The map and its labels
+    are centred; the figure is as wide as the widest of map+labels, title and legend.
+    """
+    margin, gap = 0.1, 0.12
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    inch = fig.dpi
+
+    def size(box: Any) -> tuple[float, float]:
+        return box.width / inch, box.height / inch
+
+    frame, labelled = ax.get_window_extent(renderer), ax.get_tightbbox(renderer)
+    left, right = (frame.x0 - labelled.x0) / inch, max(0.0, (labelled.x1 - frame.x1) / inch)
+    below, above = (frame.y0 - labelled.y0) / inch, max(0.0, (labelled.y1 - frame.y1) / inch)
+    legend_width, legend_height = size(legend.get_window_extent(renderer))
+    title_width, title_height = size(suptitle.get_window_extent(renderer))
+
+    content_width = left + map_width + right
+    width = max(content_width, legend_width, title_width) + 2 * margin
+    height = margin + title_height + gap + above + map_height + below + gap + legend_height + margin
+    fig.set_size_inches(width, height)
+    x0 = (width - content_width) / 2 + left
+    y0 = margin + legend_height + gap + below
+    ax.set_position((x0 / width, y0 / height, map_width / width, map_height / height))
+    legend.set_bbox_to_anchor((0.5, margin / height), transform=fig.transFigure)
+    suptitle.set_y(1.0 - margin / height)
 
 
 def plot_comparison(
@@ -616,8 +687,9 @@ def plot_comparison(
 ) -> Path:
     """Several runs side by side: validation accuracy per epoch (left), test accuracy (right).
 
-    Each run has one colour in both panels; a run with a ``transition_epoch`` gets a
-    dashed line of its colour where its phase 2 starts. Test-accuracy bars start at
+    Each run has its model's colour (:func:`model_colors`: a label such as
+    "SmartMixed" or "ReLU" names the model) in both panels; a run with a
+    ``transition_epoch`` gets a dashed line of its colour where its phase 2 starts. Test-accuracy bars start at
     zero and carry their value.
 
     Args:
@@ -629,7 +701,7 @@ def plot_comparison(
     if not runs:
         raise ValueError("runs is empty: nothing to compare")
     labels = list(runs)
-    colors = {label: _RUN_COLORS[k % len(_RUN_COLORS)] for k, label in enumerate(labels)}
+    colors = model_colors(labels)
     tests = [_num(runs[label].get("test_accuracy")) for label in labels]
     all_acc = list(tests)
     for label in labels:
@@ -703,7 +775,7 @@ def _choices_from_rows(rows: list[dict[str, str]]) -> list[list[str]]:
     return [[name for _, name in sorted(neurons)] for _, neurons in sorted(layers.items())]
 
 
-def write_run_figures(run_dir: str | os.PathLike) -> list[Path]:
+def write_run_figures(run_dir: str | os.PathLike, metrics: dict[str, Any] | None = None) -> list[Path]:
     """Draw every figure a run folder has the data for, into ``run_dir/figures/``.
 
     Reads ``history.csv``, ``metrics.json``, ``choices.csv`` and ``model.json`` and
@@ -719,7 +791,8 @@ def write_run_figures(run_dir: str | os.PathLike) -> list[Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    metrics = _read_json(run_dir / "metrics.json")
+    # A finishing run passes its metrics: metrics.json is written after the figures.
+    metrics = metrics if metrics is not None else _read_json(run_dir / "metrics.json")
     model = _read_json(run_dir / "model.json")
     history = _read_csv(run_dir / "history.csv")
     choice_rows = _read_csv(run_dir / "choices.csv")

@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -92,6 +93,37 @@ def test_builtin_colours_are_fixed_and_user_names_get_distinct_stable_colours():
     assert len(set(colors.values())) == len(colors)
     assert plots.activation_color("my_act") == plots.activation_color("my_act")
     assert plots.activation_colors(["my_act"])["my_act"] == plots.activation_color("my_act")
+
+
+def test_each_model_has_one_colour():
+    colors = plots.model_colors(["SmartMixed", "ReLU", "Leaky ReLU", "elu", "relu", "my model", "other model"])
+    assert colors["SmartMixed"] == plots.MODEL_COLORS["smartmixed"] == plots.SMARTMIXED_COLOR
+    assert colors["ReLU"] == colors["relu"] == plots.ACTIVATION_COLORS["relu"]
+    assert colors["Leaky ReLU"] == plots.ACTIVATION_COLORS["leaky_relu"]
+    assert colors["elu"] == plots.ACTIVATION_COLORS["elu"]
+    assert len({colors[k] for k in ("SmartMixed", "ReLU", "Leaky ReLU", "elu", "my model", "other model")}) == 6
+    assert plots.SMARTMIXED_COLOR not in plots.ACTIVATION_COLORS.values()
+    assert plots.model_color("SmartMixed") == plots.SMARTMIXED_COLOR
+    assert plots.model_color("ReLU") == plots.activation_color("relu")
+
+
+def _pixels_of(image: np.ndarray, color: str) -> int:
+    """How many pixels of ``image`` (H, W, 3+) have exactly ``color`` (8-bit)."""
+    from matplotlib.colors import to_rgb
+
+    rgb = np.round(image[..., :3] * 255).astype(int)
+    return int(np.all(rgb == np.round(np.array(to_rgb(color)) * 255).astype(int), axis=-1).sum())
+
+
+def test_comparison_draws_each_model_in_its_colour(tmp_path):
+    runs = {
+        "SmartMixed": {"history": make_history(), "test_accuracy": 0.91, "transition_epoch": TRANSITION},
+        "ReLU": {"history": make_history(shares=False), "test_accuracy": 0.89, "transition_epoch": None},
+    }
+    image = imread(plots.plot_comparison(runs, tmp_path / "comparison.png"))
+    assert _pixels_of(image, plots.SMARTMIXED_COLOR) > 500  # a bar and a line each
+    assert _pixels_of(image, plots.ACTIVATION_COLORS["relu"]) > 500
+    assert _pixels_of(image, plots.ACTIVATION_COLORS["leaky_relu"]) == 0  # no colour by position
 
 
 def test_plots_module_does_not_import_pyplot():
@@ -269,3 +301,43 @@ def test_write_run_figures_with_only_a_history(tmp_path):
 def test_write_run_figures_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError):
         plots.write_run_figures(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("hidden", [(32,), (8,), (128,), (64, 32), (512, 256, 128)], ids=lambda h: "-".join(map(str, h)))
+def test_run_figures_draw_without_any_warning(tmp_path, hidden):
+    """No layout warning leaks into a training run's output, whatever the widths (1 to 3 layers).
+
+    A single layer of 8 to 128 neurons used to make constrained layout collapse the
+    choice map's axes ("axes sizes collapsed to zero"), printed in the middle of a
+    `smartmixed train --hidden 32` run.
+    """
+    rng = np.random.default_rng(4)
+    history = make_history(shares=False)
+    for row in history:
+        for layer in range(len(hidden)):
+            values = rng.dirichlet(np.ones(len(POOL)))
+            for name, value in zip(POOL, values):
+                row[f"share.L{layer}.{name}"] = float(value) if row["phase"] == 1 else None
+    choices = [list(rng.choice(POOL, size=width)) for width in hidden]
+    metrics = {"test": {"confusion_matrix": make_confusion(10).tolist(), "accuracy": 0.9},
+               "transition_epoch": TRANSITION, "model": "smartmixed"}
+    run_dir = write_run(tmp_path / "run", history, metrics, choices, {"kind": "smartmixed", "pool": POOL})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        written = plots.write_run_figures(run_dir)
+    assert len(written) == 5
+    image = assert_png(run_dir / "figures" / "choice_map.png", min_side=60)
+    assert image.shape[1] > image.shape[0]
+
+
+def test_choice_map_cells_are_square(tmp_path):
+    """The hand-made layout keeps the map at its size: cells are square, the map not squashed."""
+    rng = np.random.default_rng(5)
+    path = plots.plot_choice_map([list(rng.choice(POOL, size=32))], POOL, tmp_path / "map.png", dpi=100)
+    image = imread(path)[..., :3]
+    # Columns and rows of the map: pixels that are neither white nor near-white text.
+    coloured = (image.max(axis=2) - image.min(axis=2)) > 0.25
+    rows = np.flatnonzero(coloured.sum(axis=1) > 0.5 * coloured.shape[1] * 0.5)
+    cols = np.flatnonzero(coloured[rows].any(axis=0))
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert width / height == pytest.approx(32, rel=0.08)
