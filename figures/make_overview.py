@@ -22,7 +22,7 @@ from smartmixed_np import DEFAULT_POOL, get_activation, to_host
 from smartmixed_np.checkpoint import load_arrays
 from smartmixed_np.fileio import atomic_writer
 from smartmixed_np.mixture import gumbel_softmax_weights
-from smartmixed_np.plots import activation_color
+from smartmixed_np.plots import activation_color, model_color
 from smartmixed_np.train import TrainConfig, train
 
 OUT = Path(__file__).resolve().parent / "overview.png"
@@ -71,9 +71,10 @@ def main() -> Path:
     ax.set_title("phase 2: freeze, then permute\nneurons into slices (same function)")
 
     ax = axes[3]
-    for label, result, color in [("SmartMixed", smart, "tab:purple"), ("ReLU", relu, "tab:blue")]:
+    for label, result in [("SmartMixed", smart), ("ReLU", relu)]:
         epochs = [row["epoch"] for row in result.history]
-        ax.plot(epochs, [100 * row["val_acc"] for row in result.history], marker="o", ms=3, color=color,
+        # model_color: the colours of the demo's comparison figure and of the report
+        ax.plot(epochs, [100 * row["val_acc"] for row in result.history], marker="o", ms=3, color=model_color(label),
                 label=f"{label} (test {100 * result.metrics['test']['accuracy']:.1f}%)")
     ax.axvline(4.5, color="0.3", ls="--", lw=1)
     ax.text(4.6, ax.get_ylim()[1] - 2, "phase 2 \u2192", fontsize=8, color="0.3", va="top")
