@@ -14,11 +14,22 @@ Protocol for the IDX datasets (MNIST, Fashion-MNIST, KMNIST):
 
 Where the files come from, first match wins:
 
-1. ``data_dir``, when given: either the dataset's own folder holding the four files,
-   or a parent folder holding ``<name>/``;
-2. the environment variable ``SMARTMIXED_DATA``: a parent folder holding ``<name>/``;
-3. the download cache (:func:`~smartmixed_np.data.download.ensure_dataset`), unless
-   ``download=False``.
+1. ``data_dir``, when given (and then nowhere else);
+2. the environment variable ``SMARTMIXED_DATA``;
+3. the download cache (:func:`~smartmixed_np.data.download.ensure_dataset`): taken as
+   it is when ``download=False``, completed by downloading and verified otherwise.
+
+``data_dir`` and ``SMARTMIXED_DATA`` accept the same two layouts: a parent folder
+holding ``<name>/`` (``data/mnist/``, ``data/kmnist/``, ...), or the dataset's own
+folder holding the four files. A folder named after another dataset (``.../mnist``
+when ``kmnist`` is asked for) is not taken for the dataset's own folder, so that one
+setting of ``SMARTMIXED_DATA`` never passes one dataset's files off as another's.
+When nothing is found, the one-line error names every place looked in.
+
+Every dataset is checked as it is built (:class:`SplitDataset` checks itself), cheaply
+(a few reductions per array): inputs finite, labels integers in ``[0, num_classes)``,
+one label per example. IDX files must also hold at least one image of at least one
+pixel, and their labels must be whole numbers.
 
 The synthetic datasets (``spirals``, ``synth-digits``) are generated on the fly, each of
 the three splits from its own seed derived from one seed.
@@ -34,7 +45,7 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import DataError
-from .download import DATA_ENV, IDX_FILES, REGISTRY, ensure_dataset, local_copy_hint
+from .download import DATA_ENV, IDX_FILES, REGISTRY, default_cache_dir, ensure_dataset, local_copy_hint
 from .idx import read_idx_pair
 from .synthetic import make_spirals, make_synth_digits
 
@@ -67,6 +78,14 @@ class SplitDataset:
         source: the folder the files were read from, or ``"synthetic"``.
         image_shape: ``(height, width)`` to undo the flattening (``x.reshape(-1, *image_shape)``),
             or ``None`` when the examples are not images.
+        train_available: IDX datasets: examples in the official training set, before
+            ``train_limit`` and the validation split. ``None`` for generated data, of
+            which any number can be made.
+        train_requested: the ``train_limit`` asked for, ``None`` when none was.
+
+    Construction checks the arrays and raises :class:`~smartmixed_np.errors.DataError`
+    (one line naming the file, or the source) for non-finite inputs, labels that are
+    not integers in ``[0, num_classes)``, or splits whose shapes do not match.
     """
 
     x_train: np.ndarray
@@ -80,6 +99,33 @@ class SplitDataset:
     name: str
     source: str
     image_shape: Optional[tuple[int, int]]
+    train_available: Optional[int] = None
+    train_requested: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _check_split_dataset(self)
+
+    @property
+    def train_used(self) -> int:
+        """Training-side examples in use: training and validation sets together.
+
+        For IDX data, the examples of the official training set that were kept
+        (``min(train_requested, train_available)``).
+        """
+        return len(self.y_train) + len(self.y_val)
+
+    @property
+    def train_limit_capped(self) -> bool:
+        """Whether ``train_limit`` asked for more examples than the official training set has.
+
+        Then all ``train_available`` examples are used; a caller can say so, e.g.
+        "using all 22,699 training images (--train-limit asked for 100,000)".
+        """
+        return (
+            self.train_requested is not None
+            and self.train_available is not None
+            and self.train_requested > self.train_available
+        )
 
     def __repr__(self) -> str:
         return (
@@ -156,8 +202,18 @@ def find_dataset_folder(
     """The folder holding the four IDX files of dataset ``name``.
 
     Looks in ``data_dir`` (the dataset's folder or its parent), else in
-    ``$SMARTMIXED_DATA/<name>``, else in the download cache, downloading if allowed;
-    see the module docstring.
+    ``$SMARTMIXED_DATA`` (the same two layouts), else in the download cache,
+    downloading if allowed; see the module docstring.
+
+    Args:
+        name: one of the IDX datasets of :data:`DATASETS`.
+        data_dir: the dataset's folder or a folder holding ``<name>/``; when given,
+            the only place looked in.
+        download: allow downloading into the cache.
+        progress: report download progress on stderr.
+        mirror: base URL(s) to download from instead of the dataset's own mirrors
+            (the form of :func:`~smartmixed_np.data.download.parse_mirrors`); default
+            ``$SMARTMIXED_MIRROR``, else the dataset's own.
 
     Returns:
         a folder in which every file of :data:`~smartmixed_np.data.download.IDX_FILES`
@@ -165,32 +221,78 @@ def find_dataset_folder(
 
     Raises:
         DataError: a given folder that does not exist or lacks a file (the message names
-            the file), or no local copy and no download.
+            the file), a folder named after another dataset, or no local copy and no
+            download (one line naming every place looked in, and how to fix it).
     """
     key = _canonical_name(name)
     if data_dir is not None:
         given = Path(data_dir).expanduser()
-        if not given.is_dir():
+        if not given.exists():
             raise DataError(f"{given}: data folder for {key} does not exist")
-        # A subfolder named after the dataset makes `given` a parent folder; without one,
-        # `given` must be the dataset's own folder.
-        folder = given / key if (given / key).is_dir() else given
-        _require_files(folder, key, f"(looked in {given} and {given / key})")
-        return folder
+        if not given.is_dir():
+            raise DataError(f"{given}: is not a folder (give the folder of {key}, or a folder holding {key}/)")
+        folder, refusal = _locate(given, key)
+        if refusal:
+            raise DataError(refusal)
+        # No layout matched: `given` is then taken for the dataset's own folder, and
+        # the error names the files missing from it.
+        _require_files(folder or given, key, f"(looked in {given} and {given / key})")
+        return folder or given
 
-    env_value = os.environ.get(DATA_ENV)
+    searched = []  # every place looked in, for the error message
+    env_value = os.environ.get(DATA_ENV, "")
     if env_value:
-        candidate = Path(env_value).expanduser() / key
-        if candidate.is_dir():
-            _require_files(candidate, key, f"(from {DATA_ENV}={env_value})")
-            return candidate
+        given = Path(env_value).expanduser()
+        if given.is_dir():
+            folder, refusal = _locate(given, key)
+            if folder is not None:
+                _require_files(folder, key, f"(from {DATA_ENV}={env_value})")
+                return folder
+            searched.append(f"{DATA_ENV}={env_value} ({refusal or f'it has no {key}/ subfolder and holds no {key} files'})")
+        else:
+            searched.append(f"{DATA_ENV}={env_value} (no such folder)")
+    else:
+        searched.append(f"{DATA_ENV} (not set)")
 
+    cache = default_cache_dir() / key
     if not download:
-        where = f"{DATA_ENV}={env_value} has no {key}/ subfolder" if env_value else f"{DATA_ENV} is not set"
-        raise DataError(f"dataset {key} not found locally ({where}) and downloading is off; {local_copy_hint(key)}")
+        if all(_existing(cache / file_name).is_file() for file_name in IDX_FILES):
+            return cache
+        searched.append(f"the download cache {cache} ({'incomplete' if cache.is_dir() else 'empty'})")
+        raise DataError(
+            f"dataset {key} not found: looked in {'; '.join(searched)}; downloading is off; {local_copy_hint(key)}"
+        )
     if key not in REGISTRY:
-        raise DataError(f"dataset {key} is not found locally and cannot be downloaded; {local_copy_hint(key)}")
-    return ensure_dataset(key, progress=progress, mirrors=None if mirror is None else [mirror])
+        raise DataError(f"dataset {key} not found: looked in {'; '.join(searched)}; it cannot be downloaded; {local_copy_hint(key)}")
+    searched.append(f"the download cache {cache}")
+    try:
+        return ensure_dataset(key, progress=progress, mirrors=mirror)
+    except DataError as error:
+        # ensure_dataset's message says what failed and how to use a local copy.
+        raise DataError(f"dataset {key} not found locally (looked in {'; '.join(searched)}) and not downloaded: {error}") from None
+
+
+def _locate(given: Path, key: str) -> tuple[Path | None, str]:
+    """Find dataset ``key`` in folder ``given``, in either layout.
+
+    Returns:
+        ``(folder, "")``: ``given/<key>`` if that is a folder (``given`` is a parent),
+        else ``given`` itself if it holds any of the dataset's files (``given`` is the
+        dataset's own folder; whether all four are there is checked by the caller);
+        ``(None, why)`` when ``given`` holds files but is named after another dataset;
+        ``(None, "")`` when neither layout matches.
+    """
+    if (given / key).is_dir():
+        return given / key, ""
+    if not any(_existing(given / file_name).is_file() for file_name in IDX_FILES):
+        return None, ""
+    named_after = given.name.lower().replace("_", "-")
+    if named_after in _IDX_DATASETS and named_after != key:
+        return None, (
+            f"{given}: holds the files of dataset {named_after} (by the folder's name), not {key}; "
+            f"give the folder of {key}, or a folder holding {key}/"
+        )
+    return given, ""
 
 
 def stratified_split(
@@ -246,6 +348,7 @@ def _load_idx(name: str, folder: Path, train_limit, val_fraction: float, split_s
     # Separate streams for the two selections, so that the validation draw does not
     # depend on whether a train_limit consumed random numbers before it.
     limit_rng, val_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(split_seed).spawn(2))
+    train_available = len(y_train_all)
     if train_limit is not None and train_limit < len(y_train_all):
         kept, _ = stratified_split(y_train_all, len(y_train_all) - train_limit, limit_rng)
         x_train_all, y_train_all = x_train_all[kept], y_train_all[kept]
@@ -263,6 +366,8 @@ def _load_idx(name: str, folder: Path, train_limit, val_fraction: float, split_s
         name=name,
         source=str(folder),
         image_shape=image_shape,
+        train_available=train_available,
+        train_requested=None if train_limit is None else int(train_limit),
     )
 
 
@@ -275,15 +380,81 @@ def _read_split(folder: Path, images_name: str, labels_name: str) -> tuple[np.nd
             f"{images_path}: expected uint8 images of shape (n, height, width), "
             f"found {images.dtype} of shape {images.shape}"
         )
-    if labels.size and (labels.min() < 0 or labels.max() >= _IDX_CLASSES):
-        bad = labels[(labels < 0) | (labels >= _IDX_CLASSES)]
-        raise DataError(
-            f"{labels_path}: label {bad[0]} out of range [0, {_IDX_CLASSES}) "
-            f"({bad.size} labels out of range)"
-        )
-    # Divide (not multiply by 1/255) so that 255 maps to exactly 1.0.
-    x = images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
-    return x, labels.astype(np.int64), images.shape[1:]
+    count, height, width = images.shape
+    if count == 0:
+        raise DataError(f"{images_path}: holds no images (the header says 0x{height}x{width})")
+    if height == 0 or width == 0:
+        raise DataError(f"{images_path}: images of {height}x{width} pixels hold no data")
+    labels = _checked_labels(labels, labels_path, _IDX_CLASSES)
+    # Divide (not multiply by 1/255) so that 255 maps to exactly 1.0; in place, to
+    # spare a second array of the whole set.
+    x = images.reshape(count, height * width).astype(np.float32)
+    x /= np.float32(255)
+    return x, labels, (height, width)
+
+
+def _checked_labels(labels: np.ndarray, path: Path, num_classes: int) -> np.ndarray:
+    """Labels as int64 ``(n,)``, refusing any that are not whole numbers in ``[0, num_classes)``.
+
+    IDX may store labels as floats: whole numbers are accepted, NaN, infinities and
+    fractions are not (cast to int64, NaN becomes -2**63 and reaches the loss as an
+    index).
+    """
+    if labels.dtype.kind == "f":
+        whole = np.isfinite(labels) & (labels == np.floor(labels))
+        if not whole.all():
+            index = int(np.flatnonzero(~whole)[0])
+            raise DataError(f"{path}: label {float(labels[index])!r} at index {index} is not a whole number")
+    elif labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: labels must be integers, found {labels.dtype}")
+    _check_label_range(labels, num_classes, str(path))
+    return labels.astype(np.int64)
+
+
+def _check_label_range(labels: np.ndarray, num_classes: int, where: str) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        value = bad[0].item()
+        raise DataError(f"{where}: label {value} out of range [0, {num_classes}) ({bad.size} labels out of range)")
+
+
+def _check_split_dataset(data: SplitDataset) -> None:
+    """Refuse arrays that no network can learn from or be scored on, each in a few reductions."""
+    if isinstance(data.num_classes, bool) or int(data.num_classes) != data.num_classes or data.num_classes < 1:
+        raise DataError(f"dataset {data.name}: num_classes must be a positive integer, got {data.num_classes!r}")
+    for split in ("train", "val", "test"):
+        x, y = np.asarray(getattr(data, f"x_{split}")), np.asarray(getattr(data, f"y_{split}"))
+        inputs, labels = _origin(data, split, "inputs"), _origin(data, split, "labels")
+        if x.ndim != 2 or x.shape[1] != data.input_dim or y.ndim != 1 or len(y) != len(x):
+            raise DataError(
+                f"{inputs}: {split} set of shape {x.shape} with labels of shape {y.shape}; "
+                f"expected (n, {data.input_dim}) and (n,)"
+            )
+        if x.dtype.kind not in "iuf":
+            raise DataError(f"{inputs}: {split} inputs must be real numbers, found {x.dtype}")
+        if x.size and x.dtype.kind == "f":
+            # NaN propagates through min and max, and an infinity ends up in one of
+            # them: two reductions, without the temporary array of np.isfinite(x).all().
+            with np.errstate(invalid="ignore"):
+                finite = bool(np.isfinite(x.min())) and bool(np.isfinite(x.max()))
+            if not finite:
+                bad = ~np.isfinite(x)
+                first = int(np.flatnonzero(bad.any(axis=1))[0])
+                raise DataError(
+                    f"{inputs}: {int(bad.sum())} {split} input values are not finite (NaN or infinity), "
+                    f"the first in example {first}; inputs must be finite numbers"
+                )
+        if y.dtype.kind not in "iu":
+            raise DataError(f"{labels}: {split} labels must be integers, found {y.dtype}")
+        _check_label_range(y, int(data.num_classes), labels)
+
+
+def _origin(data: SplitDataset, split: str, what: str) -> str:
+    """The file a split's inputs or labels came from, or the dataset's name and source."""
+    if data.name in _IDX_DATASETS and data.source != "synthetic":
+        index = (2 if split == "test" else 0) + (1 if what == "labels" else 0)
+        return str(_existing(Path(data.source) / IDX_FILES[index]))
+    return f"dataset {data.name} ({data.source})"
 
 
 def _load_synthetic(name: str, train_limit, split_seed: int, options: dict) -> SplitDataset:
@@ -324,6 +495,7 @@ def _load_synthetic(name: str, train_limit, split_seed: int, options: dict) -> S
     return SplitDataset(
         x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
         num_classes=num_classes, input_dim=input_dim, name=name, source="synthetic", image_shape=image_shape,
+        train_requested=None if train_limit is None else int(train_limit),
     )
 
 
