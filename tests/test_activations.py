@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from decimal import Decimal, localcontext
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -49,6 +52,52 @@ def test_stable_for_huge_inputs(name, dtype):
         d = act.derivative(x, y)
     assert y.dtype == dtype and d.dtype == dtype
     assert np.all(np.isfinite(y)) and np.all(np.isfinite(d))
+
+
+# --------------------------------------------------------------------------- elu/selu far below 0
+def negative_inputs(dtype) -> np.ndarray:
+    """z in [-80, 0) in ``dtype``: a grid, random points, and tiny negatives down to -1e-30."""
+    rng = np.random.default_rng(11)
+    parts = [np.linspace(-80, 0, 1601, endpoint=False), -rng.uniform(0, 80, 400), -np.logspace(-30, 0, 61)]
+    return np.concatenate(parts).astype(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _exact(name: str, values: tuple) -> np.ndarray:
+    with localcontext() as context:  # Decimal: e^z to 40 digits from the exact binary value of each z
+        context.prec = 40
+        factor = Decimal(1) if name == "elu" else Decimal(A.SELU_SCALE) * Decimal(A.SELU_ALPHA)
+        return np.array([float(factor * Decimal(v).exp()) for v in values])
+
+
+def exact_negative_derivative(name: str, z: np.ndarray) -> np.ndarray:
+    """The true f'(z) (float64) of elu or selu for z < 0: $e^z$ or $\\lambda\\alpha e^z$ (of the constants as stored)."""
+    assert np.all(z < 0)
+    return _exact(name, tuple(np.asarray(z, dtype=np.float64).tolist()))
+
+
+def assert_relatively_accurate(d, z, name, dtype, ulps: float = 4.0) -> None:
+    """``d`` is the derivative of ``name`` at ``z`` to within ``ulps`` units of ``dtype``'s epsilon, relatively."""
+    d = np.asarray(to_host(d), dtype=np.float64).ravel()
+    truth = exact_negative_derivative(name, np.asarray(to_host(z)).ravel())
+    relative = np.abs(d - truth) / truth
+    worst = int(np.argmax(relative))
+    assert relative[worst] <= ulps * np.finfo(dtype).eps, (
+        f"{name}'({np.asarray(to_host(z)).ravel()[worst]}) = {d[worst]:.6e}, truth {truth[worst]:.6e}: "
+        f"relative error {relative[worst]:.2e}"
+    )
+
+
+@pytest.mark.parametrize("name", ["elu", "selu"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_elu_selu_derivatives_are_relatively_accurate_far_below_zero(backend, name, dtype):
+    """$\\alpha e^z$ from $e^{\\min(z, 0)}$, not $f(z) + \\alpha$ (which is exactly 0 below z = -17 in float32)."""
+    act = A.get_activation(name)
+    z_host = negative_inputs(dtype)
+    z = backend.asarray(z_host)
+    d = act.derivative(z, act.forward(z))
+    assert d.dtype == dtype
+    assert_relatively_accurate(d, z_host, name, dtype)
 
 
 def test_known_values():
