@@ -482,12 +482,16 @@ def _default_run_dir(config: TrainConfig) -> Path:
 #: What may stand in a folder before a run starts in it: what a sweep writes first
 #: (its log, its attempts, its lock, a failure note) and the hidden temporaries of
 #: atomic writes. Anything else means the folder is not meant for a run.
-_BEFORE_A_RUN = ("train.log", "sweep_run.json", "FAILED")
+_BEFORE_A_RUN = ("train.log", "sweep_run.json", "FAILED", CONFIG)
 
 
 def _check_new_run_dir(run_dir: Path) -> None:
     """Refuse a run folder that holds a run already, or other files, or cannot be a folder."""
-    if (run_dir / CHECKPOINT).exists() or (run_dir / METRICS).exists() or (run_dir / CONFIG).exists():
+    for part in run_dir.parts:
+        if len(os.fsencode(part)) > 255:
+            raise ConfigError(f"--out: the path component {part[:40]!r}... is longer than 255 bytes")
+    # config.json alone is a run stopped before its first checkpoint: it starts again.
+    if (run_dir / CHECKPOINT).exists() or (run_dir / METRICS).exists():
         raise ConfigError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or choose another --out")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir}: exists and is not a folder")
@@ -499,9 +503,6 @@ def _check_new_run_dir(run_dir: Path) -> None:
         if others:
             shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
             raise ConfigError(f"--out {run_dir}: the folder holds other files ({shown}); a run needs an empty or new folder")
-    for part in run_dir.parts:
-        if len(os.fsencode(part)) > 255:
-            raise ConfigError(f"--out: the path component {part[:40]!r}... is longer than 255 bytes")
 
 
 def _make_run_dir(run_dir: Path) -> None:
