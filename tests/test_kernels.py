@@ -12,6 +12,7 @@ from smartmixed_np.backend import to_host
 from smartmixed_np.fixed import clamp_limits
 from smartmixed_np.kernels import activation_backward_into, activation_forward_into, has_kernel
 from strategies import beyond_clamp, default_candidates, seeds
+from test_activations import assert_relatively_accurate, negative_inputs
 
 
 def _reference(activation, z, da, lo, hi):
@@ -55,6 +56,22 @@ def test_kernels_work_on_strided_views(name):
     activation_forward_into(activation, z[:, 2:5], lo, hi, out[:, 2:5])
     np.testing.assert_array_equal(out[:, 2:5], np.clip(activation.forward(z[:, 2:5]), lo, hi))
     assert not out[:, :2].any() and not out[:, 5:].any()
+
+
+@pytest.mark.parametrize("name", ["elu", "selu"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("clamp", [None, 10.0])
+def test_elu_selu_kernel_derivatives_are_relatively_accurate_far_below_zero(backend, name, dtype, clamp):
+    """The fused backward's f'(z) for z in [-80, 0) (dz with da = 1) to a few ulps, like the reference's."""
+    activation = get_activation(name)
+    lo, hi = clamp_limits(activation, clamp)
+    z_host = negative_inputs(dtype).reshape(1, -1)
+    z = backend.asarray(z_host)
+    a = backend.asarray(np.empty_like(z_host))
+    dz = backend.asarray(np.full(z_host.shape, np.nan, dtype=dtype))
+    activation_forward_into(activation, z, lo, hi, a)
+    activation_backward_into(activation, backend.asarray(np.ones_like(z_host)), z, a, lo, hi, dz)
+    assert_relatively_accurate(dz, z_host, name, dtype)
 
 
 def test_only_the_registered_builtins_have_kernels():
