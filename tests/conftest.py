@@ -10,6 +10,7 @@ tests under real CuPy.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,3 +40,21 @@ def backend(request):
 def host_rng():
     """A session-wide host generator for tests that need arbitrary data (seeded)."""
     return np.random.default_rng(1234)
+
+
+_CHECKOUT = Path(__file__).resolve().parent.parent
+#: What the test run itself may add to the checkout (caches, build metadata).
+_ALLOWED_NEW = {".pytest_cache", ".hypothesis", "__pycache__"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tests_write_only_under_their_temporary_folders():
+    """Fail the session if a test left files in the checkout (e.g. a ``runs/`` folder).
+
+    Tests write under ``tmp_path``; a command that writes into the working directory
+    by default (``smartmixed train`` without ``--out``) must be run from ``tmp_path``.
+    """
+    before = {p.name for p in _CHECKOUT.iterdir()}
+    yield
+    left = sorted({p.name for p in _CHECKOUT.iterdir()} - before - _ALLOWED_NEW)
+    assert not left, f"tests left {left} in the checkout {_CHECKOUT}: write under tmp_path"
