@@ -8,6 +8,7 @@ line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import re
@@ -180,10 +181,11 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _name(text: str) -> str:
-    names = _names(text)
-    if len(names) != 1:
-        raise argparse.ArgumentTypeError(f"expected one name, got {_show(text)}")
-    return names[0]
+    """``--model``: 'smartmixed' or one activation name (checked after parsing, as for _names)."""
+    name = text.strip().lower()
+    if not (_NAME_TEXT.fullmatch(name) and name.isprintable()):
+        raise argparse.ArgumentTypeError(f"expected 'smartmixed' or an activation name, got {_show(text)}")
+    return name
 
 
 def _device(text: str) -> str:
@@ -825,7 +827,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
+        _refuse_double_dash_values(argv)
+        args = _shared_parser().parse_args(argv)
         args.argv = argv  # `train --resume` parses it again to see which options were typed
         return _COMMANDS[args.command](args)
     except (UserError, BackendUnavailableError) as err:
@@ -846,6 +849,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         _error_line("smartmixed: error: out of memory (try a smaller --hidden, --batch-size or --train-limit)")
         return EXIT_USER_ERROR
+
+
+def _refuse_double_dash_values(argv: Sequence[str]) -> None:
+    """Refuse ``--option=--``: argparse before Python 3.12 drops the ``--`` and stores
+    an empty list, which no type function sees (``--lr=--`` became ``lr=[]``)."""
+    for item in argv:
+        if item == "--":
+            return
+        option, _, value = item.partition("=")
+        if option.startswith("-") and value == "--":
+            raise _UserArgumentError(f"smartmixed: error: argument {_show(option)}: expected a value, got '--' (see --help)")
+
+
+@functools.lru_cache(maxsize=1)
+def _shared_parser() -> argparse.ArgumentParser:
+    """The parser of :func:`main`, built once per process (parsing does not change it)."""
+    return build_parser()
 
 
 def _error_line(line: str) -> None:
