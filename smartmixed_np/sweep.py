@@ -5,22 +5,39 @@
 
     out/arch2/smartmixed/seed0/   config.json, history.csv, metrics.json, ... (see train.py)
 
-Restarting is safe and cheap: a run whose ``metrics.json`` exists is finished and
-skipped; a run with ``checkpoint.npz`` but no ``metrics.json`` is resumed with
-``train(resume=...)`` (bit for bit as if never stopped, on NumPy); anything else
-starts afresh. A run that raises is recorded as failed (``FAILED`` in its folder:
-the error and its traceback) and the others go on; a restart tries failed runs
-again (``retry_failed=False`` / ``--skip-failed`` keeps them as they are).
+Restarting is safe and cheap: a run that is finished and complete
+(:func:`smartmixed_np.runfolder.is_finished`: ``metrics.json``, the marker a run
+writes last, and the model files it needs, all readable) is skipped; a run with
+``checkpoint.npz`` is resumed with ``train(resume=...)`` (bit for bit as if never
+stopped, on NumPy, at the same BLAS thread count); a run killed before its first
+checkpoint starts again; anything else starts afresh. A run that raises is
+recorded as failed (``FAILED`` in its folder: the error and its traceback) and the
+others go on; a restart tries failed runs again (``retry_failed=False`` /
+``--skip-failed`` keeps them as they are).
 
 Files of the sweep folder, all written atomically:
 
 * ``sweep.json``: the training options shared by every run and each architecture's
   widths; a restart with other training options is refused (it would mix results).
+  An option missing from it (a folder written before the option existed) counts as
+  the option's default.
 * ``sweep_status.json``: the state of every run of the current invocation
   (pending, submitted, done, skipped, failed, interrupted), rewritten at each event.
 * per run: ``FAILED`` (after a failure), ``sweep_run.json`` (one entry per attempt:
   action, status, wall time, host, pid, BLAS threads) and ``train.log`` (what the
   run printed).
+
+What a kill at any moment (SIGKILL of the whole process group included) leaves
+behind, and how the next invocation repairs it, while it holds the run's lock:
+
+* ``train.log`` is only ever appended to, line by line as the run prints, and
+  synced to disk when the attempt ends: nothing written before a kill is lost, and
+  an old log of any encoding is kept byte for byte;
+* ``sweep_run.json`` gets the attempt's entry (status ``running``) before training
+  starts and its outcome after; a ``running`` entry found later belonged to a
+  process that died, and becomes ``done`` when the run is finished (the kill came
+  between the marker and the bookkeeping) or ``killed`` otherwise;
+* the hidden ``.<name>.*.part`` temporaries of interrupted atomic writes are removed.
 
 Parallelism goes through a :class:`concurrent.futures.Executor`:
 
@@ -59,6 +76,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -72,8 +90,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from . import runfolder
 from .errors import UserError
-from .fileio import write_json, write_text
+from .fileio import remove_stale_parts, write_json, write_text
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -103,6 +122,11 @@ _PER_RUN_OPTIONS = ("model", "hidden", "arch", "seed", "out", "quiet", "progress
 # A run whose worker process dies (killed, out of memory) is tried this many times
 # in all; every run that shared the dead pool counts one attempt.
 _MAX_POOL_ATTEMPTS = 2
+# How long a connection to a Dask scheduler may take before the sweep gives up.
+_DASK_CONNECT_TIMEOUT_S = 20
+# The address forms a Dask client connects to: [scheme://]host:port, the host a
+# name, an IPv4 address or a bracketed IPv6 address ("inproc://" is in-process only).
+_DASK_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ws|wss|ucx)://)?(?:[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})$")
 
 
 class SweepError(UserError, ValueError):
@@ -222,17 +246,29 @@ def plan_sweep(
 
 
 def run_state(run_dir: str | os.PathLike) -> str:
-    """``finished`` (metrics.json), ``failed`` (FAILED), ``resumable`` (checkpoint.npz) or ``new``."""
-    from .train import CHECKPOINT
+    """``finished``, ``failed`` (FAILED), ``resumable`` (checkpoint.npz) or ``new``.
 
+    ``finished`` means finished and complete (:func:`smartmixed_np.runfolder.is_finished`):
+    a folder whose ``metrics.json`` is garbage, or whose model files are missing, is
+    not finished; it is resumable when it holds a checkpoint (the resume writes the
+    end of the run again).
+    """
     run_dir = Path(run_dir)
-    if (run_dir / "metrics.json").is_file():
-        return "finished"
-    if (run_dir / FAILED).is_file():
+    state = runfolder.run_state(run_dir)
+    if state != "finished" and (run_dir / FAILED).is_file():
         return "failed"
-    if (run_dir / CHECKPOINT).is_file():
-        return "resumable"
-    return "new"
+    return state
+
+
+def _first_line(path: Path) -> str:
+    """The first line of a text file of any encoding (undecodable bytes replaced)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4096)
+    except OSError as err:
+        return f"({path.name} unreadable: {err.strerror or err})"
+    lines = head.decode("utf-8", errors="replace").strip().splitlines()
+    return lines[0] if lines else f"({path.name} is empty)"
 
 
 # ------------------------------------------------------------------------ the worker side
@@ -292,27 +328,107 @@ def _step_hook(user_hook: Callable | None) -> Callable:
 
 
 @contextlib.contextmanager
-def _run_lock(run_dir: Path):
-    """Hold an exclusive lock on ``run_dir/.lock`` (released when the process dies, too)."""
+def _run_lock(run_dir: Path, wait_s: float | None = None):
+    """Hold an exclusive lock on ``run_dir/.lock`` (released when the process dies, too).
+
+    Yields True while the lock is held; False where there is no lock to take (not
+    POSIX) or when ``wait_s`` seconds passed without getting it. Whoever holds it
+    is the only process writing into ``run_dir``, so it may tidy what a killed
+    process left there.
+    """
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
-        yield
+        yield False
         return
     with open(run_dir / ".lock", "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        if wait_s is None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.05)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _read_json_list(path: Path) -> list:
+def _read_json_list(path: Path) -> list[dict[str, Any]]:
+    """The attempt entries of ``sweep_run.json``; [] when missing or unreadable (any encoding)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return []
-    return data if isinstance(data, list) else []
+    return [entry for entry in data if isinstance(entry, dict)] if isinstance(data, list) else []
+
+
+def _tidy(run_dir: Path) -> bool:
+    """Repair what a killed process left in ``run_dir``; call it only holding the run's lock.
+
+    * the ``.<name>.*.part`` temporaries of atomic writes that never finished are
+      removed (in the run folder and its ``figures/``);
+    * an attempt still marked ``running`` in ``sweep_run.json`` belonged to a
+      process that died (it would hold the lock otherwise): the last one becomes
+      ``done`` if the run is finished (the kill fell between the finished marker and
+      the bookkeeping), every other one ``killed``;
+    * a finished run loses a ``FAILED`` left by an earlier attempt.
+
+    Returns:
+        Whether the run is finished and complete.
+    """
+    for folder in (run_dir, run_dir / "figures"):
+        if folder.is_dir():
+            remove_stale_parts(folder)
+    finished = runfolder.is_finished(run_dir)
+    path = run_dir / RUN_ATTEMPTS
+    attempts = _read_json_list(path)
+    changed = False
+    for index, entry in enumerate(attempts):
+        if entry.get("status") != "running":
+            continue
+        changed = True
+        if finished and index == len(attempts) - 1:
+            entry["status"] = "done"
+            entry["note"] = "finished; its process was killed before it recorded the outcome"
+            started = entry.get("started_unix")
+            with contextlib.suppress(OSError, TypeError, ValueError):
+                entry["wall_s"] = round((run_dir / runfolder.METRICS).stat().st_mtime - float(started), 3)
+        else:
+            entry["status"] = "killed"
+            entry["note"] = "its process ended without recording the outcome (killed?)"
+    if changed:
+        write_json(path, attempts)
+    if finished:
+        (run_dir / FAILED).unlink(missing_ok=True)
+    return finished
+
+
+def _aborted_start_problem(run_dir: Path) -> str | None:
+    """Make a folder that is neither finished nor resumable ready for a fresh start.
+
+    A run killed before its first checkpoint leaves ``config.json`` alone (train
+    writes it first): that is removed, so the run starts again. Any other file of a
+    run without a checkpoint (``metrics.json``, the model, the history) may be
+    someone's results: those are kept and the reason returned.
+    """
+    if (run_dir / runfolder.CHECKPOINT).is_file():
+        return None
+    results = [name for name in (runfolder.METRICS, runfolder.MODEL_ARRAYS, runfolder.MODEL_JSON, runfolder.HISTORY,
+                                 runfolder.CHOICES, "figures") if (run_dir / name).exists()]
+    if results:
+        problem = runfolder.finished_problem(run_dir)
+        return (f"{run_dir} holds an unfinished run ({problem}) without {runfolder.CHECKPOINT} to resume from; "
+                "move the folder away to train the run again")
+    (run_dir / runfolder.CONFIG).unlink(missing_ok=True)
+    return None
 
 
 class _PerThreadStream:
@@ -339,22 +455,63 @@ class _PerThreadStream:
         return getattr(self._default, name)
 
 
+class _AppendLog:
+    """A text sink that appends every write to a file at once, as UTF-8.
+
+    Each ``write`` goes to the operating system straight away (``O_APPEND``, no
+    buffer in this process), so a kill of the process loses nothing printed
+    before it; :meth:`close` syncs the file to disk. The file's earlier content,
+    in whatever encoding, is never read or rewritten. A failed write (full disk)
+    does not stop the run: the first error is kept in :attr:`error`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.error: str | None = None
+        self._fd: int | None = None
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as err:
+            self.error = f"{path.name}: {err.strerror or err}"
+
+    def write(self, text: str) -> int:
+        data = text.encode("utf-8", errors="replace")
+        while data and self._fd is not None:
+            try:
+                written = os.write(self._fd, data)
+            except OSError as err:
+                self.error = self.error or f"{RUN_LOG}: {err.strerror or err}"
+                break
+            data = data[written:]
+        return len(text)
+
+    def flush(self) -> None:  # nothing is buffered here
+        pass
+
+    def close(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.fsync(self._fd)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd = None
+
+
 _CAPTURE = threading.local()
 _CAPTURE_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _captured_output():
-    """Collect what this thread prints (stdout and stderr) into a StringIO."""
+def _captured_output(sink: Any):
+    """Send what this thread prints (stdout and stderr) to ``sink`` (an object with ``write``)."""
     with _CAPTURE_LOCK:
         for name in ("stdout", "stderr"):
             stream = getattr(sys, name)
             if not isinstance(stream, _PerThreadStream):
                 setattr(sys, name, _PerThreadStream(stream, _CAPTURE))
-    buffer = io.StringIO()
-    _CAPTURE.buffer = buffer
+    _CAPTURE.buffer = sink
     try:
-        yield buffer
+        yield sink
     finally:
         _CAPTURE.buffer = None
 
@@ -369,11 +526,13 @@ def run_task(spec: RunSpec, on_step: Callable | None = None) -> dict[str, Any]:
         ``{"key", "status", "action", "error", "wall_s", "test_accuracy", "host",
         "pid", "blas_threads"}``; ``status`` is ``done``, ``skipped`` (already
         finished), ``failed``, ``interrupted`` (stopped, checkpoint saved) or
-        ``cancelled`` (the sweep was stopping; not started).
+        ``cancelled`` (the sweep was stopping; not started). ``blas_threads`` is
+        the thread count of the BLAS that NumPy calls in this process (read with
+        threadpoolctl), which decides the bits of the matrix products.
     """
     record: dict[str, Any] = {
         "key": spec.key, "status": None, "action": None, "error": None, "wall_s": 0.0, "test_accuracy": None,
-        "host": socket.gethostname(), "pid": os.getpid(), "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "host": socket.gethostname(), "pid": os.getpid(), "blas_threads": runfolder.blas_info().get("threads"),
     }
     with _WORKER_LOCK:
         if _should_stop():
@@ -386,30 +545,49 @@ def run_task(spec: RunSpec, on_step: Callable | None = None) -> dict[str, Any]:
 
 
 def _run_locked(spec: RunSpec, on_step: Callable | None, record: dict[str, Any]) -> dict[str, Any]:
-    from .train import CHECKPOINT, TrainConfig, train
+    """Train one run holding its folder's lock; bookkeeping that a kill at any moment cannot lose.
+
+    The order: tidy what a killed process left; append the attempt (``running``) to
+    ``sweep_run.json`` and its header to ``train.log``; train, the output appended to
+    the log as it comes; then the outcome (``FAILED`` written or removed, the log
+    synced, the attempt's status). Each file is written atomically or appended.
+    """
+    from .train import TrainConfig, train
 
     run_dir = Path(spec.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _run_lock(run_dir):
-        if (run_dir / "metrics.json").is_file():
+    with _run_lock(run_dir) as held:
+        finished = _tidy(run_dir) if held else runfolder.is_finished(run_dir)
+        if finished:
             return {**record, "status": "skipped"}
-        started, wall_start = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
-        log = None
+        started, started_unix, wall_start = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.time(), time.perf_counter()
+        resuming = (run_dir / runfolder.CHECKPOINT).is_file()
+        record["action"] = "resumed" if resuming else "started"
+        attempts = _read_json_list(run_dir / RUN_ATTEMPTS)
+        entry = {"started": started, "started_unix": round(started_unix, 3), "action": record["action"], "status": "running",
+                 "wall_s": None, "host": record["host"], "pid": record["pid"], "blas_threads": record["blas_threads"], "error": None}
+        attempts.append(entry)
+        write_json(run_dir / RUN_ATTEMPTS, attempts)
+        log = _AppendLog(run_dir / RUN_LOG)
+        log.write(f"--- {started} {record['action']} on {record['host']} (pid {record['pid']}, "
+                  f"{record['blas_threads']} BLAS thread(s))\n")
         try:
-            with _captured_output() as log:
-                if (run_dir / CHECKPOINT).is_file():
-                    record["action"] = "resumed"
+            with _captured_output(log):
+                problem = None if resuming or not held else _aborted_start_problem(run_dir)
+                if problem:
+                    raise SweepError(problem)
+                if resuming:
                     overrides = {"quiet": True, "progress": False, "device": spec.config["device"]}
                     if spec.config.get("data_dir"):
                         overrides["data_dir"] = spec.config["data_dir"]
                     result = train(resume=run_dir, overrides=overrides, on_step=_step_hook(on_step))
                 else:
-                    record["action"] = "started"
                     result = train(TrainConfig.from_json(spec.config), on_step=_step_hook(on_step))
         except Exception as err:  # any failure of this run is recorded, never raised
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
             message = f"{type(err).__name__}: {first_line}" if first_line else type(err).__name__
             record.update(status="failed", error=message)
+            log.write(f"{message}\n")
             write_text(run_dir / FAILED, f"{message}\n\n{traceback.format_exc()}")
         else:
             if result.interrupted:
@@ -419,11 +597,11 @@ def _run_locked(spec: RunSpec, on_step: Callable | None, record: dict[str, Any])
                 (run_dir / FAILED).unlink(missing_ok=True)
         finally:
             record["wall_s"] = round(time.perf_counter() - wall_start, 3)
-            previous = (run_dir / RUN_LOG).read_text(encoding="utf-8") if (run_dir / RUN_LOG).is_file() else ""
-            header = f"--- {started} {record['action']} on {record['host']} (pid {record['pid']})\n"
-            write_text(run_dir / RUN_LOG, previous + header + (log.getvalue() if log is not None else ""))
-            attempts = _read_json_list(run_dir / RUN_ATTEMPTS)
-            attempts.append({"started": started, **{k: record[k] for k in ("action", "status", "wall_s", "host", "pid", "blas_threads", "error")}})
+            log.close()
+            # No status: something other than an Exception (SystemExit, a second Ctrl-C) ended it.
+            entry.update(status=record["status"] or "interrupted", wall_s=record["wall_s"], error=record["error"])
+            if log.error:
+                entry["log_error"] = log.error
             write_json(run_dir / RUN_ATTEMPTS, attempts)
     return record
 
@@ -452,6 +630,18 @@ class SweepResult:
     def ok(self) -> bool:
         """Every run finished (now or before)."""
         return not self.interrupted and all(r["status"] in ("done", "skipped") for r in self.records.values())
+
+
+def _tidy_finished(run_dir: Path) -> None:
+    """Complete the bookkeeping of a finished run whose process was killed after its marker.
+
+    Such a run is skipped without a worker, so this process tidies it, holding the
+    run's lock (a few seconds at most: a process that holds it on a finished run is
+    only writing that bookkeeping itself).
+    """
+    with contextlib.suppress(OSError), _run_lock(run_dir, wait_s=5.0) as held:
+        if held:
+            _tidy(run_dir)
 
 
 def _cores() -> int:
@@ -498,6 +688,13 @@ def _shared_options(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in _PER_RUN_OPTIONS}
 
 
+def _default_shared_options() -> dict[str, Any]:
+    """The shared training options of a default :class:`~smartmixed_np.train.TrainConfig`, as JSON."""
+    from .train import TrainConfig
+
+    return _shared_options(TrainConfig().to_json())
+
+
 def _check_sweep_folder(out: Path, specs: list[RunSpec]) -> dict[str, Any]:
     """Compare with ``sweep.json`` of an earlier invocation; return the merged description."""
     options = _shared_options(specs[0].config)
@@ -506,10 +703,14 @@ def _check_sweep_folder(out: Path, specs: list[RunSpec]) -> dict[str, Any]:
     description = {"format": SWEEP_FORMAT, "training_options": options, "architectures": archs, "models": [], "seeds": []}
     if path.is_file():
         try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
+            previous = json.loads(path.read_bytes().decode("utf-8"))
             old_options, old_archs = previous["training_options"], previous["architectures"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise SweepError(f"{path}: not a readable sweep description ({err})") from None
+            if not isinstance(old_options, dict) or not isinstance(old_archs, dict):
+                raise TypeError("training_options and architectures must be objects")
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+            raise SweepError(f"{path}: not a readable sweep description ({type(err).__name__}: {err})"[:300]) from None
+        # A folder written before an option existed ran with the option's default.
+        old_options = {**_default_shared_options(), **old_options}
         changed = [f"{k}: {old_options.get(k)!r} -> {options.get(k)!r}" for k in sorted(set(options) | set(old_options))
                    if old_options.get(k) != options.get(k)]
         if changed:
@@ -557,22 +758,45 @@ def _check_executor(executor: Any, scheduler: Any, workers: Any, blas_threads: A
             raise SweepError("the dask executor needs Dask: pip install 'smartmixed_np[dask]'") from None
         if scheduler is None:
             raise SweepError("the dask executor needs --scheduler ADDRESS (for example tcp://127.0.0.1:8786)")
+        _check_dask_address(scheduler)
+    elif scheduler is not None:
+        raise SweepError("--scheduler is for --executor dask only")
+
+
+def _check_dask_address(scheduler: Any) -> None:
+    """Refuse a scheduler that is neither a ``distributed.Client`` nor an address of the form Dask connects to."""
+    from distributed import Client
+
+    if isinstance(scheduler, Client):
+        return
+    shown = repr(scheduler) if len(repr(scheduler)) <= 80 else repr(scheduler)[:77] + "..."
+    if not isinstance(scheduler, str):
+        raise SweepError(f"--scheduler must be an address such as tcp://10.0.0.5:8786 or a distributed.Client, got {shown}")
+    if scheduler.startswith("inproc://"):
+        return
+    match = _DASK_ADDRESS.match(scheduler)
+    if match is None or not 1 <= int(match.group(1)) <= 65535:
+        raise SweepError(f"--scheduler {shown}: not a Dask scheduler address; expected [tcp://]HOST:PORT "
+                         "such as tcp://10.0.0.5:8786 (schemes tcp, tls, ws, wss, ucx; port 1-65535)")
 
 
 def _make_dask_executor(scheduler: Any) -> tuple[Executor, Callable[[], None]]:
+    """A Dask executor on ``scheduler`` and its closer; any failure to connect is one SweepError line."""
     try:
         from distributed import Client
     except ImportError:
         raise SweepError("the dask executor needs Dask: pip install 'smartmixed_np[dask]'") from None
     if scheduler is None:
         raise SweepError("the dask executor needs --scheduler ADDRESS (for example tcp://127.0.0.1:8786)")
+    _check_dask_address(scheduler)
     if isinstance(scheduler, Client):
         client, owned = scheduler, False
     else:
         try:
-            client, owned = Client(scheduler, timeout="20s"), True
-        except (OSError, TimeoutError) as err:
-            raise SweepError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
+            client, owned = Client(scheduler, timeout=f"{_DASK_CONNECT_TIMEOUT_S}s"), True
+        except Exception as err:  # OSError, TimeoutError, ValueError (a scheme Dask lacks), ...
+            reason = " ".join(str(err).split()) or type(err).__name__
+            raise SweepError(f"cannot reach the Dask scheduler at {scheduler}: {reason}"[:400]) from None
     executor = client.get_executor(pure=False)
 
     def close() -> None:
@@ -629,6 +853,7 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     with _sweep_lock(out):
         description = _check_sweep_folder(out, specs)
+        remove_stale_parts(out)  # only this process writes here, and it holds the sweep's lock
         write_json(out / SWEEP_JSON, description)
         records: dict[str, dict[str, Any]] = {}
         todo: list[RunSpec] = []
@@ -636,9 +861,10 @@ def run_sweep(
         for spec in specs:
             state = states[spec.key]
             if state == "finished":
+                _tidy_finished(Path(spec.run_dir))
                 records[spec.key] = {"key": spec.key, "status": "skipped"}
             elif state == "failed" and not retry_failed:
-                error = (Path(spec.run_dir) / FAILED).read_text(encoding="utf-8").splitlines()[0]
+                error = _first_line(Path(spec.run_dir) / FAILED)
                 records[spec.key] = {"key": spec.key, "status": "failed", "error": error, "retried": False}
             else:
                 records[spec.key] = {"key": spec.key, "status": "pending"}
