@@ -18,7 +18,9 @@ Rules:
   the results are *bitwise equal* (Numba does not reassociate or contract
   floating-point operations unless told to, and it is not told to here). The
   reference of each loop is named in its docstring, and ``tests/test_compiled.py``
-  checks every pair for equality.
+  checks every pair for equality. The transcendental functions (``exp``, ``expm1``,
+  ``tanh``) are NumPy's, applied in place between compiled passes: Numba's would be
+  the C library's, which rounds some results differently from NumPy's vectorised ones.
 * Compiled on first use, and cached on disk by Numba, so only the first run on a
   machine pays the compilation (about a second per loop).
 """
@@ -165,7 +167,7 @@ ACTIVATION_CODES = {"relu": RELU, "sigmoid": SIGMOID, "tanh": TANH, "leaky_relu"
 
 @dataclass(frozen=True)
 class GroupTable:
-    """A phase-2 layer's activation groups, as the compiled group loops read them.
+    r"""A phase-2 layer's activation groups, as the compiled group loops read them.
 
     The layer's arrays are feature-major, (N, B): row ``n`` holds neuron ``n``'s values
     over the batch. The groups are runs of *positions* ``i`` in ``rows``:
@@ -188,6 +190,10 @@ class GroupTable:
         row_codes, row_lo, row_hi: (N,) the code and clamp of each neuron, in the
             neurons' own order (for the row-wise backward loop).
         identity: (N,) ``arange(N)``.
+        exp_rows: (R,) int64, the elu and selu neurons in the neurons' own order, whose
+            derivative needs $e^{\min(z, 0)}$ (computed by NumPy for these rows only).
+        exp_index: (N,) int64, each neuron's row in that (R, B) array of exponentials;
+            -1 for the other neurons.
     """
 
     rows: np.ndarray
@@ -204,6 +210,8 @@ class GroupTable:
     row_lo: np.ndarray
     row_hi: np.ndarray
     identity: np.ndarray
+    exp_rows: np.ndarray
+    exp_index: np.ndarray
 
 
 def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
@@ -239,6 +247,7 @@ def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
     group_of_row = np.empty(n, dtype=np.int64)  # each neuron's group, in the neurons' own order
     for k, (start, stop) in enumerate(zip(starts, stops)):
         group_of_row[rows[start:stop]] = k
+    exp_rows, exp_index = _exp_rows(codes[group_of_row])
     return GroupTable(
         rows=rows,
         starts=np.asarray(starts, dtype=np.int64),
@@ -254,7 +263,16 @@ def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
         row_lo=lo[group_of_row],
         row_hi=hi[group_of_row],
         identity=np.arange(n, dtype=np.int64),
+        exp_rows=exp_rows,
+        exp_index=exp_index,
     )
+
+
+def _exp_rows(row_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""For (N,) activation codes: the rows whose derivative needs $e^{\min(z, 0)}$ (elu, selu),
+    and each row's index among them (-1 for the other rows)."""
+    needs = (row_codes == ELU) | (row_codes == SELU)
+    return np.flatnonzero(needs).astype(np.int64), np.where(needs, np.cumsum(needs) - 1, -1).astype(np.int64)
 
 
 def _constants(dtype: Any) -> tuple:
@@ -283,6 +301,32 @@ def _prepass_arguments_loop(zT, t, rows, spans, zero):
                 elif code != TANH and x > zero:
                     x = zero
                 o[j] = x
+
+
+@_jit
+def _exp_arguments_loop(zT, rows, t, zero):
+    # t[k] = min(z, 0) of neuron rows[k]: the argument of the exp in the elu and selu derivatives.
+    for k in range(rows.shape[0]):
+        z, o = zT[rows[k]], t[k]
+        for j in range(z.shape[0]):
+            x = z[j]
+            if x > zero:
+                x = zero
+            o[j] = x
+
+
+def _exponentials(zT: np.ndarray, rows: np.ndarray, zero: Any) -> np.ndarray:
+    r"""(R, B): $e^{\min(z, 0)}$ of the neuron rows ``rows`` of ``zT`` (N, B), in that order.
+
+    The argument is gathered by a compiled pass and the ``exp`` is NumPy's, in place
+    over one contiguous block: the same function, on the same operands, as the
+    kernels of :mod:`smartmixed_np.kernels` (whose ``clip`` gives the same argument
+    up to the sign of a zero, and $e^{\pm 0} = 1$).
+    """
+    t = np.empty((rows.shape[0], zT.shape[1]), dtype=zT.dtype)
+    _exp_arguments_loop(zT, rows, t, zero)
+    np.exp(t, out=t)
+    return t
 
 
 # In the loops below a clamp is written out as "if y < lo: y = lo; if y > hi: y = hi",
@@ -328,11 +372,14 @@ def _grouped_forward_loop(zT, t, out, rows, starts, stops, codes, lo, hi, consta
 
 
 @_jit
-def _rowwise_backward_loop(daT, a_source, a_rows, out, codes, lo, hi, constants):
-    # out[n] = daT[n] * f'(a) * [lo < a < hi] with a = a_source[a_rows[n]], f = codes[n].
+def _rowwise_backward_loop(daT, a_source, a_rows, e_rows, out, codes, lo, hi, constants):
+    # out[n] = daT[n] * f'(a) * [lo < a < hi] with a = a_source[a_rows[n]], f = codes[n], for the
+    # rows n with e_rows[n] < 0 (those with e_rows[n] >= 0 are _exp_backward_loop's).
     zero, one, slope, elu_alpha, _, selu_scale, selu_scale_alpha, big_cap = constants
     width = daT.shape[1]
     for n in range(daT.shape[0]):
+        if e_rows[n] >= 0:
+            continue
         code, l, h = codes[n], lo[n], hi[n]
         has_lo, has_hi = l != -np.inf, h != np.inf
         da, a, o = daT[n], a_source[a_rows[n]], out[n]
@@ -347,10 +394,10 @@ def _rowwise_backward_loop(daT, a_source, a_rows, out, codes, lo, hi, constants)
                     d = (one - x * x) * da[j]
                 elif code == LEAKY_RELU:  # leaky relu: 1 or 0.01
                     d = (one if x > zero else slope) * da[j]
-                elif code == ELU:  # elu: min(a + alpha, 1)
+                elif code == ELU:  # elu without z (callers that pass none): the former min(a + alpha, 1)
                     s = x + elu_alpha
                     d = (one if s > one else s) * da[j]
-                else:  # selu: lambda where z > 0, else a + lambda alpha
+                else:  # selu without z: the former min(min(a, 0) + lambda alpha, lambda or huge)
                     s = (zero if x > zero else x) + selu_scale_alpha
                     cap = big_cap if x <= zero else selu_scale
                     d = (cap if cap < s else s) * da[j]
@@ -359,6 +406,53 @@ def _rowwise_backward_loop(daT, a_source, a_rows, out, codes, lo, hi, constants)
                 if has_hi and not x < h:
                     d = d * zero
             o[j] = d
+
+
+@_jit
+def _exp_backward_loop(daT, a_source, a_rows, e_source, rows, out, codes, lo, hi, constants):
+    # For the elu and selu neurons n = rows[k]: out[n] = daT[n] * f'(z) * [lo < a < hi] with
+    # a = a_source[a_rows[n]] and f' from e = e_source[k] = exp(min(z, 0)).
+    zero, _, _, _, _, selu_scale, selu_scale_alpha, big_cap = constants
+    width = daT.shape[1]
+    for k in range(rows.shape[0]):
+        n = rows[k]
+        code, l, h = codes[n], lo[n], hi[n]
+        has_lo, has_hi = l != -np.inf, h != np.inf
+        da, a, e, o = daT[n], a_source[a_rows[n]], e_source[k], out[n]
+        for j in range(width):
+            x = a[j]
+            if code == ELU:  # elu: exp(min(z, 0)) (alpha = 1)
+                d = e[j] * da[j]
+            else:  # selu: lambda where z > 0 (a > 0), else lambda alpha exp(z)
+                s = e[j] * selu_scale_alpha
+                cap = big_cap if x <= zero else selu_scale
+                d = (cap if cap < s else s) * da[j]
+            if has_lo and not x > l:
+                d = d * zero
+            if has_hi and not x < h:
+                d = d * zero
+            o[j] = d
+
+
+def _rowwise_backward(daT: np.ndarray, a_source: np.ndarray, a_rows: np.ndarray, zT: np.ndarray | None,
+                      exp_rows: np.ndarray, exp_index: np.ndarray, out: np.ndarray, codes: np.ndarray,
+                      lo: np.ndarray, hi: np.ndarray, constants: tuple) -> None:
+    """``out[n] = daT[n] f'_{codes[n]}(z) [lo[n] < a < hi[n]]`` with ``a = a_source[a_rows[n]]``.
+
+    The rows ``exp_rows`` (elu, selu; ``exp_index`` gives each row's rank among them,
+    -1 elsewhere) take $e^{\\min(z, 0)}$ from :func:`_exponentials`, unless ``zT`` is
+    None (a caller written before it was needed: the former, cancelling form from ``a``).
+    """
+    if zT is None:
+        _rowwise_backward_loop(daT, a_source, a_rows, np.full(out.shape[0], -1, dtype=np.int64), out, codes, lo, hi,
+                               constants)
+        return
+    if zT.shape != out.shape or zT.dtype != out.dtype:
+        raise ValueError(f"zT must be {out.shape} {out.dtype}, got {zT.shape} {zT.dtype}")
+    _rowwise_backward_loop(daT, a_source, a_rows, exp_index, out, codes, lo, hi, constants)
+    if exp_rows.shape[0]:
+        e = _exponentials(zT, exp_rows, constants[0])
+        _exp_backward_loop(daT, a_source, a_rows, e, exp_rows, out, codes, lo, hi, constants)
 
 
 def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
@@ -403,11 +497,14 @@ def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch:
     return out
 
 
-def grouped_backward(daT: np.ndarray, aT: np.ndarray, table: GroupTable, out: np.ndarray) -> np.ndarray:
-    r"""A phase-2 layer's backward: ``out[n] = daT[n] f'_{c_n} [lo < aT[n] < hi]``, in one pass.
+def grouped_backward(daT: np.ndarray, aT: np.ndarray, table: GroupTable, out: np.ndarray,
+                     zT: np.ndarray | None = None) -> np.ndarray:
+    r"""A phase-2 layer's backward: ``out[n] = daT[n] f'_{c_n}(zT[n]) [lo < aT[n] < hi]``.
 
-    Every derivative is written in terms of the output ``a`` (see
-    :mod:`smartmixed_np.kernels`), so no transcendental function is needed.
+    The derivatives of relu, sigmoid, tanh and leaky relu are written in terms of the
+    output ``a`` (see :mod:`smartmixed_np.kernels`); those of elu and selu need
+    $e^{\min(z, 0)}$, which NumPy computes first for their rows only
+    (:func:`_exponentials`); then one compiled pass does the rest.
 
     Reference: :func:`smartmixed_np.fixed.grouped_backward_fused`: the same numbers.
 
@@ -415,11 +512,16 @@ def grouped_backward(daT: np.ndarray, aT: np.ndarray, table: GroupTable, out: np
         daT, aT: (N, B) upstream gradient and the forward's output, C-contiguous.
         table: as for :func:`grouped_forward`.
         out: (N, B) C-contiguous buffer, not overlapping the inputs.
+        zT: (N, B) the forward's input. Without it, the elu and selu derivatives fall
+            back to the former $a + \alpha$ form, which cancels (exactly 0 below
+            $z \approx -17$ in float32) and is *not* the reference's numbers; the
+            fallback exists only for callers written before ``zT`` was.
 
     Returns:
         ``out``.
     """
-    _rowwise_backward_loop(daT, aT, table.identity, out, table.row_codes, table.row_lo, table.row_hi, table.constants)
+    _rowwise_backward(daT, aT, table.identity, zT, table.exp_rows, table.exp_index, out, table.row_codes,
+                      table.row_lo, table.row_hi, table.constants)
     return out
 
 
@@ -460,12 +562,14 @@ def candidate_table(pool: tuple, clamp: float | None, dtype: Any) -> CandidateTa
 
 
 def selected_backward(doutT: np.ndarray, stack: np.ndarray, selected: np.ndarray, table: CandidateTable,
-                      out: np.ndarray) -> np.ndarray:
-    r"""A hard phase-1 layer's input gradient: ``out[n] = doutT[n] f'_{s_n} [lo < a < hi]``.
+                      out: np.ndarray, zT: np.ndarray | None = None) -> np.ndarray:
+    r"""A hard phase-1 layer's input gradient: ``out[n] = doutT[n] f'_{s_n}(zT[n]) [lo < a < hi]``.
 
     Only the selected candidate $s_n$ of each neuron reaches $dz$ (the forward output
     is that candidate's value), so only its derivative is computed, from its row
-    ``stack[s_n, n]`` of the candidate stack, in one pass over (N, B).
+    ``stack[s_n, n]`` of the candidate stack, in one pass over (N, B); for the
+    neurons that selected elu or selu, NumPy first computes $e^{\min(z, 0)}$ of
+    their rows (as in :func:`grouped_backward`).
 
     Reference: every candidate's derivative by the kernels of
     :mod:`smartmixed_np.kernels`, then the selected rows gathered
@@ -477,13 +581,17 @@ def selected_backward(doutT: np.ndarray, stack: np.ndarray, selected: np.ndarray
         selected: (N,) host int64, each neuron's selected candidate.
         table: from :func:`candidate_table`, in the arrays' dtype.
         out: (N, B) C-contiguous buffer, not overlapping the inputs.
+        zT: (N, B) the forward's input; as for :func:`grouped_backward`, without it
+            the elu and selu derivatives fall back to the former (cancelling) form.
 
     Returns:
         ``out``.
     """
     k, n, b = stack.shape
     a_rows = selected * n + np.arange(n)
-    _rowwise_backward_loop(doutT, stack.reshape(k * n, b), a_rows, out, table.codes[selected], table.lo[selected],
-                           table.hi[selected], table.constants)
+    codes = table.codes[selected]
+    exp_rows, exp_index = _exp_rows(codes)
+    _rowwise_backward(doutT, stack.reshape(k * n, b), a_rows, zT, exp_rows, exp_index, out, codes,
+                      table.lo[selected], table.hi[selected], table.constants)
     return out
 

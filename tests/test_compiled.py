@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from smartmixed_np import compiled
 from smartmixed_np.optim import Adam, adam_update_reference
+from test_activations import assert_relatively_accurate, negative_inputs
 
 numba = pytest.importorskip("numba", reason="the compiled loops need the 'fast' extra (numba)")
 
@@ -239,6 +240,70 @@ def test_selected_backward_gives_the_numpy_kernels_numbers(width, batch, pool, c
         dz_ref, dlogits_ref = mixture_backward_fused(dout, cache, candidates, workspace=Workspace(np))
     assert_bitwise_equal(dz, dz_ref)
     assert_bitwise_equal(dlogits, dlogits_ref)
+
+
+# --------------------------------------------------------------------------- elu/selu far below 0
+_ELU, _SELU = _SIX.index("elu"), _SIX.index("selu")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_group_loops_elu_selu_derivatives_are_relatively_accurate_far_below_zero(dtype, contiguous):
+    """grouped_backward given z: f'(z) for z in [-80, 0) to a few ulps, and the NumPy kernels' numbers."""
+    choices = np.array([_ELU, _SELU, 0, 2, _ELU, 3, _SELU, _SELU])  # elu/selu rows among others, runs and singles
+    if contiguous:
+        choices = np.sort(choices)
+    layer = FixedMixedActivation(choices, _SIX, contiguous=contiguous, clamp=10.0)
+    z_row = negative_inputs(dtype)
+    zT = np.ascontiguousarray(np.tile(z_row, (len(choices), 1)))
+    table = layer._compiled_table(zT)
+    aT = compiled.grouped_forward(zT, table, np.empty_like(zT), np.zeros_like(zT))
+    ones = np.ones_like(zT)
+    dzT = compiled.grouped_backward(ones, aT, table, np.full_like(zT, np.nan), zT=zT)
+    for n, k in enumerate(choices):
+        if k in (_ELU, _SELU):
+            assert_relatively_accurate(dzT[n], z_row, _SIX[k], dtype)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compiled, "applies", lambda *arrays: False)
+        _, cache_ref = layer.forward(zT.T)
+        dz_ref = layer.backward(ones.T, cache_ref)
+    assert_bitwise_equal(dzT, dz_ref.T)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_selected_backward_elu_selu_derivatives_are_relatively_accurate_far_below_zero(dtype):
+    """selected_backward given z: the same for the neurons that selected elu or selu in a hard phase-1 layer."""
+    from smartmixed_np.activations import resolve_pool
+    from smartmixed_np.mixture import mixture_backward_fused, mixture_forward_fused
+
+    pool = resolve_pool(_SIX)
+    selected = np.array([_ELU, _SELU, 1, _SELU, 0, _ELU, _ELU])
+    logits = np.full((len(selected), len(pool)), -5.0, dtype=dtype)
+    logits[np.arange(len(selected)), selected] = 5.0  # no noise: these are the selections
+    z_row = negative_inputs(dtype)
+    zT = np.ascontiguousarray(np.tile(z_row, (len(selected), 1)))
+    _, cache = mixture_forward_fused(zT.T, logits, None, pool, tau=0.3, clamp=10.0)
+    np.testing.assert_array_equal(cache.selected, selected)
+    ones = np.ones_like(zT)
+    stack = cache.candidates.transpose(0, 2, 1)
+    table = compiled.candidate_table(tuple(pool), 10.0, np.dtype(dtype))
+    dzT = compiled.selected_backward(ones, stack, cache.selected, table, np.full_like(zT, np.nan), zT=zT)
+    for n, k in enumerate(selected):
+        if k in (_ELU, _SELU):
+            assert_relatively_accurate(dzT[n], z_row, _SIX[k], dtype)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compiled, "applies", lambda *arrays: False)
+        dz_ref, _ = mixture_backward_fused(ones.T, cache, pool)
+    assert_bitwise_equal(dzT, dz_ref.T)
+
+
+def test_backward_loops_refuse_a_z_of_another_shape_or_dtype():
+    layer = FixedMixedActivation(np.array([_ELU, 0]), _SIX, contiguous=False, clamp=10.0)
+    zT = np.zeros((2, 5), np.float32)
+    table = layer._compiled_table(zT)
+    for wrong in (np.zeros((2, 4), np.float32), np.zeros((2, 5), np.float64)):
+        with pytest.raises(ValueError, match="zT must be"):
+            compiled.grouped_backward(zT, zT, table, np.empty_like(zT), zT=wrong)
 
 
 def test_candidate_table_refuses_a_user_activation():
