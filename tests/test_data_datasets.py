@@ -7,13 +7,14 @@ variable (a folder holding ``mnist/``) and are skipped when it is not set.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_download import FileServer
+from test_data_download import FileServer, closed_port_url  # noqa: F401 (a fixture)
 
 from smartmixed_np.data import datasets, download
 from smartmixed_np.data.datasets import DATASETS, SplitDataset, load_dataset, stratified_split
@@ -29,6 +30,7 @@ REAL_DATA = os.environ.get("SMARTMIXED_DATA")
 def isolated_environment(tmp_path, monkeypatch):
     """No test sees the user's data folder or cache unless it asks for them."""
     monkeypatch.delenv("SMARTMIXED_DATA", raising=False)
+    monkeypatch.delenv("SMARTMIXED_MIRROR", raising=False)
     monkeypatch.setenv("SMARTMIXED_CACHE", str(tmp_path / "cache"))
 
 
@@ -144,6 +146,85 @@ def test_downloads_into_the_cache_when_nothing_is_local(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / "cache" / "mnist")) == sorted(IDX_FILES)
 
 
+@pytest.mark.parametrize("layout", ["parent", "dataset folder", "dataset folder of any name"])
+@pytest.mark.parametrize("through", ["data_dir", "SMARTMIXED_DATA"])
+def test_data_dir_and_environment_take_the_same_layouts(tmp_path, monkeypatch, layout, through):
+    own = tmp_path / "data" / ("downloads" if layout == "dataset folder of any name" else "mnist")
+    make_fake_mnist(own)
+    given = own.parent if layout == "parent" and own.name == "mnist" else own
+    if through == "SMARTMIXED_DATA":
+        monkeypatch.setenv("SMARTMIXED_DATA", str(given))
+        data = load_dataset("mnist", download=False)
+    else:
+        data = load_dataset("mnist", given, download=False)
+    assert data.source == str(own)
+
+
+def test_a_folder_named_after_another_dataset_is_not_taken_for_it(tmp_path, monkeypatch):
+    """SMARTMIXED_DATA=.../mnist must not serve MNIST's files as KMNIST's."""
+    make_fake_mnist(tmp_path / "data" / "mnist")
+    with pytest.raises(DataError, match=r"mnist: holds the files of dataset mnist \(by the folder's name\), not kmnist"):
+        load_dataset("kmnist", tmp_path / "data" / "mnist")
+    monkeypatch.setenv("SMARTMIXED_DATA", str(tmp_path / "data" / "mnist"))
+    with pytest.raises(DataError) as info:
+        load_dataset("kmnist", download=False)
+    assert "holds the files of dataset mnist" in str(info.value) and "downloading is off" in str(info.value)
+    assert load_dataset("mnist", download=False).source == str(tmp_path / "data" / "mnist")
+
+
+@pytest.mark.parametrize("environment", ["folder without the dataset", "missing folder", "unset"])
+def test_nothing_found_names_every_place_looked_in(tmp_path, monkeypatch, environment):
+    shared = tmp_path / "shared"
+    if environment != "unset":
+        monkeypatch.setenv("SMARTMIXED_DATA", str(shared))
+    if environment == "folder without the dataset":
+        shared.mkdir()
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", download=False)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("dataset mnist not found: looked in ")
+    where = {
+        "folder without the dataset": f"SMARTMIXED_DATA={shared} (it has no mnist/ subfolder and holds no mnist files)",
+        "missing folder": f"SMARTMIXED_DATA={shared} (no such folder)",
+        "unset": "SMARTMIXED_DATA (not set)",
+    }[environment]
+    assert where in message
+    assert f"the download cache {tmp_path / 'cache' / 'mnist'} (empty)" in message
+    assert "downloading is off" in message and "--data-dir" in message
+
+
+def test_a_failed_download_names_the_places_looked_in(tmp_path, monkeypatch, closed_port_url):
+    (tmp_path / "shared").mkdir()
+    monkeypatch.setenv("SMARTMIXED_DATA", str(tmp_path / "shared"))
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", mirror=closed_port_url)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("dataset mnist not found locally (looked in SMARTMIXED_DATA=")
+    assert str(tmp_path / "cache" / "mnist") in message and closed_port_url in message and "cannot connect" in message
+    assert "--data-dir" in message
+
+
+def test_the_cache_is_used_when_downloading_is_off(tmp_path):
+    make_fake_mnist(tmp_path / "cache" / "mnist")
+    assert load_dataset("mnist", download=False).source == str(tmp_path / "cache" / "mnist")
+
+
+def test_the_mirror_setting_reaches_the_downloader(tmp_path, monkeypatch, closed_port_url):
+    """SMARTMIXED_MIRROR, and mirror= (which wins over it), replace the dataset's own mirrors."""
+    make_fake_mnist(tmp_path / "upstream")
+    files = {name: (tmp_path / "upstream" / name).read_bytes() for name in IDX_FILES}
+    spec = RemoteDataset(name="mnist", md5={name: hashlib.md5(body).hexdigest() for name, body in files.items()}, mirrors=())
+    monkeypatch.setitem(download.REGISTRY, "mnist", spec)
+    with FileServer(files) as server:
+        monkeypatch.setenv("SMARTMIXED_MIRROR", server.url("good"))
+        assert load_dataset("mnist").source == str(tmp_path / "cache" / "mnist")
+        for name in IDX_FILES:
+            (tmp_path / "cache" / "mnist" / name).unlink()
+        monkeypatch.setenv("SMARTMIXED_MIRROR", closed_port_url)
+        assert load_dataset("mnist", mirror=server.url("good")).source == str(tmp_path / "cache" / "mnist")
+    assert server.requests == ["/good/" + name for name in IDX_FILES] * 2
+
+
 # content checks --------------------------------------------------------------------------
 
 
@@ -152,6 +233,114 @@ def test_labels_out_of_range(tmp_path):
     write_idx(tmp_path / "mnist" / IDX_FILES[3], np.full(50, 10, dtype=np.uint8))
     with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: label 10 out of range \[0, 10\)"):
         load_dataset("mnist", tmp_path / "mnist")
+
+
+def lenient_reader(monkeypatch, replace: dict):
+    """Make the dataset layer read through a reader that checks nothing.
+
+    The IDX reader refuses some of these files itself; the dataset layer must refuse
+    them too, whatever reader it is given. ``replace``: file name -> array to return.
+    """
+    real = datasets.read_idx_pair
+
+    def read(images_path, labels_path):
+        images, labels = real(images_path, labels_path)
+        return replace.get(Path(images_path).name, images), replace.get(Path(labels_path).name, labels)
+
+    monkeypatch.setattr(datasets, "read_idx_pair", read)
+
+
+@pytest.mark.parametrize("reader", ["idx", "lenient"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, 2.5])
+def test_labels_that_are_not_whole_numbers(tmp_path, monkeypatch, value, reader):
+    """Float labels with NaN once became -2**63 and reached the loss as an IndexError."""
+    make_fake_mnist(tmp_path / "mnist")
+    labels = np.arange(200, dtype=np.float32) % 10
+    labels[5] = value
+    if reader == "idx":
+        write_idx(tmp_path / "mnist" / IDX_FILES[1], labels)
+    else:
+        lenient_reader(monkeypatch, {IDX_FILES[1]: labels})
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", tmp_path / "mnist")
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / "mnist" / IDX_FILES[1])) and "\n" not in message
+    if reader == "lenient":
+        assert message.endswith(f"label {float(value)!r} at index 5 is not a whole number")
+
+
+@pytest.mark.parametrize("reader", ["idx", "lenient"])
+@pytest.mark.parametrize("shape", [(0, 28, 28), (5, 0, 0), (5, 28, 0)])
+def test_image_files_without_pixels(tmp_path, monkeypatch, shape, reader):
+    make_fake_mnist(tmp_path / "mnist")
+    images, labels = np.zeros(shape, dtype=np.uint8), np.zeros(shape[0], dtype=np.uint8)
+    if reader == "idx":
+        write_idx(tmp_path / "mnist" / IDX_FILES[2], images)
+        write_idx(tmp_path / "mnist" / IDX_FILES[3], labels)
+    else:
+        lenient_reader(monkeypatch, {IDX_FILES[2]: images, IDX_FILES[3]: labels})
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", tmp_path / "mnist")
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / "mnist" / IDX_FILES[2])) and "\n" not in message
+    if reader == "lenient":
+        assert ("holds no images" if shape[0] == 0 else "pixels hold no data") in message
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_non_finite_inputs_are_refused_naming_the_file(tmp_path, value, split):
+    make_fake_mnist(tmp_path / "mnist")
+    data = load_dataset("mnist", tmp_path / "mnist")
+    x = getattr(data, f"x_{split}").copy()
+    x[7, 100] = value
+    x[9, 3] = value
+    with pytest.raises(DataError) as info:
+        dataclasses.replace(data, **{f"x_{split}": x})
+    file_name = IDX_FILES[2] if split == "test" else IDX_FILES[0]
+    assert str(info.value) == (
+        f"{tmp_path / 'mnist' / file_name}: the {split} inputs hold 2 non-finite values (NaN or infinity), "
+        f"the first in example 7; inputs must be finite numbers"
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_finiteness_check_agrees_with_isfinite(dtype):
+    """The check reads min and max only: every placement of NaN or an infinity, among
+    values as large as the dtype holds, must still be caught, and nothing else refused."""
+    data = load_dataset("spirals", n_train=30, n_val=6, n_test=9)
+    rng = np.random.default_rng(0)
+    huge = np.finfo(dtype).max
+    for trial in range(60):
+        x = rng.choice(np.array([-huge, -1.0, 0.0, 1e-30, 1.0, huge], dtype=dtype), size=data.x_test.shape)
+        if trial % 2:
+            x.flat[rng.integers(x.size)] = rng.choice([np.nan, np.inf, -np.inf])
+        if np.isfinite(x).all():
+            assert dataclasses.replace(data, x_test=x).x_test is x
+        else:
+            with pytest.raises(DataError, match="non-finite values"):
+                dataclasses.replace(data, x_test=x)
+
+
+@pytest.mark.parametrize("bad", [-1, 10])
+def test_labels_out_of_range_are_refused_for_every_dataset(bad):
+    data = load_dataset("synth-digits", n_train=50, n_val=10, n_test=20)
+    y = data.y_val.copy()
+    y[3] = bad
+    with pytest.raises(DataError, match=rf"^dataset synth-digits \(synthetic\): label {bad} out of range \[0, 10\)"):
+        dataclasses.replace(data, y_val=y)
+
+
+def test_split_dataset_checks_label_types_and_shapes():
+    data = load_dataset("spirals", n_train=30, n_val=6, n_test=9)
+    with pytest.raises(DataError, match="train labels must be integers, found float64"):
+        dataclasses.replace(data, y_train=data.y_train.astype(np.float64))
+    with pytest.raises(DataError, match=r"val set of shape \(6, 3\) with labels of shape \(6,\); expected \(n, 2\)"):
+        dataclasses.replace(data, x_val=np.zeros((6, 3), dtype=np.float32))
+    with pytest.raises(DataError, match="expected"):
+        dataclasses.replace(data, y_test=data.y_test[:-1])
+    with pytest.raises(DataError, match="inputs must be real numbers"):
+        dataclasses.replace(data, x_test=data.x_test.astype(complex))
 
 
 def test_image_and_label_count_mismatch(tmp_path):
@@ -220,6 +409,20 @@ def test_train_limit_is_stratified_and_applied_before_the_split(tmp_path):
     assert limited.x_train.tobytes() == again.x_train.tobytes()
     # A limit above the size of the training set keeps everything.
     assert len(load_dataset("mnist", tmp_path / "mnist", train_limit=10**6).y_train) == len(full.y_train)
+
+
+def test_train_limit_records_what_was_available_and_asked_for(tmp_path):
+    """So that a caller can say "using all 200 training images (--train-limit asked for 100,000)"."""
+    make_fake_mnist(tmp_path / "mnist", n_train=200)
+    facts = lambda data: (data.train_available, data.train_requested, data.train_used, data.train_limit_capped)  # noqa: E731
+    full = load_dataset("mnist", tmp_path / "mnist")
+    assert facts(full) == (200, None, 200, False)
+    assert facts(load_dataset("mnist", tmp_path / "mnist", train_limit=50)) == (200, 50, 50, False)
+    assert facts(load_dataset("mnist", tmp_path / "mnist", train_limit=200)) == (200, 200, 200, False)
+    many = load_dataset("mnist", tmp_path / "mnist", train_limit=100_000)
+    assert facts(many) == (200, 100_000, 200, True)
+    assert repr(many) == repr(full)
+    assert facts(load_dataset("spirals", train_limit=10)) == (None, 10, 10 + 600, False)
 
 
 def test_val_fraction(tmp_path):
@@ -363,3 +566,13 @@ def test_real_mnist_through_the_environment_variable(monkeypatch, real_mnist):
 def test_real_mnist_dataset_folder_form(real_mnist):
     data = load_dataset("mnist", Path(REAL_DATA) / "mnist", train_limit=500)
     assert data.source == real_mnist.source
+
+
+@needs_real_mnist
+def test_real_mnist_environment_variable_as_the_dataset_folder(monkeypatch, real_mnist):
+    monkeypatch.setenv("SMARTMIXED_DATA", str(Path(REAL_DATA) / "mnist"))
+    data = load_dataset("mnist", download=False, train_limit=10**6)
+    assert data.source == real_mnist.source
+    assert data.train_limit_capped and data.train_requested == 10**6
+    assert data.train_used == data.train_available == len(real_mnist.y_train) + len(real_mnist.y_val)
+    assert data.x_train.tobytes() == real_mnist.x_train.tobytes()

@@ -14,12 +14,14 @@ from .download import (
     CACHE_ENV,
     DATA_ENV,
     IDX_FILES,
+    MIRROR_ENV,
     REGISTRY,
     RemoteDataset,
     default_cache_dir,
     ensure_dataset,
     fetch,
     file_md5,
+    parse_mirrors,
 )
 from .idx import read_idx, read_idx_pair, write_idx
 from .synthetic import make_spirals, make_synth_digits
@@ -29,6 +31,7 @@ __all__ = [
     "DATASETS",
     "DATA_ENV",
     "IDX_FILES",
+    "MIRROR_ENV",
     "REGISTRY",
     "RemoteDataset",
     "SplitDataset",
@@ -40,6 +43,7 @@ __all__ = [
     "load_dataset",
     "make_spirals",
     "make_synth_digits",
+    "parse_mirrors",
     "read_idx",
     "read_idx_pair",
     "stratified_split",
