@@ -2,7 +2,9 @@
 
 Subcommands: ``train``, ``sweep``, ``report``, ``evaluate``, ``demo``, ``archs``, ``activations``, ``bench``.
 A user error (a bad option, a missing or corrupt file, an unknown name) is one
-line on stderr and exit status 2, never a traceback.
+line on stderr and exit status 2, never a traceback. Option values are checked
+while parsing (bounded, ASCII numbers; paths the file system can take); activation
+names after parsing, once the modules named by ``--import`` have registered theirs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Callable, Sequence
 from . import __version__
 from .errors import UserError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "plain_formula"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -112,7 +114,6 @@ def _real(lowest: float, highest: float, description: str, *, none: bool = False
     return parse
 
 
-_positive_int = _integer(1, MAX_EXAMPLES, "a positive integer")
 _epochs = _integer(1, MAX_EPOCHS, f"a positive integer (at most {MAX_EPOCHS})")
 _batch_size = _integer(1, MAX_BATCH, f"a positive integer (at most {MAX_BATCH})")
 _processes = _integer(1, MAX_PROCESSES, f"a positive integer (at most {MAX_PROCESSES})")
@@ -574,6 +575,10 @@ def _describe(field: str, value: Any) -> str:
         return "contiguous groups" if value else "--masked-groups"
     if field == "hidden" and isinstance(value, (list, tuple)):
         return "hidden " + "-".join(map(str, value))
+    if field == "pool" and value is None:
+        return "the default pool"
+    if isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
     return f"{field} {'none' if value is None else _escape(str(value))[:60]}"
 
 
@@ -733,10 +738,9 @@ def plain_formula(latex: str) -> str:
             break
     for word, plain in _LATEX_WORDS:
         text = text.replace(word, plain)
-    text = re.sub(r"\^\{([^{}]*)\}", r"^(\1)", text)  # e^{-x} -> e^(-x)
     text = re.sub(r"\*\s+(?=[\w(])", "*", text)  # lambda* x -> lambda*x
     text = re.sub(r"\*(?=$|[\s)+\-,])", "", text)  # a constant's '*' with no factor after it
-    text = text.replace("{", "(").replace("}", ")").replace("\\", "")
+    text = text.replace("{", "(").replace("}", ")").replace("\\", "")  # e^{-x} -> e^(-x)
     return _escape(re.sub(r"\s+", " ", text).strip())
 
 
@@ -769,6 +773,7 @@ def run_demo(out: str | Path | None = None, epochs: int = 12, quick: bool = Fals
     folder = Path(out) if out else Path("runs") / f"demo_{time.strftime('%Y%m%d-%H%M%S')}"
     if quick:
         epochs = min(epochs, 3)
+    transition = max(1, epochs // 3)  # phase 1: a third of the budget
     common = dict(
         dataset="synth-digits", hidden=(256, 128) if not quick else (32, 16), lr=1e-3, batch_size=128, epochs=epochs,
         train_limit=1500 if quick else None, seed=0, device=device, quiet=quiet, progress=not quiet,
@@ -776,8 +781,10 @@ def run_demo(out: str | Path | None = None, epochs: int = 12, quick: bool = Fals
     results = {}
     runs = {}
     for label, model in (("SmartMixed", "smartmixed"), ("ReLU", "relu")):
-        config = TrainConfig(model=model, transition_epoch=max(1, epochs // 3), out=str(folder / model), **common)
+        config = TrainConfig(model=model, transition_epoch=transition, out=str(folder / model), **common)
         result = train(config)
+        if result.interrupted:  # Ctrl-C: the checkpoint is saved; main() reports it and exits 130
+            raise KeyboardInterrupt
         results[model] = result.metrics
         runs[label] = {"history": result.history, "test_accuracy": result.metrics["test"]["accuracy"],
                        "transition_epoch": result.metrics["transition_epoch"]}
@@ -791,11 +798,10 @@ def run_demo(out: str | Path | None = None, epochs: int = 12, quick: bool = Fals
     print(f"\n{'model':<11} {'val acc':>8} {'test acc':>9}")
     for model, metrics in results.items():
         print(f"{model:<11} {metrics['val']['accuracy']:>8.4f} {metrics['test']['accuracy']:>9.4f}")
-    transition = max(1, epochs // 3)
     print(
-        f"note: SmartMixed spends {transition} of its {epochs} epochs (phase 1) choosing each neuron's activation with a "
-        "noisy hard selection,\nso on this small generated dataset it can trail ReLU; the paper compares on MNIST over "
-        "400 epochs, and on MNIST here it is within the seed spread of the best fixed activation (README, \"Reproduction on MNIST\")."
+        f"note: SmartMixed spends {transition} of its {epochs} epochs choosing activations (phase 1, a noisy hard selection), "
+        "so on this small\ngenerated dataset it may trail ReLU; on MNIST it is within the seed spread of the best fixed "
+        'activation (README, "Reproduction on MNIST"; the paper trains 400 epochs).'
     )
     print(f"runs and comparison figure in {folder}")
     return {**results, "figure": str(figure)}

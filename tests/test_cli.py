@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -157,7 +156,10 @@ def test_user_activation_from_the_command_line(tmp_path, fresh_registry, monkeyp
     config = json.loads((tmp_path / "fixed" / "config.json").read_text())
     assert config["imports"] == [str(tmp_path / "plug.py")]  # absolute: found from any folder
 
-    # A new process knows nothing of cli_softsign: evaluate imports what the run recorded.
+    # A new process knows nothing of cli_softsign: evaluate imports what config.json recorded
+    # (model.json records it too, for load_model; removed here so that the CLI's part is tested).
+    model_json = tmp_path / "fixed" / "model.json"
+    model_json.write_text(json.dumps({**json.loads(model_json.read_text()), "imports": []}))
     monkeypatch.setattr(activations, "_REGISTRY", dict(BUILT_IN))
     monkeypatch.setattr(plugins, "_LOADED", {})
     capsys.readouterr()
@@ -215,6 +217,7 @@ def test_options_reach_the_training_config(recorded_train):
         (["--arch", "2"], "--arch cannot change when resuming (the run was trained with hidden 8)"),
         (["--model", "relu"], "--model cannot change when resuming (the run was trained with model smartmixed)"),
         (["--dataset", "mnist"], "--dataset cannot change when resuming (the run was trained with dataset spirals)"),
+        (["--pool", "relu,elu"], "--pool cannot change when resuming (the run was trained with the default pool)"),
         (["--out", "elsewhere"], "--out cannot be given with --resume"),
     ],
 )
@@ -364,6 +367,8 @@ def test_user_errors_are_one_line_and_exit_2(argv, message):
         ("--mirror", "http://[::1", "expected an http://, https:// or file:// URL"),
         ("--mirror", "http://h:99999/", "URL"),
         ("--out", "run\nname", "control characters"),
+        ("--out", "runs/" + "a" * 256, "argument --out: a component of the path is longer than 255 bytes"),
+        ("--data-dir", "a/" * 2100, "argument --data-dir: the path is longer than 4095 bytes"),
         ("--data-dir", "\udcff", "not valid UTF-8"),
         ("--import", "not a module", "expected a module name"),
         ("--model", "a\x1b[31m", "expected 'smartmixed' or an activation name"),
