@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from threadpoolctl import threadpool_limits
 
+from smartmixed_np import runfolder
 from smartmixed_np.cli import main
 from smartmixed_np.sweep import FAILED, RunSpec, SweepError, plan_sweep, run_sweep, run_state
 from smartmixed_np.train import CHECKPOINT, ConfigError, TrainConfig, train
@@ -98,6 +100,54 @@ def die_on_width_24(epoch, step, global_step, model):
 
 def slow_step(epoch, step, global_step, model):
     time.sleep(0.01)
+
+
+_KILL = {"armed": False}
+
+
+def kill_group_at_write(epoch, step, global_step, model):
+    """Arm a SIGKILL of the whole process group at a chosen write of the run being trained.
+
+    ``SWEEP_KILL_AT="<file name>:<n>"``: the n-th ``os.replace`` onto that file after
+    the run's first step kills the group (the sweep process and its workers) at the
+    last instant of an atomic write: its ``.part`` temporary is complete, the file
+    not yet replaced. Nothing gets to clean up, as after a kill by the OOM killer or
+    a cluster scheduler.
+    """
+    if _KILL["armed"]:
+        return
+    _KILL["armed"] = True
+    name, count = os.environ["SWEEP_KILL_AT"].rsplit(":", 1)
+    calls, replace = [0], os.replace
+
+    def replace_or_die(src, dst, *args, **kwargs):
+        if Path(dst).name == name:
+            calls[0] += 1
+            if calls[0] == int(count):
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+        return replace(src, dst, *args, **kwargs)
+
+    os.replace = replace_or_die  # in the worker process only, which dies with it
+
+
+# A sweep in its own process group, with the hook above; run as `python -c`.
+_KILLED_SWEEP = """
+import sys
+sys.path.insert(0, {tests!r})
+import test_sweep
+from smartmixed_np.sweep import run_sweep
+from smartmixed_np.train import TrainConfig
+run_sweep({out!r}, {{2: (16, 8)}}, ["relu"], [0], TrainConfig(**test_sweep.TINY), workers=1, blas_threads=1,
+          on_step=test_sweep.kill_group_at_write, quiet=True)
+"""
+
+
+def sweep_killed_at(out: Path, kill_at: str) -> None:
+    """Run a one-run sweep (arch2/relu/seed0) in a new process group, SIGKILLed at ``kill_at``."""
+    code = _KILLED_SWEEP.format(tests=str(Path(__file__).parent), out=str(out))
+    killed = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SWEEP_KILL_AT": kill_at},
+                            start_new_session=True, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-2000:])
 
 
 # --------------------------------------------------------------------------- tests
@@ -228,6 +278,180 @@ def test_sweep_killed_outright_then_restarted(tmp_path):
         assert statuses[-1] == "done" and set(statuses[:-1]) <= {"interrupted"}, (key, statuses)
 
 
+def test_group_sigkill_loses_nothing_completed_and_resumes_to_the_same_bits(tmp_path):
+    key = "arch2/relu/seed0"
+    # Killed between the finished marker and the attempt's outcome (the worst moment
+    # for the bookkeeping): the run is finished, and its log and attempt are on disk.
+    first = tmp_path / "marker"
+    sweep_killed_at(first, "sweep_run.json:1")
+    run_dir = first / key
+    assert run_state(run_dir) == "finished"
+    assert [a["status"] for a in attempts(run_dir)] == ["running"]
+    log = (run_dir / "train.log").read_text()
+    assert log.count(" started on ") == 1 and log.count("done: test accuracy") == 1
+    assert list(run_dir.glob(".sweep_run.json.*.part"))  # the write the kill interrupted
+    again = run_sweep(first, {2: (16, 8)}, ["relu"], [0], TrainConfig(**TINY), quiet=True)
+    assert again.counts == {"skipped": 1}
+    [entry] = attempts(run_dir)
+    assert entry["status"] == "done" and "killed" in entry["note"] and entry["wall_s"] > 0
+    assert_complete(first, [key])
+
+    # Killed while the checkpoint of epoch 2 was being written: the run resumes from
+    # epoch 1's, the stale temporary is removed, and it ends with the bits of the
+    # run above, which was never stopped (both at one BLAS thread).
+    second = tmp_path / "checkpoint"
+    sweep_killed_at(second, "checkpoint.npz:2")
+    run_dir = second / key
+    assert run_state(run_dir) == "resumable" and list(run_dir.glob(".checkpoint.npz.*.part"))
+    assert [a["status"] for a in attempts(run_dir)] == ["running"]
+    assert sum(line.startswith("epoch ") for line in (run_dir / "train.log").read_text().splitlines()) == 2
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=1) as pool:
+        resumed = run_sweep(second, {2: (16, 8)}, ["relu"], [0], TrainConfig(**TINY), executor=pool, quiet=True)
+    assert resumed.records[key]["status"] == "done" and resumed.records[key]["action"] == "resumed"
+    assert [a["status"] for a in attempts(run_dir)] == ["killed", "done"]
+    assert_complete(second, [key])
+    assert_same_blas_threads(first / key, second / key)
+    finished, stopped = (json.loads((d / key / "metrics.json").read_text()) for d in (first, second))
+    assert stopped["test"] == finished["test"] and stopped["val"] == finished["val"]
+
+
+def fake_finished_run(run_dir: Path) -> None:
+    """The files that make a run folder finished and complete for runfolder (no training)."""
+    run_dir.mkdir(parents=True)
+    for name, content in [("model.npz", b"PK\x03\x04"), ("model.json", b"{}"), ("history.csv", b"epoch\n"),
+                          ("metrics.json", b"{}")]:
+        (run_dir / name).write_bytes(content)
+
+
+def test_old_sweep_folder_takes_missing_options_as_their_defaults(tmp_path):
+    """A sweep.json written before an option existed (here mirror, pool, imports) is continued."""
+    out = tmp_path / "sweep"
+    [spec] = plan_sweep(out, {1: (16,)}, ["relu"], [0], TrainConfig(**TINY))
+    fake_finished_run(Path(spec.run_dir))
+    old_options = {k: v for k, v in spec.config.items()
+                   if k not in ("mirror", "pool", "imports", "model", "hidden", "arch", "seed", "out", "quiet", "progress",
+                                "data_dir", "device")}
+    description = {"format": "smartmixed_np.sweep/1", "training_options": old_options,
+                   "architectures": {"1": [16]}, "models": ["relu"], "seeds": [0]}
+    (out / "sweep.json").write_text(json.dumps(description))
+    assert run_sweep(out, {1: (16,)}, ["relu"], [0], TrainConfig(**TINY), quiet=True).counts == {"skipped": 1}
+    assert json.loads((out / "sweep.json").read_text())["training_options"]["imports"] == []  # written in full now
+    # A missing option still differs from a value that is not its default.
+    (out / "sweep.json").write_text(json.dumps(description))
+    with pytest.raises(SweepError, match=r"other training options \(pool: None -> \['relu', 'tanh'\]\)"):
+        run_sweep(out, {1: (16,)}, ["relu"], [0], TrainConfig(**TINY, pool=("relu", "tanh")), quiet=True)
+    (out / "sweep.json").write_bytes(b"\xff\xfe not json")
+    with pytest.raises(SweepError, match="not a readable sweep description"):
+        run_sweep(out, {1: (16,)}, ["relu"], [0], TrainConfig(**TINY), quiet=True)
+
+
+def test_finished_run_with_unfinished_bookkeeping_is_tidied(tmp_path):
+    """What a kill after the finished marker leaves is repaired without training again."""
+    out = tmp_path / "sweep"
+    run_dir = out / "arch1" / "relu" / "seed0"
+    fake_finished_run(run_dir)
+    (run_dir / "sweep_run.json").write_text(json.dumps([
+        {"started": "then", "action": "started", "status": "running", "wall_s": None},
+        {"started": "later", "action": "resumed", "status": "running", "wall_s": None, "started_unix": 0.0},
+    ]))
+    (run_dir / FAILED).write_text("OSError: from an earlier attempt\n")
+    for stale in [run_dir / ".checkpoint.npz.k3j_x9a2.part", run_dir / "figures" / ".curves.png.abcdefgh.part",
+                  out / ".sweep_status.json.0a1b2c3d.part"]:
+        stale.parent.mkdir(exist_ok=True)
+        stale.write_bytes(b"half")
+    kept = [run_dir / "notes.part", run_dir / ".lock.part", run_dir / "figures" / "curves.png"]  # not temporaries
+    for path in kept:
+        path.write_bytes(b"mine")
+    result = run_sweep(out, {1: (16,)}, ["relu"], [0], TrainConfig(**TINY), quiet=True)
+    assert result.ok and result.counts == {"skipped": 1}
+    assert [a["status"] for a in attempts(run_dir)] == ["killed", "done"]
+    assert not (run_dir / FAILED).exists()
+    assert not list(out.rglob(".*.*.part")) and all(path.read_bytes() == b"mine" for path in kept)
+
+
+def test_only_complete_runs_count_as_finished(tmp_path):
+    """A garbage marker is not finished; a start killed before its first checkpoint starts again."""
+    out = tmp_path / "sweep"
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = run_sweep(out, {1: (16,)}, ["relu"], [0], TrainConfig(**TINY), executor=pool, quiet=True)
+        assert first.ok
+        finished = out / "arch1" / "relu" / "seed0"
+        original = json.loads((finished / "metrics.json").read_text())
+        (finished / "metrics.json").write_bytes(b'{"test": {"accuracy": 1.0')  # truncated by hand
+        assert run_state(finished) == "resumable"  # the checkpoint of the last epoch is kept
+        aborted = out / "arch1" / "relu" / "seed1"  # killed before its first checkpoint: config.json only
+        aborted.mkdir(parents=True)
+        (aborted / "config.json").write_text((finished / "config.json").read_text())
+        (aborted / ".config.json.x1y2z3w4.part").write_text("{")
+        damaged = out / "arch1" / "relu" / "seed2"  # results without a checkpoint: kept, refused
+        fake_finished_run(damaged)
+        (damaged / "metrics.json").write_bytes(b"\x00garbage")
+        assert [run_state(d) for d in (aborted, damaged)] == ["new", "new"]
+        second = run_sweep(out, {1: (16,)}, ["relu"], [0, 1, 2], TrainConfig(**TINY), executor=pool, quiet=True)
+    records = second.records
+    assert records["arch1/relu/seed0"]["status"] == "done" and records["arch1/relu/seed0"]["action"] == "resumed"
+    rewritten = json.loads((finished / "metrics.json").read_text())
+    assert rewritten["test"] == original["test"] and rewritten["val"] == original["val"]
+    assert records["arch1/relu/seed1"]["status"] == "done" and records["arch1/relu/seed1"]["action"] == "started"
+    assert_complete(out, ["arch1/relu/seed1"])
+    error = records["arch1/relu/seed2"]["error"]
+    assert records["arch1/relu/seed2"]["status"] == "failed"
+    assert "unfinished run (metrics.json is not valid JSON" in error and "without checkpoint.npz" in error
+    assert (damaged / "metrics.json").read_bytes() == b"\x00garbage" and (damaged / "model.npz").is_file()
+
+
+def test_logs_and_notes_of_any_encoding(tmp_path):
+    """An old train.log, sweep_run.json or FAILED that is not UTF-8 breaks nothing and is kept."""
+    out = tmp_path / "sweep"
+    run_dir = out / "arch1" / "relu" / "seed0"
+    run_dir.mkdir(parents=True)
+    old_log = b"--- latin-1 from another tool: caf\xe9 \xff\xfe\x80\n"
+    (run_dir / "train.log").write_bytes(old_log)
+    (run_dir / "sweep_run.json").write_bytes(b"\xff[not json")
+    failed = out / "arch1" / "relu" / "seed1"
+    failed.mkdir(parents=True)
+    (failed / FAILED).write_bytes(b"OSError: caf\xe9 \x80\n\ntraceback")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        result = run_sweep(out, {1: (16,)}, ["relu"], [0, 1], TrainConfig(**TINY), executor=pool, retry_failed=False,
+                           quiet=True)
+    assert result.records["arch1/relu/seed0"]["status"] == "done"
+    assert result.records["arch1/relu/seed1"] == {"key": "arch1/relu/seed1", "status": "failed",
+                                                  "error": "OSError: caf\ufffd \ufffd", "retried": False}
+    log = (run_dir / "train.log").read_bytes()
+    assert log.startswith(old_log) and b" started on " in log[len(old_log):] and b"done: test accuracy" in log
+    assert [a["status"] for a in attempts(run_dir)] == ["done"]
+    assert_complete(out, ["arch1/relu/seed0"])
+
+
+def test_bit_comparisons_check_the_blas_thread_count(tmp_path):
+    """assert_same_blas_threads refuses runs that ran, or resumed, at other thread counts."""
+
+    def folder(name, threads, resumes=(), sweep=()):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        config = {"environment": {"blas": {"threads": threads}},
+                  "resumes": [{"environment": {"blas": {"threads": t}}} for t in resumes]}
+        (run_dir / "config.json").write_text(json.dumps(config))
+        if sweep:
+            (run_dir / "sweep_run.json").write_text(json.dumps([{"status": "done", "blas_threads": t} for t in sweep]))
+        return run_dir
+
+    one, also_one = folder("one", 1, resumes=[1], sweep=[1, 1]), folder("also_one", 1)
+    assert_same_blas_threads(one, also_one)
+    for other in [folder("two", 2), folder("resumed_at_two", 1, resumes=[2]), folder("sweep_at_two", 1, sweep=[1, 2])]:
+        with pytest.raises(AssertionError, match="different BLAS thread counts"):
+            assert_same_blas_threads(one, other)
+    with pytest.raises(AssertionError, match="different BLAS thread counts"):
+        assert_same_blas_threads(folder("unknown", None))
+    (tmp_path / "unrecorded").mkdir()
+    (tmp_path / "unrecorded" / "config.json").write_text("{}")
+    with pytest.raises(pytest.fail.Exception, match="records no BLAS thread count"):
+        assert_same_blas_threads(one, tmp_path / "unrecorded")
+    # What train records is the count in force, so an in-process run can be matched to a worker's.
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert runfolder.environment()["blas"]["threads"] == 1
+
+
 def test_failed_run_is_recorded_and_the_others_finish(tmp_path):
     out = tmp_path / "sweep"
     broken = out / "arch1" / "relu" / "seed1"
@@ -290,6 +514,34 @@ def test_dask_distributed_local_cluster(tmp_path):
                           scheduler=cluster.scheduler_address, quiet=True)
         assert again.counts == {"skipped": 4}
     assert_complete(out, [f"arch{a}/{m}/seed0" for a in ARCHS for m in ("relu", "smartmixed")])
+
+
+@pytest.mark.parametrize("scheduler", ["garbage", "tcp://127.0.0.1", "tcp://127.0.0.1:99999", "foo://127.0.0.1:8786",
+                                       "tcp://host name:8786", "tcp://127.0.0.1:8786\nsecond line", "x" * 5000])
+def test_dask_scheduler_address_is_checked_before_anything(scheduler, tmp_path, capsys):
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--archs", "1", "--models", "relu", "--seeds", "0", *CLI_TINY, "--out", str(out),
+                 "--executor", "dask", "--scheduler", scheduler]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a Dask scheduler address" in err[0] and len(err[0]) < 400, err
+    assert not out.exists()
+
+
+def test_dask_scheduler_that_does_not_answer_is_one_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    import smartmixed_np.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "_DASK_CONNECT_TIMEOUT_S", 1)
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["sweep", "--archs", "1", "--models", "relu", "--seeds", "0", *CLI_TINY, "--out", str(tmp_path / "sweep"),
+                 "--executor", "dask", "--scheduler", f"tcp://127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in err[0], err
+    assert main(["sweep", "--archs", "1", "--out", str(tmp_path / "b"), "--scheduler", "tcp://127.0.0.1:8786"]) == 2
+    assert "--scheduler is for --executor dask only" in capsys.readouterr().err
 
 
 def test_dask_executor_needs_a_scheduler(tmp_path):
