@@ -168,7 +168,8 @@ def test_a_folder_named_after_another_dataset_is_not_taken_for_it(tmp_path, monk
     monkeypatch.setenv("SMARTMIXED_DATA", str(tmp_path / "data" / "mnist"))
     with pytest.raises(DataError) as info:
         load_dataset("kmnist", download=False)
-    assert "holds the files of dataset mnist" in str(info.value) and "downloading is off" in str(info.value)
+    assert f"SMARTMIXED_DATA={tmp_path / 'data' / 'mnist'} (it holds the files of dataset mnist (by the folder's name), not kmnist)" in str(info.value)
+    assert "downloading is off" in str(info.value)
     assert load_dataset("mnist", download=False).source == str(tmp_path / "data" / "mnist")
 
 
@@ -189,7 +190,7 @@ def test_nothing_found_names_every_place_looked_in(tmp_path, monkeypatch, enviro
         "unset": "SMARTMIXED_DATA (not set)",
     }[environment]
     assert where in message
-    assert f"the download cache {tmp_path / 'cache' / 'mnist'} (empty)" in message
+    assert f"the download cache {tmp_path / 'cache' / 'mnist'} (nothing there)" in message
     assert "downloading is off" in message and "--data-dir" in message
 
 

@@ -231,9 +231,12 @@ def find_dataset_folder(
             raise DataError(f"{given}: data folder for {key} does not exist")
         if not given.is_dir():
             raise DataError(f"{given}: is not a folder (give the folder of {key}, or a folder holding {key}/)")
-        folder, refusal = _locate(given, key)
-        if refusal:
-            raise DataError(refusal)
+        folder, other = _locate(given, key)
+        if other:
+            raise DataError(
+                f"{given}: holds the files of dataset {other} (by the folder's name), not {key}; "
+                f"give the folder of {key}, or a folder holding {key}/"
+            )
         # No layout matched: `given` is then taken for the dataset's own folder, and
         # the error names the files missing from it.
         _require_files(folder or given, key, f"(looked in {given} and {given / key})")
@@ -244,11 +247,16 @@ def find_dataset_folder(
     if env_value:
         given = Path(env_value).expanduser()
         if given.is_dir():
-            folder, refusal = _locate(given, key)
+            folder, other = _locate(given, key)
             if folder is not None:
                 _require_files(folder, key, f"(from {DATA_ENV}={env_value})")
                 return folder
-            searched.append(f"{DATA_ENV}={env_value} ({refusal or f'it has no {key}/ subfolder and holds no {key} files'})")
+            why = (
+                f"it holds the files of dataset {other} (by the folder's name), not {key}"
+                if other
+                else f"it has no {key}/ subfolder and holds no {key} files"
+            )
+            searched.append(f"{DATA_ENV}={env_value} ({why})")
         else:
             searched.append(f"{DATA_ENV}={env_value} (no such folder)")
     else:
@@ -258,7 +266,7 @@ def find_dataset_folder(
     if not download:
         if all(_existing(cache / file_name).is_file() for file_name in IDX_FILES):
             return cache
-        searched.append(f"the download cache {cache} ({'incomplete' if cache.is_dir() else 'empty'})")
+        searched.append(f"the download cache {cache} ({'incomplete' if cache.is_dir() else 'nothing there'})")
         raise DataError(
             f"dataset {key} not found: looked in {'; '.join(searched)}; downloading is off; {local_copy_hint(key)}"
         )
@@ -279,8 +287,8 @@ def _locate(given: Path, key: str) -> tuple[Path | None, str]:
         ``(folder, "")``: ``given/<key>`` if that is a folder (``given`` is a parent),
         else ``given`` itself if it holds any of the dataset's files (``given`` is the
         dataset's own folder; whether all four are there is checked by the caller);
-        ``(None, why)`` when ``given`` holds files but is named after another dataset;
-        ``(None, "")`` when neither layout matches.
+        ``(None, other)`` when ``given`` holds such files but is named after another
+        dataset ``other``; ``(None, "")`` when neither layout matches.
     """
     if (given / key).is_dir():
         return given / key, ""
@@ -288,10 +296,7 @@ def _locate(given: Path, key: str) -> tuple[Path | None, str]:
         return None, ""
     named_after = given.name.lower().replace("_", "-")
     if named_after in _IDX_DATASETS and named_after != key:
-        return None, (
-            f"{given}: holds the files of dataset {named_after} (by the folder's name), not {key}; "
-            f"give the folder of {key}, or a folder holding {key}/"
-        )
+        return None, named_after
     return given, ""
 
 
@@ -441,7 +446,7 @@ def _check_split_dataset(data: SplitDataset) -> None:
                 bad = ~np.isfinite(x)
                 first = int(np.flatnonzero(bad.any(axis=1))[0])
                 raise DataError(
-                    f"{inputs}: {int(bad.sum())} {split} input values are not finite (NaN or infinity), "
+                    f"{inputs}: the {split} inputs hold {int(bad.sum())} non-finite values (NaN or infinity), "
                     f"the first in example {first}; inputs must be finite numbers"
                 )
         if y.dtype.kind not in "iu":

@@ -388,9 +388,12 @@ def _transfer_failure(url: str, error: Exception, deadline: _Deadline, received:
     if deadline.expired:  # the shutdown at the deadline surfaces as EOF, reset or SSL errors
         return _MirrorUnusable(deadline.message(url, received))
     if isinstance(error, urllib.error.HTTPError):
+        error.close()  # it holds the error response open
         return DataError(f"{url}: HTTP error {error.code} {_one_line(error.reason)}")
     if isinstance(error, urllib.error.URLError):
         reason = error.reason
+        if isinstance(reason, FileNotFoundError):  # a file:// mirror without this file: like a 404
+            return DataError(f"{url}: no such file")
         if isinstance(reason, (TimeoutError, socket.timeout)):
             return _MirrorUnusable(f"{url}: timed out after {timeout:g} s")
         if isinstance(reason, str) and reason.startswith("unknown url type"):
@@ -477,7 +480,9 @@ class _DeadlineMixin:
             conn = http_class(host, **kwargs)
             # http.client opens its socket through this attribute; wrapping it sees the
             # plain socket before TLS takes it over, so the handshake is watched too.
-            conn._create_connection = self.deadline.watch(conn._create_connection)
+            # (Were it ever gone, the deadline would still be checked between reads.)
+            if callable(getattr(conn, "_create_connection", None)):
+                conn._create_connection = self.deadline.watch(conn._create_connection)
             return conn
 
         return super().do_open(connection, req, **connection_args)
