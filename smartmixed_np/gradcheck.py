@@ -12,6 +12,10 @@ Two checks, both in vector-Jacobian (VJP) form:
 * :func:`check_directional` checks a whole network at the cost of two function
   evaluations: along a random direction $v$ over all parameters,
   $(L(\\theta + \\epsilon v) - L(\\theta - \\epsilon v)) / 2\\epsilon \\approx \\langle \\nabla L, v \\rangle$.
+* :func:`check_model_gradients` applies it to an MLP, once over all parameters and
+  once per parameter array (the same $v$ restricted to it), so that a wrong gradient
+  is reported at its dotted name; hard phase-1 layers are checked against their
+  straight-through surrogate (see there why).
 
 Relative error, with a floor so that two tiny gradients are not judged by noise:
 $\\mathrm{err}(a, n) = \\lVert a - n \\rVert / \\max(\\lVert a \\rVert + \\lVert n \\rVert, \\mathrm{floor})$.
@@ -28,7 +32,8 @@ caller's arrays: every perturbation is made on a private copy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import textwrap
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -43,6 +48,8 @@ __all__ = [
     "check_vjp",
     "check_directional",
     "check_model_gradients",
+    "ModelGradcheckResult",
+    "ParameterCheck",
 ]
 
 DEFAULT_TOLERANCE = 1e-6
@@ -170,6 +177,35 @@ def check_vjp(
     return result
 
 
+def _directional_derivatives(
+    loss_fn: Callable[[dict[str, Any]], Any], params: dict[str, Any], grads: dict[str, Any], directions: dict[str, Any], eps: float
+) -> tuple[float, float, float]:
+    """Analytic and central-difference derivatives of the loss along ``directions`` (host arrays, by name).
+
+    The direction is normalised to a unit vector over the names it lists; the other
+    parameters stay where they are. Returns ``(analytic, numeric, floor)``, where
+    ``floor`` is the rounding noise of the difference (see the module docstring) scaled
+    for :func:`relative_error` at tolerance 1 (divide it by the tolerance in use).
+    """
+    scale = np.sqrt(sum(float(np.sum(d * d)) for d in directions.values()))
+    analytic = sum(float(np.sum(to_host(grads[name]) * d)) for name, d in directions.items()) / scale
+    steps = {name: backend_of(params[name]).asarray(eps * d / scale) for name, d in directions.items()}
+    plus = float(to_host(loss_fn({name: params[name] + steps[name] if name in steps else params[name] for name in params})))
+    minus = float(to_host(loss_fn({name: params[name] - steps[name] if name in steps else params[name] for name in params})))
+    numeric = (plus - minus) / (2 * eps)
+    floor = 10 * np.finfo(np.float64).eps * (abs(plus) + abs(minus)) / (2 * eps)
+    return analytic, numeric, floor
+
+
+def _check_names(params: dict[str, Any], grads: dict[str, Any]) -> list[str]:
+    names = list(params)
+    if set(grads) != set(names):
+        raise ValueError(f"grads and params name different arrays: {sorted(set(grads) ^ set(names))}")
+    for name in names:
+        _require_float64(params[name], name)
+    return names
+
+
 def check_directional(
     loss_fn: Callable[[dict[str, Any]], Any],
     params: dict[str, Any],
@@ -197,25 +233,136 @@ def check_directional(
         A :class:`GradcheckResult` with one entry, ``"directional"``.
     """
     rng = np.random.default_rng(seed)
-    names = list(params)
-    if set(grads) != set(names):
-        raise ValueError(f"grads and params name different arrays: {sorted(set(grads) ^ set(names))}")
-    for name in names:
-        _require_float64(params[name], name)
+    names = _check_names(params, grads)
     directions = {name: rng.standard_normal(tuple(params[name].shape)) for name in names}
-    scale = np.sqrt(sum(float(np.sum(d * d)) for d in directions.values()))
-    analytic = sum(float(np.sum(to_host(grads[name]) * directions[name])) for name in names) / scale
-    steps = {name: backend_of(params[name]).asarray(eps * directions[name] / scale) for name in names}
-    plus = float(to_host(loss_fn({name: params[name] + steps[name] for name in names})))
-    minus = float(to_host(loss_fn({name: params[name] - steps[name] for name in names})))
-    numeric = (plus - minus) / (2 * eps)
-    # The rounding noise of the difference itself, as a floor (see the module docstring).
-    floor = max(1e-10, 10 * np.finfo(np.float64).eps * (abs(plus) + abs(minus)) / (2 * eps) / tolerance)
-    error = relative_error(np.array([analytic]), np.array([numeric]), floor=floor)
+    analytic, numeric, noise = _directional_derivatives(loss_fn, params, grads, directions, eps)
+    error = relative_error(np.array([analytic]), np.array([numeric]), floor=max(1e-10, noise / tolerance))
     result = GradcheckResult({"directional": error}, tolerance)
     if raise_on_failure and not result.passed:
         raise GradcheckError(f"directional gradient check failed: analytic {analytic:.10e}, numeric {numeric:.10e}; {result}")
     return result
+
+
+# --------------------------------------------------------------------------- whole models
+@dataclass(frozen=True)
+class ParameterCheck:
+    """The check of one parameter array of a model.
+
+    Attributes:
+        name: the model's dotted name, e.g. ``"layers.0.weight"`` (``"whole model"``
+            for the direction over all parameters).
+        shape: the array's shape (``()`` for the whole model).
+        relative_error: as :func:`relative_error`, with the rounding-noise floor.
+        abs_error: $|a - n|$ of the directional derivatives, or, checked coordinate by
+            coordinate, $\\max_i |a_i - n_i|$.
+        worst_index: the coordinate of that maximum (None for a directional check).
+    """
+
+    name: str
+    shape: tuple
+    relative_error: float
+    abs_error: float
+    worst_index: tuple | None = None
+
+
+@dataclass(frozen=True)
+class ModelGradcheckResult(GradcheckResult):
+    """What :func:`check_model_gradients` found: the whole model, and each parameter by name.
+
+    ``errors`` holds ``"directional"`` (the whole model, as before) and one relative
+    error per parameter name; ``result[name]`` reads it. ``passed`` and ``max_error``
+    cover them all. ``checks`` has the details by the same keys (``"directional"``
+    for the whole model); ``notes`` says how the check was made, e.g. that hard
+    phase-1 layers were checked against their straight-through surrogate.
+    """
+
+    checks: dict = field(default_factory=dict)
+    method: str = ""
+    notes: tuple = ()
+
+    def __getitem__(self, key: str) -> float:
+        return self.errors[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.errors
+
+    def __iter__(self):
+        return iter(self.errors)
+
+    def keys(self):
+        return self.errors.keys()
+
+    def failures(self) -> list[str]:
+        """The keys whose error exceeds the tolerance."""
+        return [key for key, error in self.errors.items() if error > self.tolerance]
+
+    def __str__(self) -> str:
+        verdict = "passed" if self.passed else "FAILED at " + ", ".join(self.failures())
+        width = max(len(check.name) for check in self.checks.values())
+        shapes = {key: "" if not check.shape else str(tuple(check.shape)) for key, check in self.checks.items()}
+        shape_width = max(len(text) for text in shapes.values())
+        lines = [f"gradient check {verdict} (tolerance {self.tolerance:.0e}; {self.method})"]
+        lines.append(f"  {'':<{width}}  {'':<{shape_width}}  relative error  abs error")
+        for key, check in self.checks.items():
+            flag = "  <- exceeds the tolerance" if self.errors[key] > self.tolerance else ""
+            where = "" if check.worst_index is None else f" at {check.worst_index}"
+            lines.append(
+                f"  {check.name:<{width}}  {shapes[key]:<{shape_width}}  {check.relative_error:>14.2e}"
+                f"  {check.abs_error:.2e}{where}{flag}"
+            )
+        for note in self.notes:
+            lines.extend(textwrap.wrap(note, 100, initial_indent="  note: ", subsequent_indent="        "))
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _hard_layers(model: Any, train: bool) -> list[int]:
+    """Indices of the phase-1 layers that select hard in a training pass."""
+    from .mixture import SmartMixedActivation
+
+    return [i for i, act in enumerate(model.activations) if train and isinstance(act, SmartMixedActivation) and act.hard]
+
+
+def _surrogate_logits(model: Any, x: Any, noise: dict, offsets: dict) -> Any:
+    """Logits of ``model`` with each hard layer ``i`` of ``offsets`` replaced by its straight-through surrogate.
+
+    Layer by layer as :meth:`~smartmixed_np.mlp.MLP.forward` (training pass, noise
+    replayed), except that a hard layer's output is
+    :func:`~smartmixed_np.mixture.straight_through_surrogate` with the constant
+    ``offsets[i]``: equal to the hard output at the point where the offsets were
+    taken, and with the straight-through gradient as its exact gradient.
+    """
+    from .linear import linear_forward
+    from .mixture import SmartMixedActivation, straight_through_surrogate
+
+    h = model._check_input(x)
+    for i, (linear, act) in enumerate(zip(model.linears, model.activations)):
+        z, _ = linear_forward(h, linear.W, linear.b)
+        if i in offsets:
+            h = straight_through_surrogate(
+                z, act.logits, noise.get(i), act.pool, tau=act.tau, offset=offsets[i], clamp=act.clamp
+            )
+        elif isinstance(act, SmartMixedActivation):
+            h, _ = act.forward(z, True, noise=noise.get(i))
+        else:
+            h, _ = act.forward(z)
+    return linear_forward(h, model.linears[-1].W, model.linears[-1].b)[0]
+
+
+def _straight_through_offsets(model: Any, layers: list[int], noise: dict) -> dict:
+    """$C = \\mathrm{onehot}(s) - y$ per hard layer, at the model's current logits and the given noise."""
+    from .mixture import gumbel_softmax_weights
+
+    offsets = {}
+    for i in layers:
+        act = model.activations[i]
+        weights = gumbel_softmax_weights(act.logits, noise.get(i), act.tau)
+        xp = array_module(weights)
+        selected = xp.argmax(weights, axis=-1)
+        onehot = (xp.arange(weights.shape[-1]) == selected[..., None]).astype(weights.dtype)
+        offsets[i] = onehot - weights
+    return offsets
 
 
 def check_model_gradients(
@@ -228,25 +375,52 @@ def check_model_gradients(
     eps: float = 1e-6,
     tolerance: float = DEFAULT_TOLERANCE,
     raise_on_failure: bool = True,
-) -> GradcheckResult:
-    """Directional check of a whole :class:`~smartmixed_np.mlp.MLP` on one batch.
+    coordinates: bool = False,
+    surrogate: bool = True,
+) -> ModelGradcheckResult:
+    """Check every gradient of a :class:`~smartmixed_np.mlp.MLP` on one batch, whole and by parameter.
 
     The model (float64) is copied; the copy runs one forward pass (drawing its
     Gumbel noise once), softmax cross-entropy, and backward; then the loss is
     re-evaluated at perturbed parameters *with the same noise*. The caller's
     model, its parameters and its random streams are left untouched.
 
-    For a hard phase-1 network the loss is piecewise: a perturbation that flips a
-    neuron's selection changes the function discontinuously, and the
-    straight-through gradient is not the gradient of the hard loss anyway. Check
-    hard phase-1 networks in soft mode, or their layers against the surrogate
-    (:func:`smartmixed_np.mixture.straight_through_surrogate`).
+    What is compared, with $v$ one random direction over all parameters (``seed``):
+
+    * the whole model: $\\langle \\nabla L, v \\rangle$ against
+      $(L(\\theta + \\epsilon v) - L(\\theta - \\epsilon v)) / 2\\epsilon$ (key ``"directional"``);
+    * each parameter by its dotted name (``"layers.0.weight"``, ...): the same along
+      $v$ restricted to that parameter, two more passes per parameter, so that a wrong
+      gradient shows *where* it is; or, with ``coordinates=True``, every coordinate of
+      that parameter by central differences (two passes per scalar: small models only),
+      which also names the worst coordinate.
+
+    Hard phase-1 layers (``hard=True``, training pass): the straight-through gradient
+    is not the gradient of the hard loss, which is piecewise constant in the selection
+    logits, so finite differences of the hard loss disagree with it at the logits
+    (relative errors of 0.1 to 1, which the whole-model number inherits). It is the
+    exact gradient of the surrogate network in which each hard layer computes
+    $\\sum_k (y_k + C_k)\\, a_k$ with $C = \\mathrm{onehot}(s) - y$ taken at the checked
+    point and held constant (:func:`smartmixed_np.mixture.straight_through_surrogate`):
+    its value is the hard forward's, and with the noise held fixed it is smooth. So by
+    default the finite differences are taken of that surrogate, and the result's
+    ``notes`` say so. (Where only weights and biases move, the surrogate *is* the hard
+    network, so their checks are of the hard network itself.) ``surrogate=False``
+    differentiates the hard loss instead, to show the disagreement.
 
     Args:
         model: a float64 MLP. x: (B, D) inputs. labels: (B,) classes.
+        train: check a training pass (noise drawn once, then replayed) or an evaluation pass.
+        seed: seeds the random direction.
+        eps: finite-difference step.
+        tolerance: maximum accepted relative error, for every entry.
+        raise_on_failure: raise :class:`GradcheckError`, naming the failing entries.
+        coordinates: check each parameter coordinate by coordinate (slow; small models).
+        surrogate: check hard phase-1 layers against their straight-through surrogate.
 
     Returns:
-        The :class:`GradcheckResult` of :func:`check_directional`.
+        A :class:`ModelGradcheckResult`: ``result["directional"]`` for the whole model,
+        ``result["layers.0.weight"]`` and so on per parameter; ``print(result)`` shows a table.
     """
     import copy
 
@@ -259,12 +433,77 @@ def check_model_gradients(
     probe.backward(dlogits)
     grads = {name: g.copy() for name, g in probe.gradients().items()}
     params = {name: p.copy() for name, p in probe.parameters().items()}
+    names = _check_names(params, grads)
+
+    hard = _hard_layers(probe, train)
+    offsets = _straight_through_offsets(probe, hard, noise) if surrogate else {}
+    notes = []
+    if hard and surrogate:
+        layers = ", ".join(f"activations.{i}" for i in hard)
+        notes.append(
+            f"hard phase-1 layers ({layers}) checked against their straight-through surrogate, noise held fixed: "
+            "the hard loss is piecewise constant in the logits, the surrogate has the same value and, "
+            "as its exact gradient, the straight-through one (surrogate=False checks the hard loss)"
+        )
+    elif hard:
+        notes.append(
+            "hard phase-1 layers checked against the hard loss itself (surrogate=False): its finite differences "
+            "in the logits are not the straight-through gradient, so large errors there are expected"
+        )
 
     def loss_at(point: dict[str, Any]) -> Any:
         probe.load_state_dict(point)
-        loss, _ = softmax_cross_entropy(probe.forward(x, train=train, noise=noise), labels)
+        out = _surrogate_logits(probe, x, noise, offsets) if offsets else probe.forward(x, train=train, noise=noise)
+        loss, _ = softmax_cross_entropy(out, labels)
         return loss
 
-    return check_directional(
-        loss_at, params, grads, seed=seed, eps=eps, tolerance=tolerance, raise_on_failure=raise_on_failure
+    rng = np.random.default_rng(seed)
+    directions = {name: rng.standard_normal(tuple(params[name].shape)) for name in names}
+    errors: dict[str, float] = {}
+    checks: dict[str, ParameterCheck] = {}
+
+    analytic, numeric, noise_floor = _directional_derivatives(loss_at, params, grads, directions, eps)
+    errors["directional"] = relative_error([analytic], [numeric], floor=max(1e-10, noise_floor / tolerance))
+    checks["directional"] = ParameterCheck("whole model", (), errors["directional"], abs(analytic - numeric))
+    for name in names:
+        if coordinates:
+            checks[name] = _coordinate_check(loss_at, params, grads, name, eps, tolerance)
+        else:
+            a, n, floor = _directional_derivatives(loss_at, params, grads, {name: directions[name]}, eps)
+            error = relative_error([a], [n], floor=max(1e-10, floor / tolerance))
+            checks[name] = ParameterCheck(name, tuple(params[name].shape), error, abs(a - n))
+        errors[name] = checks[name].relative_error
+    method = (
+        f"central differences, eps {eps:.0e}, along one random direction"
+        + (" and coordinate by coordinate" if coordinates else ", and along it restricted to each parameter")
     )
+    result = ModelGradcheckResult(errors, tolerance, checks=checks, method=method, notes=tuple(notes))
+    if raise_on_failure and not result.passed:
+        raise GradcheckError(f"gradient check failed at {', '.join(result.failures())}:\n{result}")
+    return result
+
+
+def _coordinate_check(
+    loss_fn: Callable[[dict[str, Any]], Any], params: dict[str, Any], grads: dict[str, Any], name: str, eps: float,
+    tolerance: float,
+) -> ParameterCheck:
+    """Every coordinate of parameter ``name`` by central differences (two loss evaluations each)."""
+    host = np.array(to_host(params[name]), dtype=np.float64)
+    backend = backend_of(params[name])
+    numeric = np.zeros(host.shape)
+    largest = 0.0
+    for index in np.ndindex(*host.shape):
+        values = []
+        for step in (eps, -eps):
+            moved = host.copy()
+            moved[index] += step
+            values.append(float(to_host(loss_fn({**params, name: backend.asarray(moved)}))))
+        numeric[index] = (values[0] - values[1]) / (2 * eps)
+        largest = max(largest, abs(values[0]) + abs(values[1]))
+    analytic = np.asarray(to_host(grads[name]), dtype=np.float64)
+    difference = np.abs(analytic - numeric)
+    worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(difference)), difference.shape)) if difference.size else ()
+    # The rounding noise of one difference, as a floor (see the module docstring).
+    floor = max(1e-10, 10 * np.finfo(np.float64).eps * largest / (2 * eps) / tolerance)
+    error = relative_error(analytic, numeric, floor=floor)
+    return ParameterCheck(name, tuple(host.shape), error, float(difference.max()) if difference.size else 0.0, worst)
