@@ -591,13 +591,16 @@ def _resume_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """
     from .archs import get_architecture
     from .plugins import load_plugins
+    from .runfolder import CHECKPOINT
 
     run_dir = Path(args.resume)
     explicit = _explicit_options(args.argv, "train")
     try:
         recorded: dict[str, Any] | None = _read_run_config(run_dir)
     except UserError:
-        recorded = None  # train() reports what is wrong with the folder
+        recorded = None
+    if recorded is None and not (run_dir / CHECKPOINT).is_file():
+        explicit &= _RESUME_OPTIONS  # not a run folder: train() says so, before any option matters
     wanted = {**_training_options(args), "model": args.model, "seed": args.seed,
               "hidden": get_architecture(args.arch) if args.arch else args.hidden}
     for dest in sorted(explicit - _RESUME_OPTIONS):

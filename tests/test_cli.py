@@ -227,6 +227,14 @@ def test_resume_refuses_an_option_that_changes_the_run(interrupted_run, recorded
     assert not recorded_train
 
 
+def test_resume_of_a_folder_that_is_no_run_says_so_whatever_the_options(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for folder, message in (("nowhere", "no such run folder"), ("empty", "checkpoint.npz")):
+        assert main(["train", "--resume", folder, "--lr", "0.5", "--soft"]) == 2
+        line = one_error_line(capsys)
+        assert message in line and "cannot change" not in line
+
+
 def test_resume_passes_the_options_that_may_differ(interrupted_run, recorded_train):
     # --epoch abbreviates --epochs; --lr and --transition-epoch repeat the run's own values.
     argv = ["train", "--resume", str(interrupted_run), "--epoch", "5", "--quiet", "--device", "cpu", "--data-dir", "d",
