@@ -11,14 +11,21 @@ Committed notebooks: every code cell carries the output of one top-to-bottom run
 full mode, and the cells are exactly those that ``tutorials/build_notebooks.py``
 generates, so the script and the notebooks cannot drift apart. After editing the
 script, rebuild with ``python tutorials/build_notebooks.py --execute``.
+
+No saved output names a path of the machine that produced it (its checkout, home,
+temporary or data folders): neither the committed notebooks, nor the notebooks as
+executed here (which guards the code that prints), nor the committed benchmark
+results in ``benchmarks/results/``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +33,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
+REPO = Path(__file__).resolve().parent.parent
+TUTORIALS = REPO / "tutorials"
+BENCHMARK_RESULTS = sorted((REPO / "benchmarks" / "results").glob("*.json"))
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 EXPECTED = [
     "01_activations",
@@ -99,6 +108,47 @@ def _execute(path: Path, setup: KernelSetup, tmp_path: Path, monkeypatch, **env_
     return nb
 
 
+def _machine_paths() -> list[str]:
+    """Fragments of absolute paths that must not appear in a saved output.
+
+    The usual roots of user, scratch and CI folders, and this machine's own: the
+    checkout, the home and temporary folders, and the data folder the tests read.
+    """
+    fragments = {"/work/", "/root/", "/home/", "/Users/", "/tmp/", "/var/folders/", "/private/var/", "\\Users\\"}
+    for folder in (REPO, Path.home(), Path(tempfile.gettempdir()), os.environ.get("SMARTMIXED_DATA")):
+        if folder and len(Path(folder).resolve().parts) > 1:  # never "/" itself
+            fragments.add(str(Path(folder).resolve()))
+            fragments.add(str(folder))
+    return sorted(fragments)
+
+
+def _output_texts(nb: nbformat.NotebookNode):
+    """(cell index, text) of every textual output: streams, rich text data, errors."""
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            if "text" in output:
+                yield index, output["text"]
+            for mime, value in output.get("data", {}).items():
+                if mime.startswith("text/") or mime.endswith("json"):
+                    yield index, value if isinstance(value, str) else json.dumps(value)
+            if output.get("output_type") == "error":
+                yield index, "\n".join([output.get("ename", ""), output.get("evalue", ""), *output.get("traceback", [])])
+
+
+def _paths_named(texts, ignore_lines_starting: tuple[str, ...] = ()) -> list[str]:
+    """'where: excerpt' for each text in ``texts`` ((where, text) pairs) that names a machine path."""
+    found = []
+    fragments = _machine_paths()
+    for where, text in texts:
+        for line in str(text).splitlines():
+            if line.startswith(ignore_lines_starting):
+                continue
+            hits = [f for f in fragments if f in line]
+            if hits:
+                found.append(f"{where}: {hits[0]!r} in {line.strip()[:160]!r}")
+    return found
+
+
 def _text(nb: nbformat.NotebookNode) -> str:
     """All stream output of a notebook, concatenated."""
     return "".join(
@@ -130,6 +180,11 @@ def test_notebook_executes_in_quick_mode(path, kernel_setup, tmp_path, monkeypat
     assert "mode: quick" in _text(nb)
     # The inline backend captured the figures: as many as the committed full run shows.
     assert _images(nb) == _images(nbformat.read(path, as_version=4))
+    # What the cells print names no folder of this machine (run folders, data, checkout).
+    # Only notebook 7's "MNIST is not available" line may: it reports where the
+    # learner's own machine was searched.
+    texts = ((f"{path.name} cell {i}", text) for i, text in _output_texts(nb))
+    assert not _paths_named(texts, ("MNIST is not available here",))
 
 
 def test_mnist_notebook_falls_back_to_synth_digits_without_mnist(kernel_setup, tmp_path, monkeypatch):
@@ -170,3 +225,38 @@ def test_committed_notebooks_match_the_build_script():
         assert [(c.cell_type, c.source) for c in committed.cells] == [
             (c.cell_type, c.source) for c in generated.cells
         ], f"{name}.ipynb differs from tutorials/build_notebooks.py; {REBUILD}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebook_outputs_name_no_path_of_the_machine_that_ran_them(path):
+    nb = nbformat.read(path, as_version=4)
+    found = _paths_named((f"{path.name} cell {i}", text) for i, text in _output_texts(nb))
+    assert not found, f"{found[:3]}; fix what prints it, then {REBUILD}"
+
+
+def _strings(value, where: str):
+    """(where, string) for every key and string value of parsed JSON."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield where, key
+            yield from _strings(item, f"{where}/{key}")
+    elif isinstance(value, list):
+        for k, item in enumerate(value):
+            yield from _strings(item, f"{where}[{k}]")
+    elif isinstance(value, str):
+        yield where, value
+
+
+@pytest.mark.parametrize("path", BENCHMARK_RESULTS, ids=lambda p: p.name)
+def test_committed_benchmark_results_name_no_path_of_the_machine(path):
+    results = json.loads(path.read_text(encoding="utf-8"))  # and they are valid JSON
+    found = _paths_named(_strings(results, path.name))
+    assert not found, found[:3]
+
+
+def test_the_path_check_recognises_paths_of_this_machine():
+    """The checker itself: paths of this checkout and of scratch folders are caught, prose is not."""
+    texts = [("a", f"run folder {REPO / 'runs' / 'x'}"), ("b", "saved to /tmp/pytest-of-me/t0/run"),
+             ("c", "done: test accuracy 0.95; run folder synth-digits-smartmixed"), ("d", "loss 1/2 of 3/4")]
+    assert [hit.split(":")[0] for hit in _paths_named(texts)] == ["a", "b"]
+    assert BENCHMARK_RESULTS, "benchmarks/results/ holds no JSON to check"

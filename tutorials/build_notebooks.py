@@ -13,6 +13,11 @@ The committed notebooks carry the outputs of a full run (``--execute``), so that
 read well on a code host; ``tests/test_notebooks.py`` executes them again in quick mode
 and checks that the committed cells match this script. Notebook 7 reads MNIST from
 ``SMARTMIXED_DATA`` when it is set (else it downloads, or falls back to synth-digits).
+
+Saved outputs must not show a path of the machine that ran them (the tests check the
+committed and the re-executed outputs): a cell that trains changes into a scratch
+folder first and names its run folders relative to it, and a dataset is shown by its
+folder's name, not its full path.
 """
 
 from __future__ import annotations
@@ -75,7 +80,9 @@ def notebook_01() -> list:
             * estimate a derivative by **central finite differences**, and see how the step
               $\epsilon$ trades truncation error against rounding error;
             * check every derivative of the library with `check_vjp`, and learn what the
-              **relative error** it reports means, and what a wrong derivative looks like.
+              **relative error** it reports means, and what a wrong derivative looks like;
+            * add a candidate of your own with `register_activation`, check its derivative,
+              and let a SmartMixed network choose it from an extended pool.
 
             {MODE_NOTE}
             """
@@ -310,11 +317,113 @@ def notebook_01() -> list:
             property tests of the library therefore draw inputs away from kinks (and from
             the clamp edges used in phase 1), as done above.
 
+            ## A candidate of your own: `register_activation`
+
+            The pool is not closed. Any elementwise function with a derivative can be
+            registered under a name and then used wherever a built-in name is: in a pool,
+            as a fixed activation, in the figures. As an example, **softsign**:
+
+            $$f(x) = \frac{x}{1 + |x|}, \qquad f'(x) = \frac{1}{(1 + |x|)^2}.$$
+
+            It saturates like tanh, but polynomially instead of exponentially, so its
+            gradient dies off more slowly. The forward takes its array module from the
+            input (`array_module(x)`), so that the same function runs on NumPy and, with
+            CuPy, on the GPU (notebook 6).
+            """
+        ),
+        code(
+            r"""
+            from smartmixed_np import list_activations, register_activation
+            from smartmixed_np.backend import array_module
+
+            def softsign(x):
+                xp = array_module(x)                 # NumPy or CuPy, wherever x lives
+                return x / (1 + xp.abs(x))
+
+            def softsign_derivative(x, y):           # y = softsign(x) is passed in; not needed here
+                xp = array_module(x)
+                return 1 / (1 + xp.abs(x)) ** 2
+
+            # overwrite=True: re-running this cell replaces the registration instead of failing
+            softsign_act = register_activation("softsign", softsign, softsign_derivative,
+                                               formula=r"$x / (1 + |x|)$", bounds=(-1.0, 1.0), overwrite=True)
+            print("registered:", softsign_act.name, "| all names:", ", ".join(list_activations()))
+            """
+        ),
+        md(
+            r"""
+            Before a network uses it, its derivative gets the same check as the built-ins
+            (its first derivative is continuous, but check away from 0 anyway, where its
+            second derivative jumps), and a deliberately wrong derivative shows what a
+            slip would look like:
+            """
+        ),
+        code(
+            r"""
+            check = check_vjp(softsign, [x], lambda dout: [dout * softsign_derivative(x, softsign(x))])
+            print("softsign:", check)
+            wrong = check_vjp(softsign, [x], lambda dout: [dout / (1 + np.abs(x))], raise_on_failure=False)  # forgot the square
+            print(f"softsign with f' = 1/(1+|x|): relative error {wrong.max_error:.1e}, passed: {wrong.passed}")
+            """
+        ),
+        md(
+            r"""
+            ### Using it in a pool
+
+            A pool is a list of names. Below, a small SmartMixed network chooses among the
+            six defaults *and* softsign. First the whole network's gradient, softsign
+            included, is checked against finite differences (`check_model_gradients`, in
+            float64, with `hard=False`: the soft mixture is differentiable, while the hard
+            selection would need the surrogate of notebook 3). Then it trains for a few
+            epochs on the `spirals` data (notebook 4 explains the loop), and we count how
+            many neurons picked each candidate.
+            """
+        ),
+        code(
+            r"""
+            from smartmixed_np import MLP, Adam, clip_grad_norm, softmax_cross_entropy
+            from smartmixed_np.data import load_dataset
+            from smartmixed_np.gradcheck import check_model_gradients
+
+            my_pool = list(DEFAULT_POOL) + ["softsign"]
+            small = MLP([2, 6, 5, 3], "smartmixed", pool=my_pool, hard=False, dtype="float64", seed=0)
+            xs, ys = rng.standard_normal((8, 2)), rng.integers(0, 3, size=8)
+            print("whole network, soft mixture:", check_model_gradients(small, xs, ys))
+            """
+        ),
+        code(
+            r"""
+            data = load_dataset("spirals", n_train=600 if QUICK else 2400)
+            net = MLP([2, 32, 32, 3], "smartmixed", pool=my_pool, tau=0.3, seed=0)
+            optimizer = Adam(net.parameters(), lr=1e-2)
+            shuffle = np.random.default_rng(0)
+            for epoch in range(1, (4 if QUICK else 30) + 1):
+                for idx in np.array_split(shuffle.permutation(len(data.y_train)), len(data.y_train) // 64):
+                    logits = net.forward(data.x_train[idx], train=True)                 # forward (Gumbel noise)
+                    loss, dlogits = softmax_cross_entropy(logits, data.y_train[idx])
+                    net.backward(dlogits)                                              # backward
+                    clip_grad_norm(net.gradients(), 1.0)                               # update
+                    optimizer.step(net.gradients())
+            accuracy = float(np.mean(net.predict(data.x_val) == data.y_val))
+            print(f"after {epoch} epochs: validation accuracy {accuracy:.3f}")
+            for layer, shares in enumerate(net.choice_shares()):
+                print(f"layer {layer + 1}:", ", ".join(f"{name} {share:.0%}" for name, share in shares.items()))
+            """
+        ),
+        md(
+            r"""
+            Softsign is now one candidate among seven: whether neurons keep it is decided by
+            the loss, like for the others. The registration lives in this Python process
+            only; to train with it from the command line, put the two functions and the
+            `register_activation` call in a module of your own and name that module with
+            `--import` (the README shows how).
+
             **Summary.** Each candidate is a value and a derivative; the derivative is
             checked in vector-Jacobian form against central differences in float64; a
             relative error near $10^{-10}$ means correct, and anything above about
-            $10^{-6}$ means look again. The next notebook applies the same check to a whole
-            network, layer by layer.
+            $10^{-6}$ means look again. A candidate of your own is registered with
+            `register_activation`, checked the same way, and then used by name. The next
+            notebook applies the same check to a whole network, layer by layer.
             """
         ),
     ]
@@ -1287,7 +1396,8 @@ def notebook_04() -> list:
             `smartmixed_np.train.train` runs both phases with the published protocol: a
             validation split, the best phase-1 weights (lowest validation loss) carried into
             phase 2, the best phase-2 model kept and scored on the test set. It writes a run
-            folder (here in a temporary directory) with the history, metrics and figures.
+            folder with the history, metrics and figures; here it goes into a scratch folder
+            that becomes the working directory, so the path it prints is a short relative one.
             """
         ),
         code(
@@ -1303,6 +1413,7 @@ def notebook_04() -> list:
         ),
         code(
             r"""
+            os.chdir(tempfile.mkdtemp(prefix="smartmixed-"))   # scratch working directory for the run folder
             config = TrainConfig(
                 dataset="synth-digits",
                 train_limit=1500 if QUICK else None,      # default: 12,000 training images
@@ -1311,7 +1422,7 @@ def notebook_04() -> list:
                 transition_epoch=2 if QUICK else 4,       # phase 1: epochs 1..4; phase 2: the rest
                 lr=1e-3,
                 seed=0,
-                out=os.path.join(tempfile.mkdtemp(), "synth-digits-smartmixed"),
+                out="synth-digits-smartmixed",            # relative: inside the scratch folder
                 progress=False,
             )
             result = train(config)
@@ -1907,6 +2018,7 @@ def notebook_07() -> list:
             r"""
             import os
             import tempfile
+            from pathlib import Path
 
             import matplotlib.pyplot as plt
             import numpy as np
@@ -1914,6 +2026,7 @@ def notebook_07() -> list:
 
             from smartmixed_np.data import load_dataset
             from smartmixed_np.errors import DataError
+            from smartmixed_np.plots import model_color
             from smartmixed_np.train import TrainConfig, train
 
             QUICK_SETUP
@@ -1945,7 +2058,9 @@ def notebook_07() -> list:
                 print("-> falling back to synth-digits (generated 28x28 glyphs), so that the notebook still runs.")
                 DATASET = "synth-digits"
                 data = load_dataset(DATASET, train_limit=2000 if QUICK else None)
-            print(data)
+            # data.source holds the full path of the folder read; its name is enough to show here
+            source = "generated" if data.source == "synthetic" else f"read from a folder named {Path(data.source).name}/"
+            print(f"{data.name}: {data.input_dim} inputs, {data.num_classes} classes, {source}")
             print(f"training {len(data.y_train):,}, validation {len(data.y_val):,}, test {len(data.y_test):,} images")
             """
         ),
@@ -1981,9 +2096,12 @@ def notebook_07() -> list:
             else:
                 # architecture 2 on all the data, a short schedule with a larger learning rate
                 settings = dict(hidden=(512, 256, 128), lr=1e-3, epochs=15, transition_epoch=5, train_limit=None)
-            common = dict(dataset=DATASET, data_dir=DATA_DIR if DATASET == "mnist" else None, batch_size=128,
+            # train() reads the very folder loaded above (made absolute: the working directory changes below)
+            data_dir = os.path.abspath(data.source) if DATASET == "mnist" else None
+            common = dict(dataset=DATASET, data_dir=data_dir, batch_size=128,
                           clip=1.0, tau=0.3, seed=0, device=DEVICE, progress=False, **settings)
-            workdir = tempfile.mkdtemp(prefix="smartmixed-mnist-")    # run folders go here
+            workdir = tempfile.mkdtemp(prefix="smartmixed-mnist-")    # run folders go here...
+            os.chdir(workdir)                                          # ...and are named relative to it
             print(settings)
             """
         ),
@@ -1998,7 +2116,7 @@ def notebook_07() -> list:
         ),
         code(
             r"""
-            smart = train(TrainConfig(model="smartmixed", out=os.path.join(workdir, "smartmixed"), **common))
+            smart = train(TrainConfig(model="smartmixed", out="smartmixed", **common))
             """
         ),
         md(
@@ -2011,7 +2129,7 @@ def notebook_07() -> list:
         ),
         code(
             r"""
-            relu = train(TrainConfig(model="relu", out=os.path.join(workdir, "relu"), **common))
+            relu = train(TrainConfig(model="relu", out="relu", **common))
             """
         ),
         md(
@@ -2032,7 +2150,8 @@ def notebook_07() -> list:
         code(
             r"""
             fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
-            for label, run, color in (("SmartMixed", smart, "#1f77b4"), ("ReLU", relu, "#d62728")):
+            for label, run in (("SmartMixed", smart), ("ReLU", relu)):
+                color = model_color(label)                             # the same colours as every figure of the library
                 epochs = [row["epoch"] for row in run.history]
                 ax_loss.plot(epochs, [row["val_loss"] for row in run.history], "o-", ms=3, color=color, label=f"{label}, validation")
                 ax_loss.plot(epochs, [row["train_loss"] for row in run.history], ":", color=color, label=f"{label}, training")
@@ -2081,7 +2200,7 @@ def notebook_07() -> list:
             also one seed on one split: treat differences of a few tenths of a percent as
             noise. The published comparison needs the full schedule (`FULL_PUBLISHED = True`)
             and several seeds. The run folders under
-            `workdir` hold everything (`history.csv`, `metrics.json`, `choices.csv`, the model);
+            `workdir` (the working directory since the settings cell) hold everything (`history.csv`, `metrics.json`, `choices.csv`, the model);
             `smartmixed evaluate <run folder>` re-scores a saved model.
             """
         ),
