@@ -272,7 +272,8 @@ def _add_data_location(group: Any) -> None:
     )
     group.add_argument(
         "--mirror", metavar="URL", type=_url,
-        help="download the IDX files from this base URL (URL/<file name>) instead of the dataset's own mirrors",
+        help="download the IDX files from this base URL (URL/<file name>) instead of the dataset's own mirrors "
+        "(default: $SMARTMIXED_MIRROR, else those)",
     )
 
 
