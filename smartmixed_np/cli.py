@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import re
+import signal
 import sys
 import time
 import urllib.parse
@@ -26,7 +27,7 @@ from .errors import UserError
 __all__ = ["main", "build_parser", "plain_formula"]
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT; a run stopped by SIGTERM exits 143
 
 
 class _UserArgumentError(UserError):
@@ -503,8 +504,8 @@ def _train(args: argparse.Namespace) -> int:
             seed=args.seed, out=args.out, quiet=args.quiet, progress=not args.quiet,
         )
         result = train(config)
-    if result.interrupted:
-        return EXIT_INTERRUPTED
+    if result.interrupted:  # 128 + the signal's number: 130 for Ctrl-C, 143 for SIGTERM
+        return 128 + int(getattr(signal, result.stop_signal or "SIGINT"))
     return 1 if result.metrics.get("stopped_early") else 0
 
 
