@@ -1138,7 +1138,7 @@ def notebook_04() -> list:
 
             from smartmixed_np import DEFAULT_POOL, MLP, Adam, clip_grad_norm, softmax_cross_entropy
             from smartmixed_np.data import load_dataset
-            from smartmixed_np.plots import ACTIVATION_COLORS
+            from smartmixed_np.plots import ACTIVATION_COLORS, model_color
             from smartmixed_np.train import TrainConfig, evaluate, train
 
             QUICK_SETUP
@@ -1324,7 +1324,7 @@ def notebook_04() -> list:
         code(
             r"""
             fig, ax = plt.subplots(figsize=(7, 3.5))
-            ax.plot([r["epoch"] for r in history], [r["val_acc"] for r in history], lw=2)
+            ax.plot([r["epoch"] for r in history], [r["val_acc"] for r in history], lw=2, color=model_color("SmartMixed"))
             ax.axvline(EPOCHS_1 + 0.5, color="0.4", ls="--", label="freeze: phase 2 starts")
             ax.set(xlabel="epoch", ylabel="validation accuracy", title="spirals, SmartMixed")
             ax.grid(alpha=0.3)
