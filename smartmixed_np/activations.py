@@ -74,6 +74,15 @@ class Activation:
     def __call__(self, x: Any) -> Any:
         return self.forward(x)
 
+    # Immutable, so a copy may be the object itself; and it must be: the fused kernels
+    # know the built-ins by identity (kernels.has_kernel), so a copied network (a
+    # gradient check's private copy, say) keeps them only if its pool is not duplicated.
+    def __copy__(self) -> "Activation":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "Activation":
+        return self
+
 
 # --------------------------------------------------------------------------- built-ins
 def relu(x):

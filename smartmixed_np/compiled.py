@@ -542,7 +542,6 @@ class CandidateTable:
     constants: tuple
 
 
-@functools.lru_cache(maxsize=64)
 def candidate_table(pool: tuple, clamp: float | None, dtype: Any) -> CandidateTable | None:
     """The :class:`CandidateTable` of ``pool`` (a tuple of activations) under a
     ``[-clamp, clamp]`` clamp, or None if a candidate is no built-in with a kernel
@@ -550,11 +549,18 @@ def candidate_table(pool: tuple, clamp: float | None, dtype: Any) -> CandidateTa
     from .fixed import clamp_limits
     from .kernels import has_kernel
 
+    # The kernel test is by identity, so it comes before the cache, whose keys compare
+    # by value: an equal copy of a built-in (which has no kernel) must neither find nor
+    # leave the built-in's table there.
     if not all(has_kernel(a) and a.name in ACTIVATION_CODES for a in pool):
         return None
-    limits = [clamp_limits(a, clamp) for a in pool]
+    return _candidate_table(tuple(a.name for a in pool), tuple(clamp_limits(a, clamp) for a in pool), np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=64)
+def _candidate_table(names: tuple, limits: tuple, dtype: np.dtype) -> CandidateTable:
     return CandidateTable(
-        codes=np.asarray([ACTIVATION_CODES[a.name] for a in pool], dtype=np.int64),
+        codes=np.asarray([ACTIVATION_CODES[name] for name in names], dtype=np.int64),
         lo=np.asarray([-np.inf if lo is None else lo for lo, _ in limits], dtype=dtype),
         hi=np.asarray([np.inf if hi is None else hi for _, hi in limits], dtype=dtype),
         constants=_constants(dtype),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from decimal import Decimal, localcontext
 
@@ -127,6 +128,17 @@ def test_bounds_contain_every_value():
         lo, hi = act.bounds
         assert lo is None or y.min() >= lo - 1e-12, name
         assert hi is None or y.max() <= hi + 1e-12, name
+
+
+def test_copies_of_an_activation_are_the_activation():
+    """A copied network keeps the registered objects, by which the fused kernels know the built-ins."""
+    from smartmixed_np.kernels import has_kernel
+    from smartmixed_np.mlp import MLP
+
+    elu = A.get_activation("elu")
+    assert copy.copy(elu) is elu and copy.deepcopy(elu) is elu
+    model = copy.deepcopy(MLP([3, 4, 2], "smartmixed", seed=0))
+    assert all(has_kernel(a) for a in model.activations[0].pool)
 
 
 def test_default_pool_order():

@@ -314,6 +314,19 @@ def test_candidate_table_refuses_a_user_activation():
     assert compiled.candidate_table(tuple(resolve_pool(None)), 10.0, np.dtype(np.float32)) is not None
 
 
+def test_candidate_table_is_not_fooled_by_an_equal_copy_of_a_builtin():
+    """The cache compares pools by value, the kernel test by identity: a copy asked first must not poison it."""
+    import dataclasses
+
+    from smartmixed_np.activations import get_activation
+
+    elu = get_activation("elu")
+    twin = dataclasses.replace(elu)  # equal, not the registered object: no kernel
+    assert twin == elu and twin is not elu
+    assert compiled.candidate_table((twin,), 10.0, np.dtype(np.float64)) is None
+    assert compiled.candidate_table((elu,), 10.0, np.dtype(np.float64)) is not None
+
+
 def test_grouped_forward_ignores_stale_scratch():
     """Whatever the scratch buffer holds beforehand (NaN here), the outputs are the same."""
     rng = np.random.default_rng(5)
