@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import os
 import re
@@ -460,14 +459,19 @@ class _AppendLog:
 
     Each ``write`` goes to the operating system straight away (``O_APPEND``, no
     buffer in this process), so a kill of the process loses nothing printed
-    before it; :meth:`close` syncs the file to disk. The file's earlier content,
-    in whatever encoding, is never read or rewritten. A failed write (full disk)
-    does not stop the run: the first error is kept in :attr:`error`.
+    before it; the file is synced to disk (which a crash of the machine would
+    need) after a line at most every :attr:`sync_every_s` seconds, and by
+    :meth:`close`. The file's earlier content, in whatever encoding, is never read
+    or rewritten. A failed write (full disk) does not stop the run: the first error
+    is kept in :attr:`error`.
     """
+
+    sync_every_s = 1.0
 
     def __init__(self, path: Path) -> None:
         self.error: str | None = None
         self._fd: int | None = None
+        self._synced = time.monotonic()
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as err:
@@ -482,6 +486,10 @@ class _AppendLog:
                 self.error = self.error or f"{RUN_LOG}: {err.strerror or err}"
                 break
             data = data[written:]
+        if "\n" in text and self._fd is not None and time.monotonic() - self._synced >= self.sync_every_s:
+            with contextlib.suppress(OSError):
+                os.fsync(self._fd)
+            self._synced = time.monotonic()
         return len(text)
 
     def flush(self) -> None:  # nothing is buffered here

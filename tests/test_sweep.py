@@ -391,6 +391,7 @@ def test_only_complete_runs_count_as_finished(tmp_path):
     records = second.records
     assert records["arch1/relu/seed0"]["status"] == "done" and records["arch1/relu/seed0"]["action"] == "resumed"
     rewritten = json.loads((finished / "metrics.json").read_text())
+    assert_same_blas_threads(finished)  # its start and its resume
     assert rewritten["test"] == original["test"] and rewritten["val"] == original["val"]
     assert records["arch1/relu/seed1"]["status"] == "done" and records["arch1/relu/seed1"]["action"] == "started"
     assert_complete(out, ["arch1/relu/seed1"])
