@@ -8,6 +8,7 @@ misbehaves:
     /truncated/<file>  Content-Length of the whole file, half the bytes, then close
     /trickle/<file>    the headers at once, then the body one byte every ``interval`` s
     /slowhead/<file>   even the status line one byte every ``interval`` s
+    /nolength/<file>   the file without a Content-Length header
     anything else      404
 
 A few tests need faults that a server cannot cause (a read-only file system, a full
@@ -76,8 +77,14 @@ class FileServer:
                 server.requests.append(self.path)
                 mode, _, name = self.path.strip("/").partition("/")
                 body = server.files.get(name)
-                if body is None or mode not in ("good", "corrupt", "truncated", "trickle", "slowhead"):
+                if body is None or mode not in ("good", "corrupt", "truncated", "trickle", "slowhead", "nolength"):
                     self.send_error(404, "File not found")
+                    return
+                if mode == "nolength":  # HTTP/1.0 style: the body ends when the connection does
+                    self.close_connection = True
+                    self.send_response(200)
+                    self.end_headers()
+                    self.wfile.write(body)
                     return
                 if mode == "slowhead":
                     self.trickle(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
@@ -374,6 +381,18 @@ def test_a_transfer_below_the_minimum_rate_is_abandoned(served, tmp_path, monkey
     with pytest.raises(DataError, match=r"too slow, abandoned: [0-9]+ bytes in [0-9]+ s \(less than 1000 bytes/s\)"):
         fetch(server.url("trickle") + name, tmp_path / name, spec.md5[name], timeout=5, deadline=4, min_rate=1000)
     assert time.monotonic() - start < 3
+
+
+@pytest.mark.parametrize("mode", ["good", "nolength"])
+def test_a_file_larger_than_any_dataset_file_is_refused(served, tmp_path, monkeypatch, mode):
+    """Refused by its Content-Length when announced, else counted as it arrives."""
+    server, spec = served
+    name = IDX_FILES[0]
+    monkeypatch.setattr(download, "_MAX_DOWNLOAD_BYTES", 1000)
+    expected = "announces [0-9]+ bytes, more than 1000" if mode == "good" else "more than 1000 bytes received"
+    with pytest.raises(DataError, match=expected):
+        fetch(server.url(mode) + name, tmp_path / name, spec.md5[name], timeout=5)
+    assert listing(tmp_path) == ["source"]
 
 
 def test_a_stalled_mirror_is_not_tried_again_for_the_other_files(served, tmp_path):

@@ -429,14 +429,13 @@ def _check_split_dataset(data: SplitDataset) -> None:
         raise DataError(f"dataset {data.name}: num_classes must be a positive integer, got {data.num_classes!r}")
     for split in ("train", "val", "test"):
         x, y = np.asarray(getattr(data, f"x_{split}")), np.asarray(getattr(data, f"y_{split}"))
-        inputs, labels = _origin(data, split, "inputs"), _origin(data, split, "labels")
         if x.ndim != 2 or x.shape[1] != data.input_dim or y.ndim != 1 or len(y) != len(x):
             raise DataError(
-                f"{inputs}: {split} set of shape {x.shape} with labels of shape {y.shape}; "
-                f"expected (n, {data.input_dim}) and (n,)"
+                f"{_origin(data, split, 'inputs')}: {split} set of shape {x.shape} with labels of shape "
+                f"{y.shape}; expected (n, {data.input_dim}) and (n,)"
             )
         if x.dtype.kind not in "iuf":
-            raise DataError(f"{inputs}: {split} inputs must be real numbers, found {x.dtype}")
+            raise DataError(f"{_origin(data, split, 'inputs')}: {split} inputs must be real numbers, found {x.dtype}")
         if x.size and x.dtype.kind == "f":
             # NaN propagates through min and max, and an infinity ends up in one of
             # them: two reductions, without the temporary array of np.isfinite(x).all().
@@ -446,12 +445,13 @@ def _check_split_dataset(data: SplitDataset) -> None:
                 bad = ~np.isfinite(x)
                 first = int(np.flatnonzero(bad.any(axis=1))[0])
                 raise DataError(
-                    f"{inputs}: the {split} inputs hold {int(bad.sum())} non-finite values (NaN or infinity), "
-                    f"the first in example {first}; inputs must be finite numbers"
+                    f"{_origin(data, split, 'inputs')}: the {split} inputs hold {int(bad.sum())} non-finite "
+                    f"values (NaN or infinity), the first in example {first}; inputs must be finite numbers"
                 )
         if y.dtype.kind not in "iu":
-            raise DataError(f"{labels}: {split} labels must be integers, found {y.dtype}")
-        _check_label_range(y, int(data.num_classes), labels)
+            raise DataError(f"{_origin(data, split, 'labels')}: {split} labels must be integers, found {y.dtype}")
+        if y.size and (y.min() < 0 or y.max() >= data.num_classes):
+            _check_label_range(y, int(data.num_classes), _origin(data, split, "labels"))
 
 
 def _origin(data: SplitDataset, split: str, what: str) -> str:

@@ -114,6 +114,10 @@ DEFAULT_MIN_RATE = 1024.0
 # innocent reasons; the average rate is judged only after this many seconds.
 _RATE_GRACE_S = 10.0
 
+# No file of the MNIST family comes near this (the largest, Fashion-MNIST's training
+# images, is 26 MB); a server sending more is refused before it fills the disk.
+_MAX_DOWNLOAD_BYTES = 1 << 28
+
 _CHUNK = 1 << 16
 _URL_SCHEMES = ("http", "https", "ftp", "file")
 
@@ -302,7 +306,7 @@ def fetch(
     Raises:
         DataError: one line naming the URL or the file and what went wrong (malformed
             URL, HTTP error, refused connection, timeout, deadline, too slow, short
-            transfer, MD5 mismatch, a cache that cannot be written).
+            transfer, more than 256 MiB, MD5 mismatch, a cache that cannot be written).
     """
     dest = Path(dest)
     if not (timeout > 0 and (deadline is None or deadline > 0) and min_rate >= 0):
@@ -335,6 +339,8 @@ def _stream(url: str, out, timeout: float, deadline_s: float | None, min_rate: f
             with _open(url, timeout, deadline) as response:
                 length_header = response.headers.get("Content-Length")
                 expected = int(length_header) if length_header and length_header.isdigit() else None
+                if expected is not None and expected > _MAX_DOWNLOAD_BYTES:
+                    raise DataError(f"{url}: refused: the server announces {expected} bytes, more than {_MAX_DOWNLOAD_BYTES}")
                 reporter = _Progress(url, expected) if progress else None
                 # read1: at most one read of the socket per call, so that the deadline
                 # and the rate are checked between the bytes of a trickle too (read(n)
@@ -349,6 +355,8 @@ def _stream(url: str, out, timeout: float, deadline_s: float | None, min_rate: f
                     _write(out, chunk)
                     digest.update(chunk)
                     received += len(chunk)
+                    if received > _MAX_DOWNLOAD_BYTES:
+                        raise DataError(f"{url}: abandoned: more than {_MAX_DOWNLOAD_BYTES} bytes received")
                     if reporter:
                         reporter.update(received)
                     elapsed = time.monotonic() - start
@@ -401,7 +409,7 @@ def _transfer_failure(url: str, error: Exception, deadline: _Deadline, received:
         return _MirrorUnusable(f"{url}: cannot connect: {_one_line(reason)}")
     if isinstance(error, (TimeoutError, socket.timeout)):
         return _MirrorUnusable(f"{url}: timed out after {timeout:g} s")
-    if isinstance(error, ValueError):  # http.client.InvalidURL, a bad host name (UnicodeError), ...
+    if isinstance(error, (ValueError, http.client.InvalidURL)):  # a bad port or host name (UnicodeError), ...
         return _MirrorUnusable(f"{url}: not a valid URL ({_one_line(error)})")
     return DataError(f"{url}: transfer failed: {type(error).__name__}: {_one_line(error)}")
 
