@@ -35,6 +35,7 @@ import math
 import os
 import stat
 import struct
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -169,9 +170,10 @@ def load_model(path: str | Path, device: Any = "cpu") -> Any:
     backend = get_backend(device)  # a wrong device is the caller's error, not the file's
     if not os.path.lexists(json_path):
         raise CheckpointError(f"{json_path}: no such file (a saved model needs {MODEL_JSON} beside {MODEL_ARRAYS})")
-    with _open_regular_file(json_path, f"a model description ({MODEL_JSON})") as (file, _):
+    with _open_regular_file(json_path, f"a model description ({MODEL_JSON})") as (file, size):
         try:
-            content = file.read(MAX_JSON_BYTES + 1)
+            # read(n) allocates n bytes at once: ask for what the file holds, not the limit.
+            content = file.read(min(size, MAX_JSON_BYTES) + 1)
         except OSError as err:
             raise CheckpointError(f"{json_path}: cannot read ({err.strerror or _one_line(err)})") from None
     if len(content) > MAX_JSON_BYTES:
@@ -244,9 +246,8 @@ def _parse_json(path: Path, content: bytes, problem: str) -> Any:
         text = content.decode("utf-8")
     except UnicodeDecodeError as err:
         raise CheckpointError(f"{path}: {problem} (not UTF-8: {_one_line(err)})") from None
-    depth = _nesting_depth(text)
-    if depth > MAX_JSON_DEPTH:
-        raise CheckpointError(f"{path}: {problem} (JSON nested {depth} deep, more than {MAX_JSON_DEPTH})")
+    if _nesting_depth(text) > MAX_JSON_DEPTH:
+        raise CheckpointError(f"{path}: {problem} (JSON nested more than {MAX_JSON_DEPTH} deep)")
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError, as is a 5,000-digit number
@@ -254,7 +255,7 @@ def _parse_json(path: Path, content: bytes, problem: str) -> Any:
 
 
 def _nesting_depth(text: str) -> int:
-    """The deepest nesting of ``[``/``{`` outside strings (an upper bound if the JSON is invalid).
+    """The deepest nesting of ``[``/``{`` outside strings, counted up to just past MAX_JSON_DEPTH.
 
     Checked before parsing so that deep nesting is refused with a clear reason
     rather than by the parser's recursion limit.
@@ -363,8 +364,9 @@ def _read_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, na
                 shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member)
             else:  # 3.0 exists only for structured dtypes with non-ASCII field names
                 raise CheckpointError(f"{path}: array {name!r} has .npy format version {version}, not supported")
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
-            # read_array_header evaluates a Python literal: anything odd in it lands here.
+        except (ValueError, SyntaxError, tokenize.TokenError, TypeError, KeyError, MemoryError, RecursionError) as err:
+            # read_array_header evaluates a Python literal (and retokenizes it when that
+            # fails, hence TokenError): whatever odd text a header holds lands here.
             raise CheckpointError(f"{path}: array {name!r} has a corrupt .npy header ({_one_line(err)[:200]})") from None
         if dtype.hasobject:
             raise CheckpointError(f"{path}: contains pickled Python objects; refusing to load it")

@@ -238,8 +238,12 @@ class Inside:
 
 
 def apply_all(mutations, content: bytes) -> bytes:
+    """Apply mutations in order; a zip-level one on bytes that are no longer a zip is skipped."""
     for mutation in mutations:
-        content = mutation.apply(content)
+        try:
+            content = mutation.apply(content)
+        except NotAZip:
+            continue
     return content
 
 
@@ -287,10 +291,17 @@ def gzip_bomb(header: bytes, zeros: int) -> bytes:
 
 
 # ---------------------------------------------------------------- zip / npz
+class NotAZip(Exception):
+    """A zip-level mutation met bytes that an earlier mutation left unreadable as a zip."""
+
+
 def zip_members(content: bytes) -> list[tuple[str, bytes, int]]:
-    """``(name, data, compress_type)`` of every member of a valid zip archive."""
-    with zipfile.ZipFile(io.BytesIO(content)) as archive:
-        return [(info.filename, archive.read(info), info.compress_type) for info in archive.infolist()]
+    """``(name, data, compress_type)`` of every member of a zip archive (NotAZip if unreadable)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            return [(info.filename, archive.read(info), info.compress_type) for info in archive.infolist()]
+    except Exception as error:  # whatever zipfile raises: the mutation is then skipped
+        raise NotAZip(str(error)) from None
 
 
 def build_zip(members: list[tuple[str, bytes, int]]) -> bytes:
@@ -552,13 +563,10 @@ json_mutations = st.lists(
 def apply_json(mutations, content: bytes) -> bytes:
     """Apply mutations in order; a JSON edit on text that no longer parses leaves it as is."""
     for mutation in mutations:
-        if isinstance(mutation, JsonEdit):
-            try:
-                content = mutation.apply(content)
-            except (ValueError, RecursionError):
-                continue
-        else:
+        try:
             content = mutation.apply(content)
+        except (ValueError, RecursionError, NotAZip):  # a JSON edit of text that no longer parses
+            continue
     return content
 
 
