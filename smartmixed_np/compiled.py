@@ -192,8 +192,6 @@ class GroupTable:
         identity: (N,) ``arange(N)``.
         exp_rows: (R,) int64, the elu and selu neurons in the neurons' own order, whose
             derivative needs $e^{\min(z, 0)}$ (computed by NumPy for these rows only).
-        exp_index: (N,) int64, each neuron's row in that (R, B) array of exponentials;
-            -1 for the other neurons.
     """
 
     rows: np.ndarray
@@ -211,7 +209,6 @@ class GroupTable:
     row_hi: np.ndarray
     identity: np.ndarray
     exp_rows: np.ndarray
-    exp_index: np.ndarray
 
 
 def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
@@ -247,7 +244,6 @@ def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
     group_of_row = np.empty(n, dtype=np.int64)  # each neuron's group, in the neurons' own order
     for k, (start, stop) in enumerate(zip(starts, stops)):
         group_of_row[rows[start:stop]] = k
-    exp_rows, exp_index = _exp_rows(codes[group_of_row])
     return GroupTable(
         rows=rows,
         starts=np.asarray(starts, dtype=np.int64),
@@ -263,16 +259,13 @@ def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
         row_lo=lo[group_of_row],
         row_hi=hi[group_of_row],
         identity=np.arange(n, dtype=np.int64),
-        exp_rows=exp_rows,
-        exp_index=exp_index,
+        exp_rows=_exp_rows(codes[group_of_row]),
     )
 
 
-def _exp_rows(row_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    r"""For (N,) activation codes: the rows whose derivative needs $e^{\min(z, 0)}$ (elu, selu),
-    and each row's index among them (-1 for the other rows)."""
-    needs = (row_codes == ELU) | (row_codes == SELU)
-    return np.flatnonzero(needs).astype(np.int64), np.where(needs, np.cumsum(needs) - 1, -1).astype(np.int64)
+def _exp_rows(row_codes: np.ndarray) -> np.ndarray:
+    r"""For (N,) activation codes: the rows whose derivative needs $e^{\min(z, 0)}$ (elu, selu)."""
+    return np.flatnonzero((row_codes == ELU) | (row_codes == SELU))
 
 
 def _constants(dtype: Any) -> tuple:
@@ -372,15 +365,15 @@ def _grouped_forward_loop(zT, t, out, rows, starts, stops, codes, lo, hi, consta
 
 
 @_jit
-def _rowwise_backward_loop(daT, a_source, a_rows, e_rows, out, codes, lo, hi, constants):
-    # out[n] = daT[n] * f'(a) * [lo < a < hi] with a = a_source[a_rows[n]], f = codes[n], for the
-    # rows n with e_rows[n] < 0 (those with e_rows[n] >= 0 are _exp_backward_loop's).
+def _rowwise_backward_loop(daT, a_source, a_rows, out, codes, lo, hi, constants, skip_exp):
+    # out[n] = daT[n] * f'(a) * [lo < a < hi] with a = a_source[a_rows[n]], f = codes[n]; with
+    # skip_exp, not for the elu and selu rows (_exp_backward_loop's).
     zero, one, slope, elu_alpha, _, selu_scale, selu_scale_alpha, big_cap = constants
     width = daT.shape[1]
     for n in range(daT.shape[0]):
-        if e_rows[n] >= 0:
-            continue
         code, l, h = codes[n], lo[n], hi[n]
+        if skip_exp and (code == ELU or code == SELU):
+            continue
         has_lo, has_hi = l != -np.inf, h != np.inf
         da, a, o = daT[n], a_source[a_rows[n]], out[n]
         for j in range(width):
@@ -435,22 +428,19 @@ def _exp_backward_loop(daT, a_source, a_rows, e_source, rows, out, codes, lo, hi
 
 
 def _rowwise_backward(daT: np.ndarray, a_source: np.ndarray, a_rows: np.ndarray, zT: np.ndarray | None,
-                      exp_rows: np.ndarray, exp_index: np.ndarray, out: np.ndarray, codes: np.ndarray,
-                      lo: np.ndarray, hi: np.ndarray, constants: tuple) -> None:
+                      exp_rows: np.ndarray, out: np.ndarray, codes: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                      constants: tuple) -> None:
     """``out[n] = daT[n] f'_{codes[n]}(z) [lo[n] < a < hi[n]]`` with ``a = a_source[a_rows[n]]``.
 
-    The rows ``exp_rows`` (elu, selu; ``exp_index`` gives each row's rank among them,
-    -1 elsewhere) take $e^{\\min(z, 0)}$ from :func:`_exponentials`, unless ``zT`` is
-    None (a caller written before it was needed: the former, cancelling form from ``a``).
+    The rows ``exp_rows`` (elu, selu) take $e^{\\min(z, 0)}$ from :func:`_exponentials`,
+    unless ``zT`` is None (a caller written before it was needed: the former,
+    cancelling form from ``a``).
     """
-    if zT is None:
-        _rowwise_backward_loop(daT, a_source, a_rows, np.full(out.shape[0], -1, dtype=np.int64), out, codes, lo, hi,
-                               constants)
-        return
-    if zT.shape != out.shape or zT.dtype != out.dtype:
+    if zT is not None and (zT.shape != out.shape or zT.dtype != out.dtype):
         raise ValueError(f"zT must be {out.shape} {out.dtype}, got {zT.shape} {zT.dtype}")
-    _rowwise_backward_loop(daT, a_source, a_rows, exp_index, out, codes, lo, hi, constants)
-    if exp_rows.shape[0]:
+    with_exp = zT is not None and exp_rows.shape[0] > 0
+    _rowwise_backward_loop(daT, a_source, a_rows, out, codes, lo, hi, constants, with_exp)
+    if with_exp:
         e = _exponentials(zT, exp_rows, constants[0])
         _exp_backward_loop(daT, a_source, a_rows, e, exp_rows, out, codes, lo, hi, constants)
 
@@ -520,8 +510,8 @@ def grouped_backward(daT: np.ndarray, aT: np.ndarray, table: GroupTable, out: np
     Returns:
         ``out``.
     """
-    _rowwise_backward(daT, aT, table.identity, zT, table.exp_rows, table.exp_index, out, table.row_codes,
-                      table.row_lo, table.row_hi, table.constants)
+    _rowwise_backward(daT, aT, table.identity, zT, table.exp_rows, out, table.row_codes, table.row_lo, table.row_hi,
+                      table.constants)
     return out
 
 
@@ -596,8 +586,7 @@ def selected_backward(doutT: np.ndarray, stack: np.ndarray, selected: np.ndarray
     k, n, b = stack.shape
     a_rows = selected * n + np.arange(n)
     codes = table.codes[selected]
-    exp_rows, exp_index = _exp_rows(codes)
-    _rowwise_backward(doutT, stack.reshape(k * n, b), a_rows, zT, exp_rows, exp_index, out, codes,
-                      table.lo[selected], table.hi[selected], table.constants)
+    _rowwise_backward(doutT, stack.reshape(k * n, b), a_rows, zT, _exp_rows(codes), out, codes, table.lo[selected],
+                      table.hi[selected], table.constants)
     return out
 
