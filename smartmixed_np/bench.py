@@ -426,7 +426,7 @@ def _epoch_throughput(data_dir: str, sizes: Sequence[int], batch: int, seed: int
             epochs["torch_phase2"] = theirs(contenders["torch_phase2"])
             epochs["torch_phase1"] = theirs(contenders["torch_phase1"])
     times = _interleaved(epochs, rounds, warmup=0, sync=dev.sync)
-    result: dict[str, Any] = {"dataset": f"mnist training split at {data.source}", "samples": n, "batch": batch}
+    result: dict[str, Any] = {"dataset": f"mnist training split (a folder named {Path(str(data.source)).name}/, {n} images)", "samples": n, "batch": batch}
     for name, t in times.items():
         result[f"{name}_samples_per_s"] = n / (t["median_ms"] / 1e3)
         result[f"{name}_epoch_s"] = t["median_ms"] / 1e3
