@@ -427,18 +427,17 @@ def _exp_backward_loop(daT, a_source, a_rows, e_source, rows, out, codes, lo, hi
             o[j] = d
 
 
-def _rowwise_backward(daT: np.ndarray, a_source: np.ndarray, a_rows: np.ndarray, zT: np.ndarray | None,
+def _rowwise_backward(daT: np.ndarray, a_source: np.ndarray, a_rows: np.ndarray, zT: np.ndarray,
                       exp_rows: np.ndarray, out: np.ndarray, codes: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                       constants: tuple) -> None:
     """``out[n] = daT[n] f'_{codes[n]}(z) [lo[n] < a < hi[n]]`` with ``a = a_source[a_rows[n]]``.
 
-    The rows ``exp_rows`` (elu, selu) take $e^{\\min(z, 0)}$ from :func:`_exponentials`,
-    unless ``zT`` is None (a caller written before it was needed: the former,
-    cancelling form from ``a``).
+    The rows ``exp_rows`` (elu, selu) take $e^{\\min(z, 0)}$ from :func:`_exponentials`.
     """
-    if zT is not None and (zT.shape != out.shape or zT.dtype != out.dtype):
-        raise ValueError(f"zT must be {out.shape} {out.dtype}, got {zT.shape} {zT.dtype}")
-    with_exp = zT is not None and exp_rows.shape[0] > 0
+    if zT is None or zT.shape != out.shape or zT.dtype != out.dtype:
+        got = "None" if zT is None else f"{zT.shape} {zT.dtype}"
+        raise ValueError(f"zT must be {out.shape} {out.dtype}, got {got}")
+    with_exp = exp_rows.shape[0] > 0
     _rowwise_backward_loop(daT, a_source, a_rows, out, codes, lo, hi, constants, with_exp)
     if with_exp:
         e = _exponentials(zT, exp_rows, constants[0])
@@ -488,7 +487,7 @@ def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch:
 
 
 def grouped_backward(daT: np.ndarray, aT: np.ndarray, table: GroupTable, out: np.ndarray,
-                     zT: np.ndarray | None = None) -> np.ndarray:
+                     zT: np.ndarray) -> np.ndarray:
     r"""A phase-2 layer's backward: ``out[n] = daT[n] f'_{c_n}(zT[n]) [lo < aT[n] < hi]``.
 
     The derivatives of relu, sigmoid, tanh and leaky relu are written in terms of the
@@ -502,10 +501,9 @@ def grouped_backward(daT: np.ndarray, aT: np.ndarray, table: GroupTable, out: np
         daT, aT: (N, B) upstream gradient and the forward's output, C-contiguous.
         table: as for :func:`grouped_forward`.
         out: (N, B) C-contiguous buffer, not overlapping the inputs.
-        zT: (N, B) the forward's input. Without it, the elu and selu derivatives fall
-            back to the former $a + \alpha$ form, which cancels (exactly 0 below
-            $z \approx -17$ in float32) and is *not* the reference's numbers; the
-            fallback exists only for callers written before ``zT`` was.
+        zT: (N, B) the forward's input: elu and selu take their derivative from
+            $e^{\min(z, 0)}$, not from $a + \alpha$, which cancels (exactly 0 below
+            $z \approx -17$ in float32).
 
     Returns:
         ``out``.
@@ -558,7 +556,7 @@ def _candidate_table(names: tuple, limits: tuple, dtype: np.dtype) -> CandidateT
 
 
 def selected_backward(doutT: np.ndarray, stack: np.ndarray, selected: np.ndarray, table: CandidateTable,
-                      out: np.ndarray, zT: np.ndarray | None = None) -> np.ndarray:
+                      out: np.ndarray, zT: np.ndarray) -> np.ndarray:
     r"""A hard phase-1 layer's input gradient: ``out[n] = doutT[n] f'_{s_n}(zT[n]) [lo < a < hi]``.
 
     Only the selected candidate $s_n$ of each neuron reaches $dz$ (the forward output
@@ -577,8 +575,7 @@ def selected_backward(doutT: np.ndarray, stack: np.ndarray, selected: np.ndarray
         selected: (N,) host int64, each neuron's selected candidate.
         table: from :func:`candidate_table`, in the arrays' dtype.
         out: (N, B) C-contiguous buffer, not overlapping the inputs.
-        zT: (N, B) the forward's input; as for :func:`grouped_backward`, without it
-            the elu and selu derivatives fall back to the former (cancelling) form.
+        zT: (N, B) the forward's input, as for :func:`grouped_backward`.
 
     Returns:
         ``out``.

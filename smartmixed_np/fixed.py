@@ -367,7 +367,7 @@ class FixedMixedActivation:
         if cache.compiled:
             aT = cache.a.T
             dzT = _buffer(workspace, xp, "dz", (width, batch), da.dtype)
-            return compiled.grouped_backward(xp.ascontiguousarray(da.T), aT, self._tables[aT.dtype], dzT).T
+            return compiled.grouped_backward(xp.ascontiguousarray(da.T), aT, self._tables[aT.dtype], dzT, zT=cache.z.T).T
         daT = da.T
         if self._perm is not None:
             daT = xp.take(daT, self._perm, axis=0, out=_buffer(workspace, xp, "da_grouped", (width, batch), da.dtype))

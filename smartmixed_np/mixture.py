@@ -299,12 +299,12 @@ def mixture_backward_fused(
     doutT = dout.T
     dy = xp.einsum("knb,nb->nk", stack, doutT)  # (N, K); a third of multiply-then-sum's time here
     dzT = _buffer(workspace, xp, "dz", (width, batch), dout.dtype)
-    table = compiled.candidate_table(tuple(pool), cache.clamp, dout.dtype) if compiled.applies(doutT, stack, dzT) else None
+    zT = cache.z.T
+    table = compiled.candidate_table(tuple(pool), cache.clamp, dout.dtype) if compiled.applies(doutT, stack, dzT, zT) else None
     if table is not None:  # only the selected candidate's derivative, in one compiled pass
-        compiled.selected_backward(doutT, stack, cache.selected, table, dzT)
+        compiled.selected_backward(doutT, stack, cache.selected, table, dzT, zT=zT)
     else:
         work = _buffer(workspace, xp, "work", tuple(stack.shape), dout.dtype)
-        zT = cache.z.T
         for k, activation in enumerate(pool):
             lo, hi = clamp_limits(activation, cache.clamp)
             activation_backward_into(activation, doutT, zT, stack[k], lo, hi, work[k])

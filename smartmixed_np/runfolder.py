@@ -24,19 +24,22 @@ thread count changes how the matrix products round.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 __all__ = [
     "CONFIG", "HISTORY", "METRICS", "CHOICES", "MODEL_ARRAYS", "MODEL_JSON", "CHECKPOINT", "FINISH_ORDER",
     "finished_problem", "is_finished", "run_state", "environment", "blas_info", "cpu_features",
-    "determinism_mismatch",
+    "determinism_mismatch", "LOCK", "hold",
 ]
 
 CONFIG = "config.json"
@@ -46,6 +49,9 @@ CHOICES = "choices.csv"
 MODEL_ARRAYS = "model.npz"
 MODEL_JSON = "model.json"
 CHECKPOINT = "checkpoint.npz"
+
+#: The lock file of a run folder: whoever holds it is the only process writing there.
+LOCK = ".lock"
 
 #: The order in which a finishing run writes its files; ``metrics.json`` (the
 #: finished marker) is always last. ``choices.csv`` is written by SmartMixed runs only.
@@ -190,3 +196,66 @@ def determinism_mismatch(recorded: dict[str, Any] | None, current: dict[str, Any
     if old_numpy is not None and old_numpy != new_numpy:
         reasons.append(f"NumPy {old_numpy} then, {new_numpy} now")
     return "; ".join(reasons) or None
+
+
+# ------------------------------------------------------------------ one writer per folder
+_HELD: dict[str, int] = {}
+_HELD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def hold(run_dir: str | os.PathLike, wait_s: float | None = None) -> Iterator[bool]:
+    """Hold the exclusive lock ``run_dir/.lock`` (released when the process dies, too).
+
+    Re-entrant within a process: a sweep worker holds its run folder, and the
+    :func:`smartmixed_np.train.train` it calls holds it again without waiting. Between
+    processes it excludes: a ``smartmixed train --resume DIR`` while a sweep trains DIR
+    finds it held.
+
+    Args:
+        run_dir: an existing folder.
+        wait_s: seconds to wait for another process to let go; None waits as long as
+            it takes, 0 does not wait.
+
+    Yields:
+        True while the lock is held; False when ``wait_s`` passed without getting it,
+        or where there are no locks (not POSIX).
+    """
+    key = str(Path(run_dir).resolve())
+    with _HELD_LOCK:
+        if _HELD.get(key):
+            _HELD[key] += 1
+            nested = True
+        else:
+            nested = False
+    if nested:
+        try:
+            yield True
+        finally:
+            with _HELD_LOCK:
+                _HELD[key] -= 1
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield False
+        return
+    with open(Path(run_dir) / LOCK, "a") as handle:
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
+        with _HELD_LOCK:
+            _HELD[key] = 1
+        try:
+            yield True
+        finally:
+            with _HELD_LOCK:
+                _HELD.pop(key, None)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

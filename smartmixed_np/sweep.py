@@ -326,38 +326,10 @@ def _step_hook(user_hook: Callable | None) -> Callable:
     return on_step
 
 
-@contextlib.contextmanager
 def _run_lock(run_dir: Path, wait_s: float | None = None):
-    """Hold an exclusive lock on ``run_dir/.lock`` (released when the process dies, too).
-
-    Yields True while the lock is held; False where there is no lock to take (not
-    POSIX) or when ``wait_s`` seconds passed without getting it. Whoever holds it
-    is the only process writing into ``run_dir``, so it may tidy what a killed
-    process left there.
-    """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield False
-        return
-    with open(run_dir / ".lock", "a") as handle:
-        if wait_s is None:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        else:
-            deadline = time.monotonic() + wait_s
-            while True:
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError:
-                    if time.monotonic() >= deadline:
-                        yield False
-                        return
-                    time.sleep(0.05)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    """The run folder's lock (:func:`smartmixed_np.runfolder.hold`): whoever holds it is
+    the only process writing into ``run_dir``, so it may tidy what a killed process left."""
+    return runfolder.hold(run_dir, wait_s)
 
 
 def _read_json_list(path: Path) -> list[dict[str, Any]]:
@@ -747,7 +719,7 @@ def _check_data(config: dict[str, Any]) -> None:
     from .data.datasets import _IDX_DATASETS
 
     if config["dataset"] in _IDX_DATASETS:
-        find_dataset_folder(config["dataset"], config.get("data_dir"), progress=True)
+        find_dataset_folder(config["dataset"], config.get("data_dir"), progress=True, mirror=config.get("mirror"))
 
 
 def _check_executor(executor: Any, scheduler: Any, workers: Any, blas_threads: Any) -> None:

@@ -45,7 +45,7 @@ from .fileio import WriteError, remove_stale_parts, write_json, write_text
 from .losses import softmax_cross_entropy
 from .mlp import MLP
 from .optim import SGD, Adam, clip_factor
-from .runfolder import CHECKPOINT, CHOICES, CONFIG, HISTORY, METRICS, determinism_mismatch, environment
+from .runfolder import CHECKPOINT, CHOICES, CONFIG, HISTORY, LOCK, METRICS, determinism_mismatch, environment, hold
 
 __all__ = ["TrainConfig", "RunResult", "ConfigError", "train", "evaluate", "confusion_matrix", "per_class_accuracy", "CHECKPOINT"]
 
@@ -574,18 +574,20 @@ def train(
         resumed_from = _check_resume(run, checkpoint[1])
     _note_train_limit(run)
     _make_run_dir(run_dir)
-    remove_stale_parts(run_dir)
-    _write_config(run, resumed_from)
-
-    try:
-        with _interrupt_at_step_boundaries() as interrupt:
-            try:
-                _train_loop(run, on_step, interrupt)
-                metrics = _finish(run, interrupt)
-            except KeyboardInterrupt:
-                return _stopped(run, interrupt)
-    except KeyboardInterrupt:  # a signal between the two handlers above
-        return _stopped(run, {"set": True, "signal": "SIGINT"})
+    with hold(run_dir, wait_s=0) as held:
+        if not held and (run_dir / LOCK).exists() and os.name == "posix":
+            raise ConfigError(f"{run_dir} is in use by another process (a sweep worker or another `smartmixed train`)")
+        remove_stale_parts(run_dir)  # only the holder of the folder may remove temporaries
+        _write_config(run, resumed_from)
+        try:
+            with _interrupt_at_step_boundaries() as interrupt:
+                try:
+                    _train_loop(run, on_step, interrupt)
+                    metrics = _finish(run, interrupt)
+                except KeyboardInterrupt:
+                    return _stopped(run, interrupt)
+        except KeyboardInterrupt:  # a signal between the two handlers above
+            return _stopped(run, {"set": True, "signal": "SIGINT"})
     return RunResult(run_dir, metrics, run.history, run.model)
 
 

@@ -314,3 +314,28 @@ def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes_once_there_is_room
         else:
             train(tiny(folder))
         assert _result(folder) == reference
+
+
+def test_a_folder_another_process_trains_in_is_refused(tmp_path, quick_figures):
+    folder = tmp_path / "run"
+
+    def stop(epoch, step, global_step, model):
+        if global_step == 2:
+            raise KeyboardInterrupt
+
+    assert train(tiny(folder), on_step=stop).interrupted
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, sys, time
+        with open({str(folder / '.lock')!r}, "a") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            print("held", flush=True)
+            time.sleep(30)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match="in use by another process"):
+            train(resume=folder, overrides={"quiet": True, "progress": False})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train(resume=folder, overrides={"quiet": True, "progress": False}).metrics
