@@ -260,7 +260,7 @@ def _nesting_depth(text: str) -> int:
     Checked before parsing so that deep nesting is refused with a clear reason
     rather than by the parser's recursion limit.
     """
-    if "[" not in text and "{" not in text:
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:  # the common case, at C speed
         return 0
     depth = deepest = 0
     in_string = escaped = False
@@ -384,7 +384,11 @@ def _read_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, na
             )
         # The size is now known to be what the member holds, and the member's size is
         # bounded by the file: allocating is safe.
-        array = np.empty(count, dtype=dtype)
+        try:
+            array = np.empty(count, dtype=dtype)
+        except MemoryError:  # less memory free than the machine has (limits, other processes)
+            raise CheckpointError(
+                f"{path}: not enough memory to load array {name!r} ({claimed / 2**30:.2f} GiB)") from None
         target = array.view(np.uint8)
         filled = 0
         while filled < claimed:

@@ -587,3 +587,11 @@ def test_fuzz_load_model_returns_the_saved_network_or_one_line(base, json_mutati
         with np.load(arrays_path) as archive:
             for name, parameter in value.state_dict().items():
                 np.testing.assert_array_equal(parameter, archive[name].astype(parameter.dtype))
+
+
+@needs_isolation
+def test_not_enough_memory_for_a_valid_checkpoint_is_one_line(tmp_path):
+    path = save_arrays(tmp_path / "big.npz", {"w": np.zeros((1000, 224, 224), np.uint8)})
+    outcome = hostile.run_in_child(lambda: load_arrays(path), extra_memory=24 << 20)
+    assert outcome[:2] == ("raised", "CheckpointError"), outcome
+    assert outcome[2] == f"{path}: not enough memory to load array 'w' (0.05 GiB)"

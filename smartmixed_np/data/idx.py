@@ -262,7 +262,10 @@ def _read_raw(path: PathLike, file: BinaryIO, size: int) -> np.ndarray:
     _check_payload_size(path, code, dims, expected, size - header_len)
     _check_fits_in_memory(path, code, dims, expected)
     # Allocate only now that the file is known to hold exactly this many bytes.
-    values = np.empty(math.prod(dims), dtype=dtype)
+    try:
+        values = np.empty(math.prod(dims), dtype=dtype)
+    except MemoryError:
+        _no_memory(path, code, dims, expected)
     target = memoryview(values.view(np.uint8))
     filled = 0
     while filled < expected:
@@ -281,7 +284,10 @@ def _read_compressed(path: PathLike, stream: "_GzipStream") -> np.ndarray:
     dtype = IDX_DTYPES[code]
     expected = math.prod(dims) * dtype.itemsize
     _check_fits_in_memory(path, code, dims, expected)
-    body = stream.read(expected)
+    try:
+        body = stream.read(expected)
+    except MemoryError:  # less memory free than the machine has (limits, other processes)
+        _no_memory(path, code, dims, expected)
     if len(body) < expected:
         _check_payload_size(path, code, dims, expected, len(body))
     extra = stream.count_rest(_TRAILING_LOOK)
@@ -326,6 +332,13 @@ def _check_fits_in_memory(path: PathLike, code: int, dims: tuple[int, ...], expe
             f"{path}: header says {_shape_text(dims)} {_TYPE_NAMES[code]} values "
             f"({expected / 2**30:.1f} GiB), more than this machine's memory ({memory / 2**30:.1f} GiB)"
         )
+
+
+def _no_memory(path: PathLike, code: int, dims: tuple[int, ...], expected: int) -> None:
+    raise DataError(
+        f"{path}: not enough memory to read {_shape_text(dims)} {_TYPE_NAMES[code]} values "
+        f"({expected / 2**30:.2f} GiB)"
+    ) from None
 
 
 def _read_exactly(source, count: int) -> bytes:
