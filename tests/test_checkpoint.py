@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import tracemalloc
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from smartmixed_np import checkpoint, runfolder
 from smartmixed_np.checkpoint import load_arrays, load_model, save_arrays, save_model
 from smartmixed_np.errors import CheckpointError
 from smartmixed_np.mlp import MLP
+
+import hostile_files as hostile
 
 
 def test_round_trip(tmp_path):
@@ -154,17 +164,6 @@ def test_killing_the_writer_mid_write_leaves_a_loadable_checkpoint(tmp_path):
 # The attacks of the reliability issue, each as a test, then fuzzers over mutations
 # of real checkpoints and saved models. Cases that would hang or exhaust the memory
 # on a broken loader run in a forked child with a time and an address-space limit.
-import io  # noqa: E402
-import tempfile  # noqa: E402
-import tracemalloc  # noqa: E402
-import zipfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-import hostile_files as hostile  # noqa: E402
-from smartmixed_np import checkpoint, runfolder  # noqa: E402
 
 needs_isolation = pytest.mark.skipif(not hostile.can_isolate(), reason="needs fork and /proc/self/statm")
 MEMORY_BOUND = 32 << 20  # the most a fuzzed load of a small file may allocate (tracemalloc peak)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
+import tempfile
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +18,8 @@ from hypothesis.extra import numpy as hnp
 
 from smartmixed_np.data.idx import read_idx, read_idx_pair, write_idx
 from smartmixed_np.errors import DataError
+
+import hostile_files as hostile
 
 IDX_NUMPY_DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64]
 
@@ -217,13 +223,6 @@ def test_pair_rejects_labels_of_rank_two(tmp_path):
 # The attacks of the reliability issue, each as a test, then fuzzers over mutations
 # of real files. Tests that would hang or exhaust the memory on a broken reader run
 # in a forked child with a time limit and an address-space limit.
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import tracemalloc  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import hostile_files as hostile  # noqa: E402
 
 needs_isolation = pytest.mark.skipif(not hostile.can_isolate(), reason="needs fork and /proc/self/statm")
 # The fuzzers run this many examples: 10x the profile's (200 by default, 2,000 thorough).
