@@ -1,16 +1,20 @@
 """The tutorial notebooks: each executes cleanly in quick mode, and the committed ones read well.
 
-Execution: every notebook in ``tutorials/`` runs top to bottom in a fresh ``python3``
-kernel on this interpreter, with ``SMARTMIXED_QUICK=1`` (small sizes, seconds each),
+Sources: each notebook's source is a jupytext percent script ``tutorials/NN_name.py``,
+paired with ``tutorials/NN_name.ipynb`` (``formats: ipynb,py:percent``), which holds the
+same cells with the outputs of a full run. Both hold exactly the same cells, so they
+cannot drift apart. After editing a script, rebuild with ``python tutorials/execute.py NN``
+(see ``tutorials/README.md``).
+
+Execution: every script in ``tutorials/`` is read with jupytext and runs top to bottom
+in a fresh ``python3`` kernel on this interpreter, with ``SMARTMIXED_QUICK=1`` (small sizes, seconds each),
 in a temporary copy of the folder and with ``TMPDIR`` pointing into pytest's temporary
 directory, so that the run folders the notebooks write vanish with it. A cell that
 raises fails the test (nbclient's ``CellExecutionError`` names the cell), and so does
 an error that only shows in a cell's output (a figure that fails to render, say).
 
 Committed notebooks: every code cell carries the output of one top-to-bottom run in
-full mode, and the cells are exactly those that ``tutorials/build_notebooks.py``
-generates, so the script and the notebooks cannot drift apart. After editing the
-script, rebuild with ``python tutorials/build_notebooks.py --execute``.
+full mode.
 
 No saved output names a path of the machine that produced it (its checkout, home,
 temporary or data folders): neither the committed notebooks, nor the notebooks as
@@ -20,7 +24,6 @@ results in ``benchmarks/results/``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -29,6 +32,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 from nbclient import NotebookClient
@@ -37,6 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 TUTORIALS = REPO / "tutorials"
 BENCHMARK_RESULTS = sorted((REPO / "benchmarks" / "results").glob("*.json"))
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
+SOURCES = sorted(TUTORIALS.glob("[0-9][0-9]_*.py"))  # not execute.py
+PAIRING = "ipynb,py:percent"
 EXPECTED = [
     "01_activations",
     "02_backprop_by_hand",
@@ -47,7 +53,7 @@ EXPECTED = [
     "07_reproduce_mnist",
 ]
 CELL_TIMEOUT = 300  # seconds per cell; quick mode needs a few
-REBUILD = "rebuild with `python tutorials/build_notebooks.py --execute`"
+REBUILD = "rebuild with `python tutorials/execute.py NN` (tutorials/README.md)"
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,7 @@ def kernel_setup(tmp_path_factory) -> KernelSetup:
 
 
 def _execute(path: Path, setup: KernelSetup, tmp_path: Path, monkeypatch, **env_changes) -> nbformat.NotebookNode:
-    """Run a copy of notebook ``path`` in quick mode; return it with its outputs."""
+    """Run a copy of the source of notebook ``path`` (its ``.py``) in quick mode; return it with its outputs."""
     monkeypatch.setenv("JUPYTER_PATH", setup.jupyter_path)  # for the kernelspec lookup in this process
     work = tmp_path / "tutorials"
     shutil.copytree(TUTORIALS, work, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
@@ -96,7 +102,7 @@ def _execute(path: Path, setup: KernelSetup, tmp_path: Path, monkeypatch, **env_
             env.pop(name, None)
         else:
             env[name] = value
-    nb = nbformat.read(work / path.name, as_version=4)
+    nb = jupytext.read(work / f"{path.stem}.py")  # the source, not the saved notebook
     client = NotebookClient(
         nb, timeout=CELL_TIMEOUT, kernel_name="python3", record_timing=False,
         resources={"metadata": {"path": str(work)}},
@@ -172,6 +178,7 @@ def _images(nb: nbformat.NotebookNode) -> int:
 
 def test_the_seven_tutorials_are_present():
     assert [p.stem for p in NOTEBOOKS] == EXPECTED
+    assert [p.stem for p in SOURCES] == EXPECTED
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -189,7 +196,7 @@ def test_notebook_executes_in_quick_mode(path, kernel_setup, tmp_path, monkeypat
 
 def test_mnist_notebook_falls_back_to_synth_digits_without_mnist(kernel_setup, tmp_path, monkeypatch):
     """With no data folder (and no downloads in quick mode) it says so and still runs."""
-    nb = _execute(TUTORIALS / "07_reproduce_mnist.ipynb", kernel_setup, tmp_path, monkeypatch, SMARTMIXED_DATA=None)
+    nb = _execute(TUTORIALS / "07_reproduce_mnist.py", kernel_setup, tmp_path, monkeypatch, SMARTMIXED_DATA=None)
     text = _text(nb)
     assert "MNIST is not available here" in text
     assert "falling back to synth-digits" in text
@@ -209,22 +216,28 @@ def test_committed_notebook_carries_the_outputs_of_a_full_run(path):
     assert "mode: full" in first_output, f"{path.name}: outputs are not from a full run; {REBUILD}"
 
 
-def _load_build_script():
-    spec = importlib.util.spec_from_file_location("build_notebooks", TUTORIALS / "build_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _cells(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
+    return [(cell.cell_type, cell.source) for cell in nb.cells]
 
 
-def test_committed_notebooks_match_the_build_script():
-    build = _load_build_script()
-    assert list(build.NOTEBOOKS) == EXPECTED
-    for name in build.NOTEBOOKS:
-        generated = build.build(name)
-        committed = nbformat.read(TUTORIALS / f"{name}.ipynb", as_version=4)
-        assert [(c.cell_type, c.source) for c in committed.cells] == [
-            (c.cell_type, c.source) for c in generated.cells
-        ], f"{name}.ipynb differs from tutorials/build_notebooks.py; {REBUILD}"
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_each_script_and_its_notebook_hold_the_same_cells(path):
+    source = path.with_suffix(".py")
+    script = jupytext.read(source)
+    committed = nbformat.read(path, as_version=4)
+    assert _cells(script) == _cells(committed), (
+        f"{source.name} and {path.name} differ; {REBUILD}, or `jupytext --sync tutorials/{source.name}`"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_each_script_is_paired_with_its_notebook_in_percent_format(path):
+    source = path.with_suffix(".py")
+    script = jupytext.read(source)
+    assert script.metadata.get("jupytext", {}).get("formats") == PAIRING, f"{source.name}: not paired ({PAIRING})"
+    assert script.metadata["jupytext"]["text_representation"]["format_name"] == "percent", source.name
+    committed = nbformat.read(path, as_version=4)
+    assert committed.metadata.get("jupytext", {}).get("formats") == PAIRING, f"{path.name}: not paired ({PAIRING})"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
