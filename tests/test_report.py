@@ -1,4 +1,8 @@
-"""The sweep report: summary.csv, numbers recomputed from it, preferences, weight statistics, figures, CLI."""
+"""The sweep report end to end (smartmixed_np/report/): on a trained little sweep, summary.csv, the
+numbers recomputed from it, preferences, weight statistics, figures, the CLI.
+
+The statistics themselves (t quantiles, intervals, p-values, frozen against the former
+code and compared with SciPy) are tested in tests/test_report_stats.py."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import pytest
 
 from smartmixed_np.checkpoint import load_model
 from smartmixed_np.cli import main
-from smartmixed_np.report import SUMMARY_COLUMNS, mean_interval, read_summary, t_cdf, t_quantile, write_report
+from smartmixed_np.report import SUMMARY_COLUMNS, read_summary, t_quantile, write_report
 from smartmixed_np.sweep import run_sweep
 from smartmixed_np.train import CHECKPOINT, TrainConfig
 
@@ -62,7 +66,7 @@ def test_summary_has_one_row_per_run(sweep):
 
 
 def _recompute(summary_path: Path) -> dict:
-    """The report's main numbers, from summary.csv alone, written independently of report.py."""
+    """The report's main numbers, from summary.csv alone, written independently of smartmixed_np.report."""
     groups: dict = {}
     with open(summary_path, newline="") as file:
         for row in csv.DictReader(file):
@@ -216,24 +220,6 @@ def test_figures_are_png_files_referenced_by_the_report(sweep):
         assert image[..., :3].std() > 0.05, name  # not a blank canvas
         assert f"]({relative})" in markdown, name
     assert not list(out.glob("**/.*.part"))
-
-
-def test_t_distribution():
-    # Closed forms: df = 1 (Cauchy) and df = 2.
-    for t in [-3.0, -0.5, 0.0, 0.7, 2.0, 15.0]:
-        assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)
-        assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
-    # Published two-sided 95% critical values.
-    table = {1: 12.7062047, 2: 4.3026527, 3: 3.1824463, 4: 2.7764451, 5: 2.5705818, 9: 2.2621572, 29: 2.0452296, 100: 1.9839715}
-    for df, value in table.items():
-        assert t_quantile(0.975, df) == pytest.approx(value, abs=1e-6)
-    assert t_quantile(0.025, 4) == pytest.approx(-2.7764451, abs=1e-6)
-    assert t_quantile(0.995, 10) == pytest.approx(3.1692726, abs=1e-6)
-    interval = mean_interval([0.1, 0.3, 0.2])
-    assert interval["mean"] == pytest.approx(0.2) and interval["std"] == pytest.approx(0.1)
-    assert interval["high"] - interval["mean"] == pytest.approx(4.3026527 * 0.1 / math.sqrt(3), abs=1e-6)
-    assert mean_interval([0.5])["low"] is None and mean_interval([])["mean"] is None
-    assert mean_interval([0.2, 0.2])["p_value"] is None
 
 
 def test_report_command(sweep, tmp_path, capsys):
