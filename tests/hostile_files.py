@@ -290,6 +290,48 @@ def gzip_bomb(header: bytes, zeros: int) -> bytes:
     return framing + head + unit * count + tail + trailer
 
 
+def sparse_idx(path: str | os.PathLike, dims: tuple[int, ...]) -> None:
+    """A valid raw ubyte IDX file of ``dims``, all zeros, written sparse (it takes no disk space)."""
+    with open(path, "wb") as file:
+        file.write(bytes([0, 0, 0x08, len(dims)]) + struct.pack(f">{len(dims)}I", *dims))
+        file.truncate(4 + 4 * len(dims) + math.prod(dims))
+
+
+def _crc_of_zeros(count: int, crc: int) -> int:
+    block = b"\0" * (1 << 22)
+    for _ in range(count // len(block)):
+        crc = zlib.crc32(block, crc)
+    return zlib.crc32(b"\0" * (count % len(block)), crc)
+
+
+def sparse_npz(path: str | os.PathLike, name: str, shape: tuple[int, ...], meta: bytes = b"{}") -> None:
+    """A valid .npz (stored members, as np.savez writes) holding ``__meta__`` and a uint8 array of
+    zeros of ``shape``, the zeros written sparse: a file too large for a process to load, made in
+    a moment and taking no disk space."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    big_header, count = header.getvalue(), math.prod(shape)
+    members = [("__meta__.npy", npy_bytes(np.frombuffer(meta, dtype=np.uint8)), None),
+               (f"{name}.npy", big_header, count)]
+    central = []
+    with open(path, "wb") as file:
+        for member, data, zeros in members:
+            size = len(data) + (zeros or 0)
+            crc = _crc_of_zeros(zeros, zlib.crc32(data)) if zeros else zlib.crc32(data)
+            offset = file.tell()
+            encoded = member.encode()
+            fields = struct.pack("<HHHHHIIIHH", 20, 0, 0, 0, 0x21, crc, size, size, len(encoded), 0)
+            file.write(b"PK\x03\x04" + fields + encoded + data)
+            if zeros:
+                file.seek(zeros, os.SEEK_CUR)
+            central.append(b"PK\x01\x02" + struct.pack("<HHHHHHIIIHHHHHII", 20, 20, 0, 0, 0, 0x21, crc, size, size,
+                                                         len(encoded), 0, 0, 0, 0, 0, offset) + encoded)
+        start = file.tell()
+        directory = b"".join(central)
+        file.write(directory + b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, len(central), len(central), len(directory),
+                                                              start, 0))
+
+
 # ---------------------------------------------------------------- zip / npz
 class NotAZip(Exception):
     """A zip-level mutation met bytes that an earlier mutation left unreadable as a zip."""

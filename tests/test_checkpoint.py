@@ -590,7 +590,19 @@ def test_fuzz_load_model_returns_the_saved_network_or_one_line(base, json_mutati
 
 @needs_isolation
 def test_not_enough_memory_for_a_valid_checkpoint_is_one_line(tmp_path):
-    path = save_arrays(tmp_path / "big.npz", {"w": np.zeros((1000, 224, 224), np.uint8)})
-    outcome = hostile.run_in_child(lambda: load_arrays(path), extra_memory=24 << 20)
+    # A valid 512 MiB checkpoint (written sparse) loaded by a process that may grow by 64 MiB only.
+    path = tmp_path / "big.npz"
+    hostile.sparse_npz(path, "w", (512, 1024, 1024))
+    with np.load(path) as archive:  # it is valid: NumPy sees the array (without reading it)
+        assert archive.files == ["__meta__", "w"]
+    outcome = hostile.run_in_child(lambda: load_arrays(path), extra_memory=64 << 20)
     assert outcome[:2] == ("raised", "CheckpointError"), outcome
-    assert outcome[2] == f"{path}: not enough memory to load array 'w' (0.05 GiB)"
+    assert outcome[2] == f"{path}: not enough memory to load array 'w' (0.50 GiB)"
+
+
+def test_a_sparse_checkpoint_is_valid(tmp_path):
+    # The builder of the test above, checked on a size that loads.
+    path = tmp_path / "small.npz"
+    hostile.sparse_npz(path, "w", (3, 5), meta=b'{"k": 1}')
+    arrays, meta = load_arrays(path)
+    assert meta == {"k": 1} and arrays["w"].shape == (3, 5) and not arrays["w"].any()

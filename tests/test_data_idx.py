@@ -530,7 +530,13 @@ def test_fuzz_what_stands_where_a_file_should_is_refused_in_bounded_time_and_mem
 @needs_isolation
 @pytest.mark.parametrize("compress", [False, True])
 def test_not_enough_memory_for_a_valid_file_is_one_line(tmp_path, compress):
-    # A valid 48 MB file read by a process that may grow by 24 MiB only.
-    path = write_idx(tmp_path / "images", np.zeros((1000, 224, 224), np.uint8), gzip=compress)
-    message = assert_refused_in_child(lambda: read_idx(path), path, extra_memory=24 << 20)
-    assert "not enough memory to read 1000x224x224 ubyte values (0.05 GiB)" in message
+    # A valid 512 MiB file (sparse, or a gzip of 0.5 MiB) read by a process that may
+    # grow by 64 MiB only: far more than the free heap a long test session may hold.
+    dims = (512, 1024, 1024)
+    path = tmp_path / "images"
+    if compress:
+        path.write_bytes(hostile.gzip_bomb(bytes([0, 0, 0x08, 3]) + struct.pack(">3I", *dims), 512 << 20))
+    else:
+        hostile.sparse_idx(path, dims)
+    message = assert_refused_in_child(lambda: read_idx(path), path, extra_memory=64 << 20)
+    assert "not enough memory to read 512x1024x1024 ubyte values (0.50 GiB)" in message
