@@ -30,6 +30,7 @@ import pickle
 import resource
 import select
 import signal
+import stat
 import struct
 import warnings
 import zipfile
@@ -619,6 +620,14 @@ def _address_space() -> int | None:
             return int(file.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
         return None
+
+
+def dev_zero_available() -> bool:
+    """Whether /dev/zero is the character device (a test elsewhere may have clobbered it with a file)."""
+    try:
+        return stat.S_ISCHR(os.stat("/dev/zero").st_mode)
+    except OSError:
+        return False
 
 
 def can_isolate() -> bool:
