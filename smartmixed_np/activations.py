@@ -34,6 +34,7 @@ __all__ = [
     "ELU_ALPHA",
     "SELU_ALPHA",
     "SELU_SCALE",
+    "clamp_limits",
     "get_activation",
     "list_activations",
     "register_activation",
@@ -82,6 +83,25 @@ class Activation:
 
     def __deepcopy__(self, memo: dict) -> "Activation":
         return self
+
+
+def clamp_limits(activation: Activation, clamp: float | None) -> tuple[float | None, float | None]:
+    """The sides of a ``[-clamp, clamp]`` clamp that can change ``activation``'s output.
+
+    A side that :attr:`Activation.bounds` already guarantees is ``None`` (no clamp
+    there): sigmoid, within [0, 1], needs neither side of a clamp to [-10, 10], and
+    relu only the upper one. Every clamped path (reference, fused kernels, compiled
+    loops) takes its limits from here, so that all of them clamp the same sides.
+
+    Returns:
+        ``(lo, hi)``: ``-clamp`` or None, ``clamp`` or None (both None if ``clamp`` is None).
+    """
+    if clamp is None:
+        return None, None
+    lo_bound, hi_bound = activation.bounds
+    lo = None if (lo_bound is not None and lo_bound >= -clamp) else -float(clamp)
+    hi = None if (hi_bound is not None and hi_bound <= clamp) else float(clamp)
+    return lo, hi
 
 
 # --------------------------------------------------------------------------- built-ins

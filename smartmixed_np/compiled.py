@@ -34,6 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from .activations import ELU_ALPHA, LEAKY_SLOPE, SELU_ALPHA, SELU_SCALE, clamp_limits
+from .kernels import has_kernel
+
 __all__ = [
     "JIT_ENV", "status", "applies", "adam_update", "ACTIVATION_CODES", "GroupTable", "group_table", "grouped_forward",
     "grouped_backward", "CandidateTable", "candidate_table", "selected_backward",
@@ -270,8 +273,6 @@ def _exp_rows(row_codes: np.ndarray) -> np.ndarray:
 
 def _constants(dtype: Any) -> tuple:
     """The activations' constants rounded to ``dtype``, as NumPy rounds them in ``a * x``."""
-    from .activations import ELU_ALPHA, LEAKY_SLOPE, SELU_ALPHA, SELU_SCALE
-
     t = np.dtype(dtype).type
     # The selu derivative's cap, as the NumPy kernel forms it: BIG + lambda in the dtype.
     big_cap = t(1e30) + t(SELU_SCALE)
@@ -534,9 +535,6 @@ def candidate_table(pool: tuple, clamp: float | None, dtype: Any) -> CandidateTa
     """The :class:`CandidateTable` of ``pool`` (a tuple of activations) under a
     ``[-clamp, clamp]`` clamp, or None if a candidate is no built-in with a kernel
     (:func:`smartmixed_np.kernels.has_kernel`). Cached: a layer asks at every step."""
-    from .fixed import clamp_limits
-    from .kernels import has_kernel
-
     # The kernel test is by identity, so it comes before the cache, whose keys compare
     # by value: an equal copy of a built-in (which has no kernel) must neither find nor
     # leave the built-in's table there.

@@ -44,7 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import compiled
-from .activations import Activation, resolve_pool
+from .activations import Activation, clamp_limits, resolve_pool  # clamp_limits: also importable from here, as before
 from .backend import Backend, array_module, get_backend, to_host
 from .kernels import activation_backward_into, activation_forward_into, has_kernel
 from .workspace import Workspace
@@ -96,16 +96,6 @@ class FixedCache:
     a: Any
     grouped: bool = False
     compiled: bool = False
-
-
-def clamp_limits(activation: Activation, clamp: float | None) -> tuple[float | None, float | None]:
-    """The sides of a ``[-clamp, clamp]`` clamp that can change ``activation``'s output."""
-    if clamp is None:
-        return None, None
-    lo_bound, hi_bound = activation.bounds
-    lo = None if (lo_bound is not None and lo_bound >= -clamp) else -float(clamp)
-    hi = None if (hi_bound is not None and hi_bound <= clamp) else float(clamp)
-    return lo, hi
 
 
 def contiguous_order(choices: Any) -> np.ndarray:

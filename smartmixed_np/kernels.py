@@ -1,7 +1,7 @@
 r"""Fused, in-place kernels for the built-in activations with their clamp.
 
 The reference computation of a clamped candidate is two readable steps
-(:mod:`smartmixed_np.activations` and the clamp of :mod:`smartmixed_np.fixed`)::
+(:mod:`smartmixed_np.activations` and the clamp limits of :func:`~smartmixed_np.activations.clamp_limits`)::
 
     a  = clip(f(z), lo, hi)                     # forward
     dz = da * f'(z) * [lo < a < hi]             # backward
@@ -188,7 +188,7 @@ def activation_forward_into(activation: Activation, z: Any, lo: float | None, hi
     Args:
         activation: a built-in (see :func:`has_kernel`).
         z: pre-activations, any shape.
-        lo, hi: clamp sides to apply (None for none), as :func:`~smartmixed_np.fixed.clamp_limits` gives.
+        lo, hi: clamp sides to apply (None for none), as :func:`~smartmixed_np.activations.clamp_limits` gives.
         out: buffer of ``z``'s shape and dtype.
 
     Returns:

@@ -47,9 +47,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import compiled
-from .activations import Activation, resolve_pool
+from .activations import Activation, clamp_limits, resolve_pool
 from .backend import Backend, SeededRNG, array_module, backend_of, get_backend, to_host
-from .fixed import FixedMixedActivation, clamp_limits
+from .fixed import FixedMixedActivation
 from .kernels import activation_backward_into, activation_forward_into, has_kernel
 from .workspace import Workspace
 

@@ -193,3 +193,14 @@ def test_functions_work_on_the_device(backend):
         y = act.forward(x)
         assert backend.owns(y) and backend.owns(act.derivative(x, y))
         np.testing.assert_allclose(to_host(y), act.forward(np.linspace(-3, 3, 7)))
+
+
+def test_clamp_sides_skipped_only_where_the_range_allows():
+    assert A.clamp_limits(A.get_activation("sigmoid"), 10.0) == (None, None)
+    assert A.clamp_limits(A.get_activation("tanh"), 10.0) == (None, None)
+    assert A.clamp_limits(A.get_activation("relu"), 10.0) == (None, 10.0)
+    assert A.clamp_limits(A.get_activation("elu"), 10.0) == (None, 10.0)
+    assert A.clamp_limits(A.get_activation("selu"), 10.0) == (None, 10.0)
+    assert A.clamp_limits(A.get_activation("leaky_relu"), 10.0) == (-10.0, 10.0)
+    assert A.clamp_limits(A.get_activation("selu"), 1.0) == (-1.0, 1.0)
+    assert A.clamp_limits(A.get_activation("relu"), None) == (None, None)
