@@ -38,7 +38,7 @@ from .activations import ELU_ALPHA, LEAKY_SLOPE, SELU_ALPHA, SELU_SCALE, clamp_l
 from .kernels import has_kernel
 
 __all__ = [
-    "JIT_ENV", "status", "applies", "adam_update", "ACTIVATION_CODES", "GroupTable", "group_table", "grouped_forward",
+    "JIT_ENV", "enabled", "status", "applies", "adam_update", "ACTIVATION_CODES", "GroupTable", "group_table", "grouped_forward",
     "grouped_backward", "CandidateTable", "candidate_table", "selected_backward",
 ]
 
@@ -60,6 +60,11 @@ def _numba() -> Any:
     except ImportError:
         return None
     return numba
+
+
+def enabled() -> bool:
+    """True when the compiled loops are in use: Numba is installed and not switched off."""
+    return _numba() is not None
 
 
 def status() -> str:

@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from . import compiled
 from .backend import array_module, backend_of, get_backend, to_host
 
-__all__ = ["Optimizer", "SGD", "Adam", "adam_update_reference", "clip_factor", "clip_grad_norm", "global_grad_norm"]
+__all__ = ["Optimizer", "SGD", "Adam", "adam_update_reference", "compiled_adam", "clip_factor", "clip_grad_norm", "global_grad_norm"]
 
 
 def global_grad_norm(grads: dict[str, Any]) -> Any:
@@ -181,6 +180,12 @@ class Adam(Optimizer):
     (NumPy or CuPy, one scratch buffer per parameter), or, on host arrays when
     Numba is available, by its one-pass twin :func:`smartmixed_np.compiled.adam_update`,
     which gives bitwise the same numbers.
+
+    State: ``m`` and ``v`` (the moment estimates, by parameter name, allocated here);
+    ``fast_path``, the compiled engine chosen once, here (see :func:`compiled_adam`),
+    or None; ``_scratch``, the reference update's buffer per parameter, filled in the
+    first time a parameter takes the reference path (never, for host parameters
+    under the compiled engine).
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
@@ -194,7 +199,8 @@ class Adam(Optimizer):
         zeros = lambda p: array_module(p).zeros_like(p)  # noqa: E731
         self.m = {name: zeros(p) for name, p in params.items()}
         self.v = {name: zeros(p) for name, p in params.items()}
-        self._scratch: dict[str, Any] = {}  # reference path only, allocated on first use
+        self.fast_path = compiled_adam()
+        self._scratch: dict[str, Any] = {}
 
     def _buffers(self):
         return {"m": self.m, "v": self.v}
@@ -208,20 +214,38 @@ class Adam(Optimizer):
         inv_sqrt_bc2 = 1.0 / math.sqrt(1 - self.beta2**t)
         settings = dict(beta1=self.beta1, beta2=self.beta2, eps=self.eps, step_size=step_size,
                         inv_sqrt_bc2=inv_sqrt_bc2, weight_decay=self.weight_decay)
+        fast = self.fast_path
         # The compiled loop takes the scale as a host number: only a host (or no) scale qualifies.
-        host_scale = 1.0 if scale is None else float(scale) if backend_of(scale) in (None, get_backend("numpy")) else None
+        host_scale = None
+        if fast is not None:
+            host_scale = 1.0 if scale is None else float(scale) if backend_of(scale) in (None, get_backend("numpy")) else None
         for name, p in self.params.items():
             m, v, g = self.m[name], self.v[name], grads[name]
-            if host_scale is not None and compiled.applies(p, g, m, v):
-                compiled.adam_update(p, g, m, v, scale=host_scale, **settings)
+            if host_scale is not None and fast.applies(p, g, m, v):
+                fast.adam_update(p, g, m, v, scale=host_scale, **settings)
             else:
                 adam_update_reference(p, g, m, v, scratch=self._scratch_for(name), scale=scale, **settings)
 
     def _scratch_for(self, name: str) -> Any:
-        """A scratch buffer like parameter ``name``, allocated on first use."""
-        if name not in self._scratch:
-            self._scratch[name] = array_module(self.params[name]).empty_like(self.params[name])
-        return self._scratch[name]
+        """The reference update's scratch buffer like parameter ``name`` (allocated the first time)."""
+        buffer = self._scratch.get(name)
+        if buffer is None:
+            buffer = self._scratch[name] = array_module(self.params[name]).empty_like(self.params[name])
+        return buffer
+
+
+def compiled_adam() -> Any:
+    """The compiled fast path for Adam, or None: the one place where the optimizers meet Numba.
+
+    Returns the module :mod:`smartmixed_np.compiled` (its ``applies`` and
+    ``adam_update``, the one-pass twin of :func:`adam_update_reference`) when its
+    loops are in use, else None; :class:`Adam` asks once, at construction. The
+    import is here rather than at the top so that this module, the reference,
+    reads and runs without the fast path.
+    """
+    from . import compiled
+
+    return compiled if compiled.enabled() else None
 
 
 def adam_update_reference(

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smartmixed_np.activations import DEFAULT_POOL, get_activation, resolve_pool
+from smartmixed_np.activations import DEFAULT_POOL, resolve_pool
 from smartmixed_np.backend import to_host
 from smartmixed_np.fixed import FixedMixedActivation, clamp_limits, contiguous_order, fixed_backward, fixed_forward, make_groups
 from smartmixed_np.gradcheck import check_vjp

@@ -157,3 +157,34 @@ def test_step_with_the_clip_factor_equals_clipping_then_stepping(backend, make, 
         opt_clip.step(grads)
     for name in p_clip:
         np.testing.assert_array_equal(to_host(p_fold[name]), to_host(p_clip[name]))
+
+
+def test_adam_chooses_its_engine_once_and_uses_the_compiled_loop_when_numba_is_on(monkeypatch):
+    """The compiled Adam is the default where Numba is in use; without it, the reference (same numbers)."""
+    from smartmixed_np import compiled
+
+    rng = np.random.default_rng(0)
+    start = {"w": rng.standard_normal((7, 5)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32)}
+    grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in start.items()}
+    calls = []
+    adam_update = compiled.adam_update
+    monkeypatch.setattr(compiled, "adam_update", lambda *args, **kw: calls.append(1) or adam_update(*args, **kw))
+
+    def run():
+        params = {k: v.copy() for k, v in start.items()}
+        opt = Adam(params, lr=0.01)
+        for _ in range(3):
+            opt.step(grads)
+        return opt, params
+
+    fast_opt, fast = run()
+    if compiled.enabled():
+        assert fast_opt.fast_path is compiled and len(calls) == 3 * len(start)
+    else:
+        assert fast_opt.fast_path is None and not calls
+    monkeypatch.setattr(compiled, "enabled", lambda: False)
+    calls.clear()
+    reference_opt, reference = run()
+    assert reference_opt.fast_path is None and not calls
+    for k in start:
+        np.testing.assert_array_equal(fast[k], reference[k])
