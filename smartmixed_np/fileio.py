@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -72,6 +73,16 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_writer supports modes 'wb' and 'w', got {mode!r}")
     path = Path(path)
+    # os.replace would put a file in place of a device, a FIFO or a folder (as root,
+    # even /dev/null): only regular files (or nothing yet) are replaced.
+    try:
+        existing = path.stat()
+    except FileNotFoundError:
+        existing = None
+    except OSError as err:
+        raise _write_error(path, err) from None
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        raise WriteError(f"{path}: not a regular file (a folder, device or pipe); choose a file path")
     try:
         handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     except OSError as err:

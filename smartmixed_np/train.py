@@ -465,8 +465,8 @@ class _Run:
             self.stopped = meta.get("stopped")
             self.elapsed = float(meta.get("elapsed", 0.0))
             self.saved_at = (self.epoch, self.step_in_epoch)
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: checkpoint does not match this run ({err})") from None
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError, IndexError) as err:
+            raise CheckpointError(f"{path}: checkpoint does not match this run ({type(err).__name__}: {err})") from None
 
 
 def _section(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -553,7 +553,12 @@ def train(
             raise ConfigError(f"cannot change {', '.join(unknown)} when resuming; start a new run with --out")
         if not isinstance(meta.get("config"), dict):
             raise CheckpointError(f"{path}: checkpoint without its training options")
-        config = TrainConfig.from_json({**meta["config"], **overrides})
+        try:
+            config = TrainConfig.from_json({**meta["config"], **overrides})
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, OverflowError, AttributeError) as err:
+            raise CheckpointError(f"{path}: corrupt training options ({type(err).__name__}: {err})") from None
         checkpoint = (arrays, meta, path)
     else:
         if config is None:

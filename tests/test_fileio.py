@@ -112,3 +112,14 @@ def test_an_interrupted_write_leaves_the_old_file(tmp_path):
             file.write("new, half")
             raise KeyboardInterrupt
     assert (tmp_path / "f.txt").read_text() == "old\n" and _parts(tmp_path) == []
+
+
+def test_a_device_fifo_or_folder_is_never_replaced(tmp_path):
+    """As root, os.replace would put a file in place of /dev/null: refused instead."""
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "folder").mkdir()
+    for target in (Path("/dev/null"), tmp_path / "pipe", tmp_path / "folder"):
+        kind = target.stat().st_mode
+        with pytest.raises(WriteError, match="not a regular file"):
+            write_json(target, {"a": 1})
+        assert target.stat().st_mode == kind
