@@ -29,23 +29,21 @@ one-line :class:`~smartmixed_np.errors.CheckpointError` that names the file:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import stat
 import struct
 import tokenize
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any
 
 import numpy as np
 
 from . import plugins
 from .errors import CheckpointError
-from .fileio import atomic_writer, write_json
+from .fileio import atomic_writer, open_regular_file, write_json
 from .runfolder import MODEL_ARRAYS, MODEL_JSON
 
 __all__ = ["save_arrays", "load_arrays", "save_model", "load_model", "MODEL_ARRAYS", "MODEL_JSON"]
@@ -199,45 +197,9 @@ def load_model(path: str | Path, device: Any = "cpu") -> Any:
 
 
 # ---------------------------------------------------------------- files and JSON
-_KINDS = (
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-@contextlib.contextmanager
-def _open_regular_file(path: Path, what: str) -> Iterator[tuple[BinaryIO, int]]:
-    """Open ``path`` for reading if it is a regular file (links followed); yield ``(file, size)``.
-
-    ``O_NONBLOCK`` and ``fstat`` on the open descriptor refuse a FIFO without
-    waiting for a writer, with nothing swapped in between the check and the read.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        descriptor = os.open(path, flags)
-    except FileNotFoundError:
-        broken = " (a link to a missing file)" if os.path.islink(path) else ""
-        raise CheckpointError(f"{path}: no such file{broken}") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a folder, expected {what}") from None
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot read ({err.strerror or _one_line(err)})") from None
-    try:
-        info = os.fstat(descriptor)
-        if stat.S_ISDIR(info.st_mode):
-            raise CheckpointError(f"{path}: is a folder, expected {what}")
-        if not stat.S_ISREG(info.st_mode):
-            kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
-            link = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
-            raise CheckpointError(f"{path}{link}: is {kind}, expected {what}")
-        file = os.fdopen(descriptor, "rb")
-    except BaseException:
-        os.close(descriptor)
-        raise
-    with file:
-        yield file, info.st_size
+def _open_regular_file(path: Path, what: str) -> Any:
+    """Open ``path`` if it is a regular file: :func:`smartmixed_np.fileio.open_regular_file`."""
+    return open_regular_file(path, what, CheckpointError)
 
 
 def _parse_json(path: Path, content: bytes, problem: str) -> Any:

@@ -29,11 +29,14 @@ import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, BinaryIO, Iterator
 
 from .errors import UserError
 
-__all__ = ["WriteError", "atomic_writer", "write_bytes", "write_text", "write_json", "strict_json", "remove_stale_parts"]
+__all__ = [
+    "WriteError", "atomic_writer", "write_bytes", "write_text", "write_json", "strict_json", "remove_stale_parts",
+    "open_regular_file",
+]
 
 _PART = re.compile(r"^\..+\.[A-Za-z0-9_]+\.part$")
 
@@ -163,3 +166,56 @@ def remove_stale_parts(folder: str | os.PathLike) -> list[Path]:
                     os.unlink(entry.path)
                     removed.append(Path(entry.path))
     return removed
+
+
+# ------------------------------------------------------------------------- reading
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+@contextlib.contextmanager
+def open_regular_file(path: str | os.PathLike, what: str, error: type[Exception]) -> Iterator[tuple[BinaryIO, int]]:
+    """Open ``path`` for reading if it is a regular file (links followed); yield ``(file, size)``.
+
+    The file is opened with ``O_NONBLOCK`` and checked with ``fstat`` on the open
+    descriptor, so that a FIFO is refused without blocking (a plain ``open`` of a
+    FIFO waits for a writer forever) and nothing can be swapped in between the
+    check and the read.
+
+    Args:
+        path: the file to read.
+        what: what the file should be, for messages ("an IDX file").
+        error: the one-line error class to raise (e.g. DataError, CheckpointError).
+
+    Raises:
+        error: missing, a folder, a FIFO, a device, a socket, or unreadable; the
+            message names the file (and a link's target).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except FileNotFoundError:
+        broken = " (a link to a missing file)" if os.path.islink(path) else ""
+        raise error(f"{path}: no such file{broken}") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, expected {what}") from None
+    except OSError as err:
+        raise error(f"{path}: cannot read ({err.strerror or type(err).__name__})") from None
+    try:
+        info = os.fstat(descriptor)
+        if stat.S_ISDIR(info.st_mode):
+            raise error(f"{path}: is a folder, expected {what}")
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+            link = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
+            raise error(f"{path}{link}: is {kind}, expected {what}")
+        file = os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with file:
+        yield file, info.st_size

@@ -30,6 +30,7 @@ import pickle
 import resource
 import select
 import signal
+import tracemalloc
 import stat
 import struct
 import warnings
@@ -679,3 +680,24 @@ def run_in_child(function: Callable[[], Any], timeout: float = 20.0, extra_memor
     finally:
         os.close(read_end)
         os.waitpid(pid, 0)
+
+
+# ------------------------------------------------------------- checking what a loader did
+def bounded(function, error):
+    """``function()`` with tracemalloc on; returns ``(value or the raised ``error``, peak bytes)``."""
+    tracemalloc.start()
+    try:
+        try:
+            value = function()
+        except error as caught:
+            value = caught
+        return value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def assert_one_line_naming(error, *paths):
+    """The error's message is one line, without surrounding blanks, and names one of ``paths``."""
+    message = str(error)
+    assert "\n" not in message and message.strip() == message, message
+    assert any(str(path) in message for path in paths), message

@@ -510,25 +510,6 @@ np.save({str(tmp_path / 'want.npy')!r}, model.forward(np.linspace(-1, 1, 8, dtyp
 
 
 # ---------------------------------------------------------------- the fuzzers
-def _bounded(function, error=CheckpointError):
-    """``function()`` with tracemalloc on; returns ``(value or the error, peak bytes)``."""
-    tracemalloc.start()
-    try:
-        try:
-            value = function()
-        except error as caught:
-            value = caught
-        return value, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
-def _assert_one_line_naming(error, *paths):
-    message = str(error)
-    assert "\n" not in message and message.strip() == message, message
-    assert any(str(path) in message for path in paths), message
-
-
 def _assert_same_as_numpy(path, arrays, meta):
     """An accepted file must hold what ``np.load`` (the independent reader) finds in it."""
     with np.load(path, allow_pickle=False) as archive:
@@ -547,10 +528,10 @@ def test_fuzz_load_arrays_returns_what_the_file_holds_or_one_line(mutations):
     CheckpointError naming it; never another exception or a large allocation."""
     with tempfile.TemporaryDirectory() as folder:
         path = _write(Path(folder), hostile.apply_all(mutations, CHECKPOINT_BYTES))
-        value, peak = _bounded(lambda: load_arrays(path))
+        value, peak = hostile.bounded(lambda: load_arrays(path), CheckpointError)
         assert peak < MEMORY_BOUND, f"{peak / 2**20:.0f} MiB allocated"
         if isinstance(value, CheckpointError):
-            _assert_one_line_naming(value, path)
+            hostile.assert_one_line_naming(value, path)
         else:
             _assert_same_as_numpy(path, *value)
 
@@ -575,10 +556,10 @@ def test_fuzz_load_model_returns_the_saved_network_or_one_line(base, json_mutati
         folder = Path(folder)
         arrays_path = _write(folder, hostile.apply_all(npz_mutations, arrays_bytes), "model.npz")
         json_path = _write(folder, hostile.apply_json(json_mutations, json_bytes), "model.json")
-        value, peak = _bounded(lambda: load_model(folder))
+        value, peak = hostile.bounded(lambda: load_model(folder), CheckpointError)
         assert peak < MEMORY_BOUND, f"{peak / 2**20:.0f} MiB allocated"
         if isinstance(value, CheckpointError):
-            _assert_one_line_naming(value, arrays_path, json_path)
+            hostile.assert_one_line_naming(value, arrays_path, json_path)
             return
         config = json.loads(json_path.read_bytes())["config"]
         for key, got in value.config().items():

@@ -392,25 +392,6 @@ def _mnist_heads(count: int = 6) -> list[tuple[str, np.ndarray]]:
 BASES = _base_files()
 
 
-def _read_bounded(function):
-    """``function()`` with tracemalloc on; returns ``(value or the DataError, peak bytes)``."""
-    tracemalloc.start()
-    try:
-        try:
-            value = function()
-        except DataError as error:
-            value = error
-        return value, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
-def _assert_one_line_naming(error, *paths):
-    message = str(error)
-    assert "\n" not in message and message.strip() == message, message
-    assert any(str(path) in message for path in paths), message
-
-
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None)
 @given(base=st.sampled_from(range(len(BASES))), compress=st.booleans(), mutations=hostile.idx_mutations)
 def test_fuzz_read_idx_returns_what_the_file_holds_or_one_line(base, compress, mutations):
@@ -421,11 +402,11 @@ def test_fuzz_read_idx_returns_what_the_file_holds_or_one_line(base, compress, m
         content = hostile.apply_all(mutations, path.read_bytes())
         path.write_bytes(content)
         expected = hostile.reference_idx(content)
-        value, peak = _read_bounded(lambda: read_idx(path))
+        value, peak = hostile.bounded(lambda: read_idx(path), DataError)
     assert peak < MEMORY_BOUND, f"{peak / 2**20:.0f} MiB allocated for a {len(content)}-byte file"
     if expected is None:
         assert isinstance(value, DataError), f"an invalid file was accepted: {value!r}"
-        _assert_one_line_naming(value, path)
+        hostile.assert_one_line_naming(value, path)
     else:
         assert not isinstance(value, DataError), f"a valid file was refused: {value}"
         assert value.dtype == expected.dtype and value.shape == expected.shape
@@ -447,11 +428,11 @@ def test_fuzz_read_idx_pair_returns_a_valid_pair_or_one_line(which, compress, mu
         target = images_path if which == "images" else labels_path
         target.write_bytes(hostile.apply_all(mutations, target.read_bytes()))
         decoded = [hostile.reference_idx(p.read_bytes()) for p in (images_path, labels_path)]
-        value, peak = _read_bounded(lambda: read_idx_pair(images_path, labels_path))
+        value, peak = hostile.bounded(lambda: read_idx_pair(images_path, labels_path), DataError)
     assert peak < MEMORY_BOUND
     if not hostile.reference_pair(*decoded):
         assert isinstance(value, DataError), f"an invalid pair was accepted: {value!r}"
-        _assert_one_line_naming(value, images_path, labels_path)
+        hostile.assert_one_line_naming(value, images_path, labels_path)
     else:
         assert not isinstance(value, DataError), f"a valid pair was refused: {value}"
         for got, want in zip(value, decoded):

@@ -39,19 +39,17 @@ reader), so the reader never trusts the file further than it can check it:
 
 from __future__ import annotations
 
-import contextlib
 import gzip as gzip_module
 import math
 import os
-import stat
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Iterator, Union
+from typing import Any, BinaryIO, Union
 
 import numpy as np
 
 from ..errors import DataError
-from ..fileio import write_bytes
+from ..fileio import open_regular_file, write_bytes
 
 __all__ = ["read_idx", "read_idx_pair", "write_idx", "IDX_DTYPES"]
 
@@ -209,47 +207,9 @@ def write_idx(path: PathLike, array: np.ndarray, gzip: bool = True) -> Path:
 
 
 # ---------------------------------------------------------------- opening the file
-_KINDS = (
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-@contextlib.contextmanager
-def _open_regular_file(path: PathLike) -> Iterator[tuple[BinaryIO, int]]:
-    """Open ``path`` for reading if it is a regular file (links followed); yield ``(file, size)``.
-
-    The file is opened with ``O_NONBLOCK`` and checked with ``fstat`` on the open
-    descriptor, so that a FIFO is refused without blocking (a plain ``open`` of a
-    FIFO waits for a writer forever) and nothing can be swapped in between the
-    check and the read.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        descriptor = os.open(path, flags)
-    except FileNotFoundError:
-        broken = os.path.islink(path)
-        raise DataError(f"{path}: no such file" + (" (a link to a missing file)" if broken else "")) from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, expected an IDX file") from None
-    except OSError as error:
-        raise DataError(f"{path}: cannot read: {error.strerror or _one_line(error)}") from None
-    try:
-        info = os.fstat(descriptor)
-        if stat.S_ISDIR(info.st_mode):
-            raise DataError(f"{path}: is a folder, expected an IDX file")
-        if not stat.S_ISREG(info.st_mode):
-            kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
-            link = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
-            raise DataError(f"{path}{link}: is {kind}, expected a regular IDX file")
-        file = os.fdopen(descriptor, "rb")
-    except BaseException:
-        os.close(descriptor)
-        raise
-    with file:
-        yield file, info.st_size
+def _open_regular_file(path: PathLike) -> Any:
+    """Open ``path`` if it is a regular file: :func:`smartmixed_np.fileio.open_regular_file`."""
+    return open_regular_file(path, "a regular IDX file", DataError)
 
 
 # ---------------------------------------------------------------- reading the content
