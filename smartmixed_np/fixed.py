@@ -47,10 +47,11 @@ from . import compiled
 from .activations import Activation, clamp_limits, resolve_pool  # clamp_limits: also importable from here, as before
 from .backend import Backend, array_module, get_backend, to_host
 from .kernels import activation_backward_into, activation_forward_into, has_kernel
-from .workspace import Workspace
+from .workspace import Workspace, get_buffer
 
 __all__ = [
     "Group",
+    "FIXED_PATHS",
     "FixedCache",
     "make_groups",
     "contiguous_order",
@@ -81,21 +82,33 @@ class Group:
     hi: float | None
 
 
+#: The forward paths of a phase-2 layer, as :attr:`FixedCache.path` names them.
+FIXED_PATHS = ("reference", "fused", "fused_grouped", "compiled")
+
+
 @dataclass
 class FixedCache:
     """What the backward pass needs: ``z`` (B, N) the input, ``a`` (B, N) the output.
 
-    ``grouped``: the fused path of a masked layer keeps ``z`` and ``a`` with their
-    neurons permuted into grouped order (see :class:`FixedMixedActivation`); such a
-    cache belongs to that layer's :meth:`~FixedMixedActivation.backward` only.
-    ``compiled``: made by the compiled group loops (neurons in their own order), whose
-    backward then runs the compiled loop too.
+    ``path`` names the forward that made the cache, and so the backward that consumes it:
+
+    * ``"reference"``: :func:`fixed_forward`; any backward of the same groups can read it.
+    * ``"fused"``: the fused kernels (:func:`grouped_forward_fused`), neurons in their
+      own order.
+    * ``"fused_grouped"``: the fused kernels of a *masked* layer, whose ``z`` and ``a``
+      hold the neurons permuted into grouped order (see :class:`FixedMixedActivation`);
+      such a cache belongs to that layer's :meth:`~FixedMixedActivation.backward` only.
+    * ``"compiled"``: the compiled group loops (:func:`smartmixed_np.compiled.grouped_forward`),
+      neurons in their own order; the backward runs the compiled loop too.
     """
 
     z: Any
     a: Any
-    grouped: bool = False
-    compiled: bool = False
+    path: str = "reference"
+
+    def __post_init__(self) -> None:
+        if self.path not in FIXED_PATHS:
+            raise ValueError(f"FixedCache.path must be one of {FIXED_PATHS}, got {self.path!r}")
 
 
 def contiguous_order(choices: Any) -> np.ndarray:
@@ -202,7 +215,7 @@ def fixed_backward(da: Any, cache: FixedCache, groups: Sequence[Group]) -> Any:
     Returns:
         ``dz`` (B, N).
     """
-    if cache.grouped:
+    if cache.path == "fused_grouped":
         raise ValueError("this cache holds neurons in grouped order: pass it to its layer's backward()")
     xp = array_module(da)
     z, a = cache.z, cache.a
@@ -250,13 +263,6 @@ def grouped_backward_fused(daT: Any, zT: Any, aT: Any, groups: Sequence[Group], 
     return out
 
 
-def _buffer(workspace: Workspace | None, xp: Any, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
-    """A workspace buffer, or a fresh array when there is no workspace."""
-    if workspace is None:
-        return xp.empty(shape, dtype=dtype)
-    return workspace.get(name, shape, dtype)
-
-
 class FixedMixedActivation:
     """Phase-2 layer: a frozen activation per neuron.
 
@@ -268,6 +274,17 @@ class FixedMixedActivation:
         order: (N,) the original index of each current neuron (identity if None):
             lets :meth:`original_choices` report choices in the original order.
         backend: where the layer's index arrays live.
+
+    State (all set here; a pass records nothing on the layer, its cache is returned):
+        groups: the :class:`Group` per activation, addressing the current neuron order.
+        fused: every activation of the layer has a fused kernel, so :meth:`forward`
+            takes the fused (or, on host arrays with Numba, the compiled) path.
+        _perm, _inverse: for a fused masked layer of several groups, the permutation
+            into grouped order and back (device int64 (N,)); else None.
+        _sorted_groups: the groups as slices of that grouped order.
+        _rows: (N,) host int64, the neuron at each grouped position (for the compiled loops).
+        _tables: the compiled loops' :class:`~smartmixed_np.compiled.GroupTable` by
+            dtype, filled by :meth:`compiled_table` the first time a dtype is seen.
     """
 
     def __init__(
@@ -303,7 +320,7 @@ class FixedMixedActivation:
             self._inverse = self.backend.asarray(np.argsort(perm).astype(np.int64))
             self._sorted_groups = make_groups(self.choices[perm], self.pool, self.backend, contiguous=True, clamp=self.clamp)
         # The compiled group loops (host arrays, Numba present) read the sorted groups
-        # through the neuron at each sorted position: one table per dtype, on first use.
+        # through the neuron at each sorted position: one table per dtype.
         self._rows = np.arange(self.size, dtype=np.int64) if self._perm is None else perm
         self._tables: dict[Any, compiled.GroupTable] = {}
 
@@ -323,7 +340,7 @@ class FixedMixedActivation:
         )
 
     def forward(self, z: Any, workspace: Workspace | None = None) -> tuple[Any, FixedCache]:
-        """(B, N) -> (B, N), and the cache.
+        """(B, N) -> (B, N), and the cache (its ``path`` says which forward ran).
 
         With a ``workspace``, the output and the cache live in its buffers and are
         overwritten by the next forward given the same workspace; without one, they
@@ -334,42 +351,46 @@ class FixedMixedActivation:
         xp = array_module(z)
         batch, width = z.shape
         zT = z.T
-        table = self._compiled_table(zT)
+        table = self.compiled_table(zT)
         if table is not None:
-            aT = _buffer(workspace, xp, "a", (width, batch), z.dtype)
-            scratch = _buffer(workspace, xp, "scratch", (width, batch), z.dtype)
+            aT = get_buffer(workspace, xp, "a", (width, batch), z.dtype)
+            scratch = get_buffer(workspace, xp, "scratch", (width, batch), z.dtype)
             compiled.grouped_forward(zT, table, aT, scratch)
-            return aT.T, FixedCache(z=z, a=aT.T, compiled=True)
+            return aT.T, FixedCache(z=z, a=aT.T, path="compiled")
         if self._perm is not None:
-            zT = xp.take(zT, self._perm, axis=0, out=_buffer(workspace, xp, "z_grouped", (width, batch), z.dtype))
-        aT = grouped_forward_fused(zT, self._sorted_groups, _buffer(workspace, xp, "a_grouped", (width, batch), z.dtype))
-        cache = FixedCache(z=zT.T, a=aT.T, grouped=self._perm is not None)
+            zT = xp.take(zT, self._perm, axis=0, out=get_buffer(workspace, xp, "z_grouped", (width, batch), z.dtype))
+        aT = grouped_forward_fused(zT, self._sorted_groups, get_buffer(workspace, xp, "a_grouped", (width, batch), z.dtype))
+        cache = FixedCache(z=zT.T, a=aT.T, path="fused" if self._perm is None else "fused_grouped")
         if self._perm is not None:
-            aT = xp.take(aT, self._inverse, axis=0, out=_buffer(workspace, xp, "a", (width, batch), z.dtype))
+            aT = xp.take(aT, self._inverse, axis=0, out=get_buffer(workspace, xp, "a", (width, batch), z.dtype))
         return aT.T, cache
 
     def backward(self, da: Any, cache: FixedCache, workspace: Workspace | None = None) -> Any:
-        """(B, N) -> (B, N); with a ``workspace``, ``dz`` lives in its buffers."""
-        if not self.fused:
+        """(B, N) -> (B, N), by the backward of the path that made ``cache``;
+        with a ``workspace``, ``dz`` lives in its buffers."""
+        path = cache.path
+        if path == "reference":
             return fixed_backward(da, cache, self.groups)
         xp = array_module(da)
         batch, width = da.shape
-        if cache.compiled:
+        if path == "compiled":
             aT = cache.a.T
-            dzT = _buffer(workspace, xp, "dz", (width, batch), da.dtype)
+            dzT = get_buffer(workspace, xp, "dz", (width, batch), da.dtype)
             return compiled.grouped_backward(xp.ascontiguousarray(da.T), aT, self._tables[aT.dtype], dzT, zT=cache.z.T).T
         daT = da.T
-        if self._perm is not None:
-            daT = xp.take(daT, self._perm, axis=0, out=_buffer(workspace, xp, "da_grouped", (width, batch), da.dtype))
-        dzT = _buffer(workspace, xp, "dz_grouped", (width, batch), da.dtype)
+        if path == "fused_grouped":
+            daT = xp.take(daT, self._perm, axis=0, out=get_buffer(workspace, xp, "da_grouped", (width, batch), da.dtype))
+        dzT = get_buffer(workspace, xp, "dz_grouped", (width, batch), da.dtype)
         grouped_backward_fused(daT, cache.z.T, cache.a.T, self._sorted_groups, dzT)
-        if self._perm is not None:
-            dzT = xp.take(dzT, self._inverse, axis=0, out=_buffer(workspace, xp, "dz", (width, batch), da.dtype))
+        if path == "fused_grouped":
+            dzT = xp.take(dzT, self._inverse, axis=0, out=get_buffer(workspace, xp, "dz", (width, batch), da.dtype))
         return dzT.T
 
-    def _compiled_table(self, zT: Any) -> "compiled.GroupTable | None":
-        """The group table for the compiled loops, or None where they do not apply to ``zT``."""
-        if not compiled.applies(zT):
+    def compiled_table(self, zT: Any) -> "compiled.GroupTable | None":
+        """The compiled group loops' table of this layer for arrays like ``zT`` (N, B), or
+        None where the loops do not apply to ``zT`` (device arrays, no Numba, a layer
+        without fused kernels). Built once per dtype."""
+        if not self.fused or not compiled.applies(zT):
             return None
         table = self._tables.get(zT.dtype)
         if table is None:

@@ -336,7 +336,7 @@ def _surrogate_logits(model: Any, x: Any, noise: dict, offsets: dict) -> Any:
     from .linear import linear_forward
     from .mixture import SmartMixedActivation, straight_through_surrogate
 
-    h = model._check_input(x)
+    h = model.check_input(x)
     for i, (linear, act) in enumerate(zip(model.linears, model.activations)):
         z, _ = linear_forward(h, linear.W, linear.b)
         if i in offsets:

@@ -51,11 +51,13 @@ from .activations import Activation, clamp_limits, resolve_pool
 from .backend import Backend, SeededRNG, array_module, backend_of, get_backend, to_host
 from .fixed import FixedMixedActivation
 from .kernels import activation_backward_into, activation_forward_into, has_kernel
-from .workspace import Workspace
+from .workspace import Workspace, get_buffer
 
 __all__ = [
     "NOISE_MODES",
     "MixtureCache",
+    "SMARTMIXED_PATHS",
+    "SmartMixedCache",
     "gumbel_softmax_weights",
     "softmax_backward",
     "candidate_outputs",
@@ -92,6 +94,33 @@ class MixtureCache:
     noise: Any
     tau: float
     clamp: float | None
+
+
+#: The forward paths of a phase-1 layer, as :attr:`SmartMixedCache.path` names them.
+SMARTMIXED_PATHS = ("reference", "fused", "frozen")
+
+
+@dataclass
+class SmartMixedCache:
+    """What :meth:`SmartMixedActivation.backward` needs: which forward ran, and its cache.
+
+    Attributes:
+        path: ``"reference"`` (training, :func:`mixture_forward`), ``"fused"``
+            (training, :func:`mixture_forward_fused`) or ``"frozen"`` (evaluation:
+            each neuron's argmax choice through the phase-2 layer ``frozen``).
+        mixture: the :class:`MixtureCache` of a training pass; None for ``"frozen"``.
+        frozen: the phase-2 layer that ran an evaluation pass; else None.
+        fixed: that layer's :class:`~smartmixed_np.fixed.FixedCache`; else None.
+    """
+
+    path: str
+    mixture: MixtureCache | None = None
+    frozen: FixedMixedActivation | None = None
+    fixed: Any = None
+
+    def __post_init__(self) -> None:
+        if self.path not in SMARTMIXED_PATHS:
+            raise ValueError(f"SmartMixedCache.path must be one of {SMARTMIXED_PATHS}, got {self.path!r}")
 
 
 def gumbel_softmax_weights(logits: Any, noise: Any, tau: float) -> Any:
@@ -229,12 +258,6 @@ def mixture_backward(dout: Any, cache: MixtureCache, pool: Sequence[Activation])
     return dz, dlogits
 
 
-def _buffer(workspace: Workspace | None, xp: Any, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
-    if workspace is None:
-        return xp.empty(shape, dtype=dtype)
-    return workspace.get(name, shape, dtype)
-
-
 def _selected_rows(xp: Any, selected: Any, width: int) -> Any:
     """Row ``selected[n] * N + n`` of a (K * N, B) stack: neuron n's chosen candidate."""
     return selected * width + xp.arange(width)
@@ -269,12 +292,12 @@ def mixture_forward_fused(
     batch, width = z.shape
     weights = gumbel_softmax_weights(logits, noise, tau)
     selected = xp.argmax(weights, axis=-1)
-    stack = _buffer(workspace, xp, "candidates", (len(pool), width, batch), z.dtype)
+    stack = get_buffer(workspace, xp, "candidates", (len(pool), width, batch), z.dtype)
     zT = z.T
     for k, activation in enumerate(pool):
         lo, hi = clamp_limits(activation, clamp)
         activation_forward_into(activation, zT, lo, hi, stack[k])
-    outT = _buffer(workspace, xp, "out", (width, batch), z.dtype)
+    outT = get_buffer(workspace, xp, "out", (width, batch), z.dtype)
     xp.take(stack.reshape(len(pool) * width, batch), _selected_rows(xp, selected, width), axis=0, out=outT)
     return outT.T, MixtureCache(z, stack.transpose(0, 2, 1), weights, selected, noise, tau, clamp)
 
@@ -298,13 +321,13 @@ def mixture_backward_fused(
     stack = cache.candidates.transpose(0, 2, 1)  # (K, N, B)
     doutT = dout.T
     dy = xp.einsum("knb,nb->nk", stack, doutT)  # (N, K); a third of multiply-then-sum's time here
-    dzT = _buffer(workspace, xp, "dz", (width, batch), dout.dtype)
+    dzT = get_buffer(workspace, xp, "dz", (width, batch), dout.dtype)
     zT = cache.z.T
     table = compiled.candidate_table(tuple(pool), cache.clamp, dout.dtype) if compiled.applies(doutT, stack, dzT, zT) else None
     if table is not None:  # only the selected candidate's derivative, in one compiled pass
         compiled.selected_backward(doutT, stack, cache.selected, table, dzT, zT=zT)
     else:
-        work = _buffer(workspace, xp, "work", tuple(stack.shape), dout.dtype)
+        work = get_buffer(workspace, xp, "work", tuple(stack.shape), dout.dtype)
         for k, activation in enumerate(pool):
             lo, hi = clamp_limits(activation, cache.clamp)
             activation_backward_into(activation, doutT, zT, stack[k], lo, hi, work[k])
@@ -371,8 +394,12 @@ class SmartMixedActivation:
             or ``"none"`` (deterministic selection).
         rng: the layer's own noise stream. Required unless ``noise_mode="none"``.
 
-    The layer holds ``logits`` and their gradient ``dlogits``; caches are returned
-    by :meth:`forward`, not stored.
+    State: the layer holds ``logits`` and their gradient ``dlogits`` (written by
+    :meth:`backward`); ``fused``, whether every candidate has a fused kernel (then a
+    hard pass with shared or no noise takes the fused pair); and ``_frozen_layer``,
+    the phase-2 layer of the current argmax choices that evaluation passes run
+    through (None until the first one; rebuilt when a choice changes). A pass's
+    cache, a :class:`SmartMixedCache`, is returned by :meth:`forward`, not stored.
     """
 
     def __init__(
@@ -403,6 +430,7 @@ class SmartMixedActivation:
         self.noise_mode = noise_mode
         self.rng = rng
         self.fused = all(has_kernel(activation) for activation in self.pool)
+        self._frozen_layer: FixedMixedActivation | None = None
 
     @property
     def tau(self) -> float:
@@ -426,8 +454,8 @@ class SmartMixedActivation:
         backend = _backend_of_array(self.logits)
         return self.rng.gumbel(shape, self.logits.dtype, backend)
 
-    def forward(self, z: Any, train: bool, noise: Any = None, workspace: Workspace | None = None) -> tuple[Any, Any]:
-        """(B, N) -> (B, N), and the cache.
+    def forward(self, z: Any, train: bool, noise: Any = None, workspace: Workspace | None = None) -> tuple[Any, SmartMixedCache]:
+        """(B, N) -> (B, N), and the cache (its ``path`` says which forward ran).
 
         Training draws fresh noise unless ``noise`` is given (replay). Evaluation
         applies each neuron's argmax choice, without noise, through the phase-2
@@ -437,24 +465,25 @@ class SmartMixedActivation:
         """
         if not train:
             frozen = self._frozen()
-            out, cache = frozen.forward(z, workspace=workspace)
-            return out, (frozen, cache)
+            out, fixed_cache = frozen.forward(z, workspace=workspace)
+            return out, SmartMixedCache("frozen", frozen=frozen, fixed=fixed_cache)
         if noise is None:
             noise = self.draw_noise(z.shape[0])
         if self.fused and self.hard and (noise is None or noise.ndim == 2):
-            return mixture_forward_fused(z, self.logits, noise, self.pool, tau=self.tau, clamp=self.clamp, workspace=workspace)
-        return mixture_forward(z, self.logits, noise, self.pool, tau=self.tau, hard=self.hard, clamp=self.clamp)
+            out, cache = mixture_forward_fused(z, self.logits, noise, self.pool, tau=self.tau, clamp=self.clamp, workspace=workspace)
+            return out, SmartMixedCache("fused", mixture=cache)
+        out, cache = mixture_forward(z, self.logits, noise, self.pool, tau=self.tau, hard=self.hard, clamp=self.clamp)
+        return out, SmartMixedCache("reference", mixture=cache)
 
-    def backward(self, dout: Any, cache: Any, workspace: Workspace | None = None) -> Any:
-        """Write ``dlogits`` (N, K) in place; return ``dz`` (B, N)."""
-        if isinstance(cache, tuple):  # evaluation forward: logits get no gradient
-            frozen, fixed_cache = cache
+    def backward(self, dout: Any, cache: SmartMixedCache, workspace: Workspace | None = None) -> Any:
+        """Write ``dlogits`` (N, K) in place; return ``dz`` (B, N), by the backward of ``cache.path``."""
+        if cache.path == "frozen":  # evaluation forward: logits get no gradient
             self.dlogits[...] = 0
-            return frozen.backward(dout, fixed_cache, workspace=workspace)
-        if self.fused and cache.selected is not None and cache.weights.ndim == 2:
-            dz, dlogits = mixture_backward_fused(dout, cache, self.pool, workspace=workspace)
+            return cache.frozen.backward(dout, cache.fixed, workspace=workspace)
+        if cache.path == "fused":
+            dz, dlogits = mixture_backward_fused(dout, cache.mixture, self.pool, workspace=workspace)
         else:
-            dz, dlogits = mixture_backward(dout, cache, self.pool)
+            dz, dlogits = mixture_backward(dout, cache.mixture, self.pool)
         self.dlogits[...] = dlogits
         return dz
 
@@ -462,11 +491,10 @@ class SmartMixedActivation:
         """The phase-2 layer of the current choices (rebuilt only when a choice changed,
         so that evaluating batch after batch builds its groups once)."""
         choices = self.choices()
-        kept = self.__dict__.get("_frozen_layer")
+        kept = self._frozen_layer
         backend = _backend_of_array(self.logits)
         if kept is None or not np.array_equal(kept.choices, choices) or kept.clamp != self.clamp or kept.backend is not backend:
-            kept = FixedMixedActivation(choices, self.pool, contiguous=False, clamp=self.clamp, backend=backend)
-            self._frozen_layer = kept
+            kept = self._frozen_layer = FixedMixedActivation(choices, self.pool, contiguous=False, clamp=self.clamp, backend=backend)
         return kept
 
     def choices(self) -> np.ndarray:

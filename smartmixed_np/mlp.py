@@ -13,9 +13,12 @@ Parameters and gradients are dicts under stable dotted names:
 ``layers.{i}.weight`` (N, D), ``layers.{i}.bias`` (N,) for the i-th Linear, and
 ``activations.{i}.logits`` (N, K) for a phase-1 layer.
 
-State: :meth:`MLP.forward` records a *tape* (the caches of that pass, and the noise
-it used) and :meth:`MLP.backward` consumes it; a second ``backward`` without a new
-``forward`` is an error, so a stale cache can never be used silently.
+State: :meth:`MLP.forward` records a *tape* (a :class:`Tape`: the caches of that
+pass, and the noise it used) and :meth:`MLP.backward` consumes it; a second
+``backward`` without a new ``forward`` is an error, so a stale cache can never be
+used silently. :attr:`MLP.tape` shows it; :meth:`MLP.clear_tape` drops it (after
+evaluation passes that will not be backpropagated, so that a ``backward`` then
+fails instead of differentiating an evaluation pass).
 
 Buffers: the hidden pre-activations, activations and their gradients live in a
 :class:`~smartmixed_np.workspace.Workspace` per batch size, reused by every pass
@@ -52,8 +55,11 @@ class Tape:
 
     Attributes:
         train: whether the pass was a training pass.
-        caches: per layer pair, (linear cache, activation cache); the output
-            layer's activation cache is None.
+        caches: per layer pair, (linear cache, activation cache): a
+            :class:`~smartmixed_np.linear.LinearCache` and the activation layer's
+            :class:`~smartmixed_np.mixture.SmartMixedCache` (phase 1) or
+            :class:`~smartmixed_np.fixed.FixedCache` (phase 2); the output layer's
+            activation cache is None.
         noise: Gumbel noise used by each phase-1 layer, by hidden-layer index.
     """
 
@@ -99,6 +105,12 @@ class MLP:
         device: ``"cpu"`` (default) or ``"gpu"``, or a Backend.
         dtype: ``"float32"`` (default) or ``"float64"`` (for gradient checks).
         seed: seeds the initialisation and every layer's noise stream.
+
+    State besides the layers (all set here): ``_tape``, the :class:`Tape` of the last
+    forward pass until :meth:`backward` consumes it (else None; read it as
+    :attr:`tape`); ``_workspace_cache``, one :class:`~smartmixed_np.workspace.Workspace`
+    per layer for each of the last few batch sizes, {(batch, backend, dtype): list},
+    least recently used first (see :meth:`_workspaces`).
     """
 
     def __init__(
@@ -154,6 +166,7 @@ class MLP:
             self.activations = [FixedMixedActivation.uniform(name, width, backend=self.backend) for name, width in zip(names, hidden)]
         self.options = {"tau": tau, "hard": bool(hard), "clamp": clamp, "noise_mode": noise_mode}
         self._tape: Tape | None = None
+        self._workspace_cache: dict[tuple, list[Workspace]] = {}
 
     # ------------------------------------------------------------------ structure
     @property
@@ -188,7 +201,9 @@ class MLP:
         return sum(int(p.size) for name, p in self.parameters().items() if include_logits or not name.endswith("logits"))
 
     # ------------------------------------------------------------------ passes
-    def _check_input(self, x: Any) -> Any:
+    def check_input(self, x: Any) -> Any:
+        """``x`` as the network's dtype, after checking that it is a (B, D_in) floating
+        array on the model's device (TypeError or ValueError, naming the problem)."""
         if backend_of(x) is None:
             raise TypeError(f"input must be an array on the model's device ({self.backend.device}), got {type(x).__name__}")
         if backend_of(x) is not self.backend:
@@ -216,7 +231,7 @@ class MLP:
         Returns:
             (B, C) logits.
         """
-        x = self._check_input(x)
+        x = self.check_input(x)
         tape = Tape(train=bool(train))
         self._tape = None  # the buffers of the previous tape are about to be overwritten
         workspaces = self._workspaces(x.shape[0])
@@ -241,6 +256,15 @@ class MLP:
         return logits
 
     __call__ = forward
+
+    @property
+    def tape(self) -> Tape | None:
+        """The :class:`Tape` of the last forward pass, until :meth:`backward` consumes it; else None."""
+        return self._tape
+
+    def clear_tape(self) -> None:
+        """Forget the last forward pass: a ``backward`` now raises until the next ``forward``."""
+        self._tape = None
 
     @property
     def last_noise(self) -> dict[int, Any]:
@@ -278,7 +302,7 @@ class MLP:
 
     def _workspaces(self, batch: int) -> list[Workspace]:
         """One :class:`Workspace` per layer for this batch size (kept for a few sizes)."""
-        kept = self.__dict__.setdefault("_workspace_cache", {})
+        kept = self._workspace_cache
         key = (int(batch), self.backend.name, self.dtype.name)
         if key in kept:
             kept[key] = kept.pop(key)  # most recently used last
@@ -291,7 +315,7 @@ class MLP:
     def predict(self, x: Any) -> Any:
         """Predicted classes (B,) on the device (evaluation mode)."""
         logits = self.forward(x, train=False)
-        self._tape = None
+        self.clear_tape()
         return array_module(logits).argmax(logits, axis=1)
 
     # ------------------------------------------------------------------ phase 2
@@ -368,6 +392,7 @@ class MLP:
         clone.kind = "fixed"
         clone.options = dict(self.options)
         clone._tape = None
+        clone._workspace_cache = {}
         return clone
 
     def set_tau(self, tau: float) -> None:

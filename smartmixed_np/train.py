@@ -282,7 +282,7 @@ def evaluate(model: MLP, x: Any, labels: Any, batch_size: int = 2048) -> dict[st
         loss, _ = softmax_cross_entropy(logits, yb, check=False)
         loss_sum += loss * int(xb.shape[0])
         predictions.append(xp.argmax(logits, axis=1))
-    model._tape = None  # evaluation passes are never backpropagated
+    model.clear_tape()  # evaluation passes are never backpropagated
     predicted = to_host(xp.concatenate(predictions)) if predictions else np.zeros(0, dtype=np.int64)
     accuracy = float(np.mean(predicted == to_host(labels))) if n else float("nan")
     return {"loss": float(to_host(loss_sum)) / max(n, 1), "accuracy": accuracy, "predictions": predicted}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Workspace"]
+__all__ = ["Workspace", "get_buffer"]
 
 
 class Workspace:
@@ -61,3 +61,15 @@ class Workspace:
     def nbytes(self) -> int:
         """Total bytes held."""
         return sum(int(b.nbytes) for b in self._buffers.values())
+
+
+def get_buffer(workspace: Workspace | None, xp: Any, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+    """``workspace.get(name, shape, dtype)``, or a fresh ``xp.empty`` when there is no workspace.
+
+    The layers' forward and backward passes take an optional workspace: with one,
+    their outputs live in its buffers (see the aliasing rule above); without one,
+    every call allocates afresh and nothing is shared.
+    """
+    if workspace is None:
+        return xp.empty(shape, dtype=dtype)
+    return workspace.get(name, shape, dtype)

@@ -116,3 +116,57 @@ def test_fused_layer_matches_the_reference_functions(backend, batch, width, seed
         a, cache = layer.forward(z, workspace=workspace)
         np.testing.assert_array_equal(to_host(a), to_host(a_ref))
         np.testing.assert_allclose(to_host(layer.backward(da, cache, workspace=workspace)), dz_ref, rtol=1e-14, atol=0)
+
+
+def test_layer_caches_name_the_path_that_made_them(backend, monkeypatch):
+    """FixedCache.path says which forward ran; the layer's backward follows it, and the
+    reference backward refuses a cache in grouped order."""
+    from smartmixed_np import compiled
+    from smartmixed_np.activations import Activation
+    from smartmixed_np.fixed import FixedCache
+
+    rng = np.random.default_rng(6)
+    z = backend.asarray(rng.standard_normal((6, 4))).T  # feature-major, as an MLP keeps it
+    da = backend.asarray(rng.standard_normal((4, 6)))
+    masked = np.array([2, 0, 5, 2, 0, 2])
+    cube = Activation("cube", lambda x: x**3, lambda x, y: 3 * x**2)  # no fused kernel
+    on_host = backend.name == "numpy" and compiled.enabled()
+    cases = [
+        (FixedMixedActivation(masked, [cube, "relu", "tanh", "elu", "sigmoid", "selu"], clamp=10.0, backend=backend), "reference"),
+        (FixedMixedActivation(np.sort(masked), POOL, contiguous=True, clamp=10.0, backend=backend), "compiled" if on_host else "fused"),
+        (FixedMixedActivation(masked, POOL, clamp=10.0, backend=backend), "compiled" if on_host else "fused_grouped"),
+    ]
+    with monkeypatch.context() as patch:
+        patch.setattr(compiled, "applies", lambda *arrays: False)
+        cases.append((cases[1][0], "fused"))
+        cases.append((cases[2][0], "fused_grouped"))
+        for layer, path in cases[3:]:
+            assert layer.forward(z)[1].path == path
+    for layer, path in cases[:3]:
+        a, cache = layer.forward(z)
+        assert cache.path == path
+        reference = FixedMixedActivation(layer.choices, layer.pool, contiguous=layer.contiguous, clamp=10.0, backend=backend)
+        a_ref, cache_ref = fixed_forward(z, reference.groups)
+        np.testing.assert_allclose(to_host(a), to_host(a_ref), rtol=1e-12)
+        np.testing.assert_allclose(
+            to_host(layer.backward(da, cache)), to_host(fixed_backward(da, cache_ref, reference.groups)), rtol=1e-12
+        )
+    with monkeypatch.context() as patch:
+        patch.setattr(compiled, "applies", lambda *arrays: False)
+        layer = cases[2][0]
+        _, grouped = layer.forward(z)
+        with pytest.raises(ValueError, match="grouped order"):
+            fixed_backward(da, grouped, layer.groups)
+    with pytest.raises(ValueError, match="path"):
+        FixedCache(z=z, a=z, path="masked")
+
+
+def test_passes_create_no_attribute_on_the_layer(backend):
+    """The layer's state is declared in __init__ (the compiled tables fill a dict declared there)."""
+    for choices, contiguous in ((np.array([2, 0, 5, 2, 0, 2]), False), (np.array([0, 0, 2, 2, 5, 5]), True)):
+        layer = FixedMixedActivation(choices, POOL, contiguous=contiguous, clamp=10.0, backend=backend)
+        declared = set(vars(layer))
+        z = backend.asarray(np.random.default_rng(7).standard_normal((3, 6)))
+        _, cache = layer.forward(z)
+        layer.backward(z, cache)
+        assert set(vars(layer)) == declared

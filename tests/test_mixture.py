@@ -140,9 +140,9 @@ def test_replaying_noise_reproduces_the_forward_exactly(backend):
     z = backend.asarray(np.random.default_rng(0).standard_normal((4, 5)))
     out1, cache1 = layer.forward(z, train=True)
     out2, _ = layer.forward(z, train=True)  # fresh noise
-    out3, _ = layer.forward(z, train=True, noise=cache1.noise)
+    out3, _ = layer.forward(z, train=True, noise=cache1.mixture.noise)
     np.testing.assert_array_equal(to_host(out1), to_host(out3))
-    assert not np.array_equal(to_host(cache1.noise), to_host(layer.draw_noise(4)))
+    assert not np.array_equal(to_host(cache1.mixture.noise), to_host(layer.draw_noise(4)))
     assert out2.shape == out1.shape
 
 
@@ -224,3 +224,38 @@ def test_fused_pair_matches_the_reference(backend, batch, width, seed, tau, shar
         dz, dlogits = mixture_backward_fused(dout, cache, POOL, workspace=workspace)
         np.testing.assert_allclose(to_host(dz), dz_ref, rtol=1e-14, atol=0)
         np.testing.assert_allclose(to_host(dlogits), dlogits_ref, rtol=1e-12, atol=1e-15)
+
+
+def test_layer_caches_name_the_path_that_made_them(backend):
+    """One cache type, SmartMixedCache, whose path picks the backward: fused, reference or frozen."""
+    from smartmixed_np.mixture import SmartMixedCache
+
+    z = backend.asarray(np.random.default_rng(4).standard_normal((3, 5)))
+    dout = backend.asarray(np.ones((3, 5)))
+    cases = [
+        (_layer(backend, "shared"), True, "fused", True),
+        (_layer(backend, "none"), True, "fused", True),
+        (_layer(backend, "per_sample"), True, "reference", True),
+        (_layer(backend, "shared", hard=False), True, "reference", True),
+        (_layer(backend, "shared"), False, "frozen", False),
+    ]
+    for layer, train, path, has_mixture in cases:
+        _, cache = layer.forward(z, train=train)
+        assert isinstance(cache, SmartMixedCache) and cache.path == path
+        assert (cache.mixture is not None) == has_mixture and (cache.frozen is not None) == (not has_mixture)
+        dz = layer.backward(dout, cache)
+        assert tuple(dz.shape) == (3, 5)
+        assert (float(to_host(abs(layer.dlogits).sum())) > 0) == has_mixture  # an evaluation pass: zero
+    with pytest.raises(ValueError, match="path"):
+        SmartMixedCache("soft")
+
+
+def test_passes_create_no_attribute_on_the_layer(backend):
+    """What a layer keeps is declared in __init__: forward and backward add no attribute."""
+    for train in (True, False):
+        layer = _layer(backend)
+        declared = set(vars(layer))
+        z = backend.asarray(np.random.default_rng(5).standard_normal((3, 5)))
+        _, cache = layer.forward(z, train=train)
+        layer.backward(backend.asarray(np.ones((3, 5))), cache)
+        assert set(vars(layer)) == declared

@@ -341,3 +341,35 @@ def test_set_tau_reaches_every_layer():
     assert all(act.tau == 0.7 for act in model.activations)
     with pytest.raises(ValueError, match="tau"):
         model.set_tau(0)
+
+
+@pytest.mark.parametrize("kind", ["smartmixed", "relu"])
+def test_the_tape_is_public_to_read_and_to_clear(backend, kind):
+    """MLP.tape shows the last forward's record; clear_tape drops it, and backward then refuses."""
+    model = MLP([4, 5, 3], kind, device=backend, dtype="float64", seed=2)
+    x, labels = _batch(backend, [4, 5, 3], 2)
+    assert model.tape is None
+    logits = model.forward(x, train=True)
+    tape = model.tape
+    assert tape is not None and tape.train and len(tape.caches) == 2
+    _, dlogits = softmax_cross_entropy(logits, labels)
+    model.clear_tape()
+    assert model.tape is None
+    with pytest.raises(RuntimeError, match="forward"):
+        model.backward(dlogits)
+    model.forward(x, train=False)
+    model.backward(dlogits)  # an evaluation pass can be backpropagated (gradient checks do) ...
+    assert model.tape is None  # ... once
+
+
+def test_passes_create_no_attribute_on_the_model(backend):
+    """MLP, phase 1 and frozen, declares its state in __init__ (and freeze): passes add no attribute."""
+    phase1 = MLP([4, 6, 5, 3], device=backend, dtype="float64", seed=3)
+    for model in (phase1, phase1.freeze(contiguous=False)):
+        declared = set(vars(model))
+        x, labels = _batch(backend, [4, 6, 5, 3], 3)
+        for train in (True, False):
+            _, dlogits = softmax_cross_entropy(model.forward(x, train=train), labels)
+            model.backward(dlogits)
+        model.predict(x)
+        assert set(vars(model)) == declared
