@@ -59,6 +59,10 @@ __all__ = [
     "activation_colors",
     "model_color",
     "model_colors",
+    "new_figure",
+    "percent_ticks",
+    "save_png",
+    "text_color_on",
     "plot_curves",
     "plot_confusion",
     "plot_activation_shares",
@@ -163,7 +167,7 @@ def model_colors(labels: Iterable[str]) -> dict[str, str]:
     return {label: colors[key] for label, key in keys.items()}
 
 
-def _text_color_on(color: str) -> str:
+def text_color_on(color: str) -> str:
     """Black or white, whichever reads better on ``color``."""
     r, g, b = to_rgb(color)
     return "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.55 else "black"
@@ -254,14 +258,14 @@ def _format_acc(value: float, fraction: bool) -> str:
 
 
 # --------------------------------------------------------------------------- figure helpers
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     """A figure with its own Agg canvas and constrained layout (nothing global touched)."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> Path:
+def save_png(fig: Figure, path: str | os.PathLike, dpi: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(path, "wb") as file:
@@ -302,7 +306,7 @@ def _mark_transition(ax: Any, boundary: float | None, label: bool = True, color:
         )
 
 
-def _percent_ticks(axis: Any, whole: float = 1.0) -> None:
+def percent_ticks(axis: Any, whole: float = 1.0) -> None:
     """Label ``axis`` in percent of ``whole``, with only the decimals a tick needs ("90%", "92.5%")."""
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{round(100.0 * value / whole, 6):g}%"))
 
@@ -346,7 +350,7 @@ def plot_curves(
     history = _check_history(history)
     epochs = _epochs(history)
     boundary = _phase_boundary(history, epochs, transition_epoch)
-    fig = _new_figure(11.0, 4.3)
+    fig = new_figure(11.0, 4.3)
     ax_loss, ax_acc = fig.subplots(1, 2)
     val_loss = _column(history, "val_loss")
     best = int(np.nanargmin(val_loss)) if np.isfinite(val_loss).any() else None
@@ -375,9 +379,9 @@ def plot_curves(
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=9, framealpha=0.9)
-    _percent_ticks(ax_acc.yaxis, 1.0 if fraction else 100.0)
+    percent_ticks(ax_acc.yaxis, 1.0 if fraction else 100.0)
     fig.suptitle(title or "Learning curves", fontsize=13)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi)
 
 
 def plot_confusion(
@@ -418,7 +422,7 @@ def plot_confusion(
     overall = np.trace(counts) / total if total > 0 else math.nan
 
     side = float(np.clip(0.42 * num_classes + 2.6, 5.0, 13.0))
-    fig = _new_figure(side + 1.6, side)
+    fig = new_figure(side + 1.6, side)
     ax = fig.subplots()
     image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     if num_classes <= 20:
@@ -440,10 +444,10 @@ def plot_confusion(
     ax.set_ylabel("true class  (per-class accuracy)")
     colorbar = fig.colorbar(image, ax=ax, shrink=0.8)
     colorbar.set_label("fraction of the true class")
-    _percent_ticks(colorbar.ax.yaxis)
+    percent_ticks(colorbar.ax.yaxis)
     summary = f"accuracy {100 * overall:.2f}%  (n = {int(total)})" if math.isfinite(overall) else "no samples"
     fig.suptitle(f"{title or 'Confusion matrix'}\n{summary}", fontsize=12)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi)
 
 
 def plot_activation_shares(
@@ -471,7 +475,7 @@ def plot_activation_shares(
     names = _names_in_order(pool_names, (n for layer in layers for n in layer))
     colors = activation_colors(names)
     num_layers = len(layers)
-    fig = _new_figure(9.5, 1.9 + 0.55 * num_layers)
+    fig = new_figure(9.5, 1.9 + 0.55 * num_layers)
     ax = fig.subplots()
     labels = [f"layer {i + 1} ({len(layer)})" for i, layer in enumerate(layers)]
     left = np.zeros(num_layers)
@@ -482,18 +486,18 @@ def plot_activation_shares(
         for row, (start, share) in enumerate(zip(left, shares)):
             if share >= 0.05:
                 ax.text(start + share / 2, row, f"{100 * share:.0f}%", ha="center", va="center",
-                        fontsize=8.5, color=_text_color_on(colors[name]))
+                        fontsize=8.5, color=text_color_on(colors[name]))
         left += shares
     ax.set_yticks(range(num_layers), labels)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    _percent_ticks(ax.xaxis)
+    percent_ticks(ax.xaxis)
     ax.set_xlabel("share of the layer's neurons")
     ax.spines[["top", "right"]].set_visible(False)
     fig.legend(handles=[Patch(color=colors[n], label=n) for n in names], loc="outside lower center",
                ncol=_legend_columns(len(names)), frameon=False, title="activation")
     fig.suptitle(title or "Activation chosen per neuron, by hidden layer", fontsize=12)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi)
 
 
 def _share_columns(history: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, str]]:
@@ -544,7 +548,7 @@ def plot_share_evolution(
     num_layers = len(columns)
     ncols = min(num_layers, 3)
     nrows = math.ceil(num_layers / ncols)
-    fig = _new_figure(4.4 * ncols + 0.6, 3.3 * nrows + 0.9)
+    fig = new_figure(4.4 * ncols + 0.6, 3.3 * nrows + 0.9)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)).ravel()
     markers = "o" if len(rows) <= 30 else None
     for ax, (layer, layer_columns) in zip(axes, columns.items()):
@@ -554,7 +558,7 @@ def plot_share_evolution(
                 ax.plot(epochs, values, color=colors[name], marker=markers, markersize=3.5, linewidth=1.8, label=name)
         ax.set_title(f"layer {layer + offset}")
         ax.set_ylim(-0.02, 1.02)
-        _percent_ticks(ax.yaxis)
+        percent_ticks(ax.yaxis)
         _integer_epochs(ax, epochs)
         ax.grid(True, alpha=0.3)
         ax.set_xlabel("epoch (phase 1)")
@@ -567,7 +571,7 @@ def plot_share_evolution(
     fig.legend(handles=[Line2D([], [], color=colors[n], linewidth=2.5, label=n) for n in names],
                loc="outside lower center", ncol=_legend_columns(len(names)), frameon=False, title="activation")
     fig.suptitle(title or "Activation shares during phase 1", fontsize=12)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi)
 
 
 def plot_choice_map(
@@ -642,7 +646,7 @@ def plot_choice_map(
                         ncol=_legend_columns(len(names)), frameon=False)
     suptitle = fig.suptitle(title or "Activation chosen by each neuron", fontsize=12, va="top")
     _place_map(fig, ax, legend, suptitle, map_width, map_height)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi)
 
 
 def _place_map(fig: Figure, ax: Any, legend: Any, suptitle: Any, map_width: float, map_height: float) -> None:
@@ -708,7 +712,7 @@ def plot_comparison(
         all_acc += _column(list(runs[label].get("history") or []), "val_acc").tolist()
     fraction = _is_fraction(all_acc)
 
-    fig = _new_figure(12.0, 4.6)
+    fig = new_figure(12.0, 4.6)
     ax_curve, ax_bar = fig.subplots(1, 2, width_ratios=[1.7, 1.0])
     for label in labels:
         history = list(runs[label].get("history") or [])
@@ -727,7 +731,7 @@ def plot_comparison(
     ax_curve.set_xlabel("epoch")
     ax_curve.set_ylabel("validation accuracy")
     _integer_epochs(ax_curve, np.concatenate([_epochs(list(runs[k].get("history") or [])) for k in labels]))
-    _percent_ticks(ax_curve.yaxis, 1.0 if fraction else 100.0)
+    percent_ticks(ax_curve.yaxis, 1.0 if fraction else 100.0)
     ax_curve.grid(True, alpha=0.3)
     if ax_curve.get_legend_handles_labels()[0]:
         ax_curve.legend(loc="best", fontsize=9, framealpha=0.9)
@@ -741,14 +745,14 @@ def plot_comparison(
                         xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
                         fontsize=10, fontweight="bold")
     ax_bar.set_xticks(range(len(labels)), labels, rotation=20 if max(map(len, labels)) > 12 else 0)
-    _percent_ticks(ax_bar.yaxis, 1.0 if fraction else 100.0)
+    percent_ticks(ax_bar.yaxis, 1.0 if fraction else 100.0)
     ax_bar.set_ylabel("test accuracy")
     ax_bar.set_title("Test accuracy")
     ax_bar.spines[["top", "right"]].set_visible(False)
     ax_bar.grid(True, axis="y", alpha=0.3)
     ax_bar.set_axisbelow(True)
     fig.suptitle(title or "Run comparison", fontsize=13)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi)
 
 
 # --------------------------------------------------------------------------- run folders

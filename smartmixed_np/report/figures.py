@@ -19,10 +19,7 @@ import numpy as np
 
 from ..plots import DPI, SMARTMIXED_COLOR, activation_colors, model_colors
 # The figure helpers of plots.py, shared rather than copied (plots.py has no public names for them yet).
-from ..plots import _new_figure as new_figure
-from ..plots import _percent_ticks as percent_ticks
-from ..plots import _save as save_png
-from ..plots import _text_color_on as text_color_on
+from ..plots import new_figure, percent_ticks, save_png, text_color_on
 from .collect import SMARTMIXED, arch_sort_key, model_sort_key, scored
 from .stats import phase_runs
 
