@@ -12,6 +12,7 @@ from .backend import get_backend, to_host
 from .mlp import MLP
 from .losses import softmax_cross_entropy
 from .optim import SGD, Adam, clip_factor, clip_grad_norm
+from .step import train_step
 
 __all__ = [
     "DEFAULT_POOL",
@@ -26,5 +27,6 @@ __all__ = [
     "register_activation",
     "softmax_cross_entropy",
     "to_host",
+    "train_step",
     "__version__",
 ]

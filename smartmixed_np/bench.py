@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 import resource
 import sys
 import time
@@ -55,9 +56,9 @@ import numpy as np
 from . import compiled
 from .backend import Backend, get_backend, to_host
 from .fileio import atomic_writer, write_json
-from .losses import softmax_cross_entropy
 from .mlp import MLP
-from .optim import Adam, clip_factor
+from .optim import Adam
+from .step import train_step
 
 __all__ = ["run_benchmarks", "DEFAULT_SIZES", "DATA_ENV"]
 
@@ -134,10 +135,7 @@ def _numpy_step(model: MLP, x: np.ndarray, y: np.ndarray, train: bool = True) ->
     params, grads = model.parameters(), model.gradients()
 
     def step() -> None:
-        logits = model.forward(x, train=train)
-        _, dlogits = softmax_cross_entropy(logits, y, check=False)
-        model.backward(dlogits)
-        optimizer.step(grads, scale=clip_factor(grads, 1.0)[1])  # clip_grad_norm(grads, 1.0), then step
+        train_step(model, optimizer, x, y, 1.0, grads=grads, train=train)
 
     assert params.keys() == grads.keys()
     return step
@@ -387,10 +385,7 @@ def _epoch_throughput(data_dir: str, sizes: Sequence[int], batch: int, seed: int
             order = dev.backend.asarray(rng.permutation(n))
             for start in range(0, n, batch):
                 idx = order[start:start + batch]
-                logits = model.forward(x_all[idx], train=train_flag)
-                _, dlogits = softmax_cross_entropy(logits, y_all[idx], check=False)
-                model.backward(dlogits)
-                optimizer.step(grads, scale=clip_factor(grads, 1.0)[1])
+                train_step(model, optimizer, x_all[idx], y_all[idx], 1.0, grads=grads, train=train_flag)
 
         return epoch
 

@@ -44,7 +44,8 @@ from .errors import CheckpointError, UserError
 from .fileio import WriteError, remove_stale_parts, write_json, write_text
 from .losses import softmax_cross_entropy
 from .mlp import MLP
-from .optim import SGD, Adam, clip_factor
+from .step import train_step
+from .optim import SGD, Adam
 from .runfolder import CHECKPOINT, CHOICES, CONFIG, HISTORY, LOCK, METRICS, determinism_mismatch, environment, hold
 
 __all__ = ["TrainConfig", "RunResult", "ConfigError", "train", "evaluate", "confusion_matrix", "per_class_accuracy", "CHECKPOINT"]
@@ -749,13 +750,7 @@ def _train_loop(run: _Run, on_step: Callable | None, interrupt: dict) -> None:
                 run.at_boundary = False
                 index = order[step * config.batch_size : (step + 1) * config.batch_size]
                 xb, yb = run.x_train[index], run.y_train[index]
-                logits = run.model.forward(xb, train=True)
-                loss, dlogits = softmax_cross_entropy(logits, yb, check=False)
-                run.model.backward(dlogits)
-                grads = run.model.gradients()
-                # Clipping by global norm, applied inside the optimizer's pass (clip_factor).
-                scale = clip_factor(grads, config.clip)[1] if config.clip is not None else None
-                run.optimizer.step(grads, scale=scale)
+                loss, logits = train_step(run.model, run.optimizer, xb, yb, config.clip)
                 batch = int(xb.shape[0])
                 loss_sum += loss * batch
                 correct += xp.sum(xp.argmax(logits, axis=1) == yb)
