@@ -150,13 +150,15 @@ def load_model(path: str | Path, device: Any = "cpu") -> Any:
 
     The order makes a hostile file harmless: ``model.json`` is read and every field
     checked; the arrays are read (see :func:`load_arrays`); the architecture is
-    checked against their names, shapes and dtypes; only then are the modules named
-    in ``"imports"`` imported (they register user activations) and the network built.
+    checked against their names, shapes and dtypes; the modules named in
+    ``"imports"`` (they register user activations) must have been imported by the
+    user already (``--import``; a file never makes code run: see
+    :mod:`smartmixed_np.plugins`); only then is the network built.
 
     Raises:
         CheckpointError: missing files, a corrupt or unsafe archive, a malformed
             ``model.json``, arrays whose names or shapes do not match its
-            architecture, or a module in ``"imports"`` that cannot be imported.
+            architecture, or a module in ``"imports"`` that is not imported yet.
     """
     from .backend import get_backend
     from .mlp import MLP
@@ -181,9 +183,9 @@ def load_model(path: str | Path, device: Any = "cpu") -> Any:
     arrays, _ = load_arrays(arrays_path)
     _check_arrays(arrays_path, config, arrays)
     try:
-        plugins.load_plugins(imports)
+        plugins.require_loaded(imports, str(json_path))
     except plugins.PluginError as err:
-        raise CheckpointError(f"{json_path}: {err}") from None
+        raise CheckpointError(str(err)) from None
     try:
         model = MLP.from_config(config, device=backend)
         model.load_state_dict(arrays)

@@ -692,8 +692,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         and isinstance(imports, list) and all(isinstance(spec, str) for spec in imports)
     ):
         raise CheckpointError(f"{run_dir / 'config.json'}: corrupt run configuration (dataset, data_dir, mirror, split_seed or imports)")
-    # A run trained with a user's activation records the modules that registered it.
-    _load_user_activations(args, extra=imports)
+    # A run trained with a user's activation records the modules that registered it;
+    # they are imported only when the user names them again (--import): see plugins.py.
+    _load_user_activations(args)
+    from .plugins import require_loaded
+
+    require_loaded(imports, str(run_dir / "config.json"))
     backend = get_backend(args.device)
     model = load_model(run_dir, device=backend)
     data = load_dataset(dataset, data_dir, split_seed=split_seed, progress=False, mirror=mirror)
@@ -837,6 +841,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .backend import BackendUnavailableError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    previous_term = _stop_on_sigterm()
     try:
         _refuse_double_dash_values(argv)
         args = _shared_parser().parse_args(argv)
@@ -846,6 +851,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = _escape(str(err).strip()) or type(err).__name__
         _error_line(message if message.startswith("smartmixed") else f"smartmixed: error: {message}")
         return EXIT_USER_ERROR
+    except _Terminated:
+        print("smartmixed: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + int(signal.SIGTERM)
     except KeyboardInterrupt:
         print("smartmixed: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -860,6 +868,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         _error_line("smartmixed: error: out of memory (try a smaller --hidden, --batch-size or --train-limit)")
         return EXIT_USER_ERROR
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop (which handles it itself: see train.py)."""
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM stop the command like Ctrl-C (a message, exit 143) instead of killing it silently.
+
+    Returns the previous handler, or None where none could be installed (not the main thread).
+    """
+    def handler(signum, frame):
+        raise _Terminated
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 def _refuse_double_dash_values(argv: Sequence[str]) -> None:

@@ -4,8 +4,13 @@ A user's module registers candidates with
 :func:`smartmixed_np.activations.register_activation` when it is imported. The
 ``--import`` option of ``smartmixed train``/``sweep``/``evaluate`` names such modules
 (an importable module name such as ``mypkg.acts``, or a path to a ``.py`` file); a
-run records them in its ``config.json`` and ``model.json``, so that ``evaluate`` and
-``--resume`` import them again before they rebuild the network.
+run records them in its ``config.json`` and ``model.json``.
+
+Importing a module runs its code, so a module is imported only when the user names
+it (``--import``, :func:`load_plugins`), never because a file says so: a run folder
+from elsewhere must not be able to run code by being evaluated. Loading a model or
+resuming a run whose files record modules that are not loaded yet is a one-line
+error that names them (:func:`require_loaded`): pass them with ``--import``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Iterable
 
 from .errors import UserError
 
-__all__ = ["PluginError", "load_plugins"]
+__all__ = ["PluginError", "load_plugins", "require_loaded", "normalize"]
 
 
 class PluginError(UserError, ImportError):
@@ -41,10 +46,33 @@ def load_plugins(specs: Iterable[str]) -> list[str]:
     done = []
     for spec in specs:
         spec = str(spec)
-        if spec not in _LOADED:
-            _LOADED[spec] = _import(spec)
+        key = normalize(spec)
+        if key not in _LOADED:
+            _LOADED[key] = _import(spec)
         done.append(spec)
     return done
+
+
+def normalize(spec: str) -> str:
+    """The key of a spec: a ``.py`` path made absolute, a module name as it is."""
+    spec = str(spec)
+    return str(Path(spec).expanduser().resolve()) if spec.endswith(".py") else spec
+
+
+def require_loaded(specs: Iterable[str], where: str) -> None:
+    """Raise :class:`PluginError` unless every module in ``specs`` has been imported.
+
+    Args:
+        specs: the modules a file records (``model.json``'s or ``config.json``'s ``imports``).
+        where: the file, for the message.
+    """
+    missing = [str(spec) for spec in specs if normalize(spec) not in _LOADED]
+    if missing:
+        names = " ".join(f"--import {spec}" for spec in missing)
+        raise PluginError(
+            f"{where}: the run was trained with a user's module ({', '.join(missing)}); importing it runs its code, "
+            f"so it is never done implicitly: pass {names} if you trust it"
+        )
 
 
 def _import(spec: str) -> str:
@@ -67,6 +95,6 @@ def _import(spec: str) -> str:
         raise
     except ModuleNotFoundError as err:
         raise PluginError(f"--import {spec}: module not found ({err.name})") from None
-    except Exception as err:  # the user's module failed: say how, in one line
+    except (Exception, SystemExit) as err:  # the user's module failed (or exited): say how, in one line
         message = str(err).splitlines()[0] if str(err) else ""
         raise PluginError(f"--import {spec}: importing it failed: {type(err).__name__}: {message}") from None

@@ -557,7 +557,9 @@ def _run_locked(spec: RunSpec, on_step: Callable | None, record: dict[str, Any])
                 if problem:
                     raise SweepError(problem)
                 if resuming:
-                    overrides = {"quiet": True, "progress": False, "device": spec.config["device"]}
+                    # The sweep's own --import modules (the run recorded the same ones).
+                    overrides = {"quiet": True, "progress": False, "device": spec.config["device"],
+                                 "imports": list(spec.config.get("imports") or ())}
                     if spec.config.get("data_dir"):
                         overrides["data_dir"] = spec.config["data_dir"]
                     result = train(resume=run_dir, overrides=overrides, on_step=_step_hook(on_step))

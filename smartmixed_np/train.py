@@ -46,6 +46,7 @@ from .losses import softmax_cross_entropy
 from .mlp import MLP
 from .step import train_step
 from .optim import SGD, Adam
+from .plugins import load_plugins, require_loaded
 from .runfolder import CHECKPOINT, CHOICES, CONFIG, HISTORY, LOCK, METRICS, determinism_mismatch, environment, hold
 
 __all__ = ["TrainConfig", "RunResult", "ConfigError", "train", "evaluate", "confusion_matrix", "per_class_accuracy", "CHECKPOINT"]
@@ -386,6 +387,8 @@ class _Run:
         #: (completed epochs, step in epoch) of the last checkpoint written, if any.
         self.saved_at: tuple[int, int] | None = None
         self.environment = environment(self.backend.name, self.backend.xp)
+        #: "resuming DIR at epoch E, step S of N", said once the folder is held.
+        self.resume_note: str | None = None
 
     # -- pieces ------------------------------------------------------------------
     def _make_optimizer(self):
@@ -554,6 +557,11 @@ def train(
             raise ConfigError(f"cannot change {', '.join(unknown)} when resuming; start a new run with --out")
         if not isinstance(meta.get("config"), dict):
             raise CheckpointError(f"{path}: checkpoint without its training options")
+        # The modules the run recorded run code when imported: only those the user
+        # names (overrides["imports"], --import) are imported; the rest must be loaded.
+        load_plugins(overrides.get("imports", ()))
+        recorded = meta["config"].get("imports") or []
+        require_loaded(recorded if isinstance(recorded, list) else [], str(path))
         try:
             config = TrainConfig.from_json({**meta["config"], **overrides})
         except ConfigError:
@@ -585,6 +593,8 @@ def train(
             raise ConfigError(f"{run_dir} is in use by another process (a sweep worker or another `smartmixed train`)")
         remove_stale_parts(run_dir)  # only the holder of the folder may remove temporaries
         _write_config(run, resumed_from)
+        if run.resume_note:
+            _say(run.resume_note, sys.stderr if config.quiet else None)
         try:
             with _interrupt_at_step_boundaries() as interrupt:
                 try:
@@ -598,7 +608,7 @@ def train(
 
 
 #: The options that ``train(resume=..., overrides=...)`` may change.
-RESUME_OVERRIDES = frozenset({"quiet", "progress", "device", "data_dir", "mirror", "epochs"})
+RESUME_OVERRIDES = frozenset({"quiet", "progress", "device", "data_dir", "mirror", "epochs", "imports"})
 
 
 def _stopped(run: "_Run", interrupt: dict) -> RunResult:
@@ -642,7 +652,7 @@ def _check_resume(run: "_Run", meta: dict[str, Any]) -> dict[str, Any]:
         where = f"after its last epoch ({run.epoch}): writing the end of the run"
     else:
         where = f"at epoch {run.epoch + 1}, step {run.step_in_epoch} of {batches}"
-    _say(f"resuming {run.run_dir} {where}", sys.stderr if config.quiet else None)
+    run.resume_note = f"resuming {run.run_dir} {where}"
     return {"epoch": run.epoch + 1, "step": run.step_in_epoch, "environment": run.environment}
 
 
@@ -700,11 +710,11 @@ def _interrupt_at_step_boundaries() -> Any:
         return
 
     def handler(signum, frame):
-        name = signal.Signals(signum).name
+        # Only the flag: no import and no output here. The signal may land anywhere,
+        # inside an import or a write to the same stream; the loop says what it does.
         if flag["set"]:
             raise KeyboardInterrupt
-        flag["set"], flag["signal"] = True, name
-        _say(f"{name} received: stopping after this step ({name} again to stop at once)", sys.stderr)
+        flag["set"], flag["signal"] = True, signal.Signals(signum).name
 
     previous = {name: signal.signal(getattr(signal, name), handler) for name in STOP_SIGNALS}
     try:
@@ -768,6 +778,7 @@ def _train_loop(run: _Run, on_step: Callable | None, interrupt: dict) -> None:
                 if on_step is not None:
                     on_step(epoch, step + 1, global_step, run.model)
                 if interrupt["set"]:
+                    _say(f"{interrupt['signal']} received: stopping after this step", sys.stderr)
                     raise KeyboardInterrupt
         finally:
             bar.close()

@@ -445,20 +445,16 @@ def test_imports_must_be_a_list_of_names(tmp_path, imports):
     assert_checkpoint_error(lambda: load_model(tmp_path), tmp_path / "model.json", fragment="imports must be a list")
 
 
-def test_an_import_that_fails_is_one_line_naming_the_description(tmp_path):
-    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('no\\nway')\n")
-    _model_files(tmp_path, extra={"imports": [str(tmp_path / "broken_plugin.py")]})
-    assert_checkpoint_error(lambda: load_model(tmp_path), tmp_path / "model.json", fragment="RuntimeError: no")
-
-
-def test_load_model_imports_the_modules_in_imports_before_building(tmp_path, monkeypatch):
+def test_a_module_model_json_names_is_never_imported(tmp_path, monkeypatch):
+    """Importing runs code: a model file can name its modules, never make them run."""
     from smartmixed_np import plugins
 
-    _model_files(tmp_path, extra={"imports": ["some.module", "other.py"]})
+    (tmp_path / "marker_plugin.py").write_text("open(__file__ + '.ran', 'w').close()\n")
+    _model_files(tmp_path, extra={"imports": [str(tmp_path / "marker_plugin.py"), "some.module"]})
     calls = []
     monkeypatch.setattr(plugins, "load_plugins", lambda specs: calls.append(list(specs)) or list(specs))
-    load_model(tmp_path)
-    assert calls == [["some.module", "other.py"]]
+    assert_checkpoint_error(lambda: load_model(tmp_path), tmp_path / "model.json", fragment="never done implicitly")
+    assert calls == [] and not (tmp_path / "marker_plugin.py.ran").exists()
 
 
 _PLUGIN = '''
@@ -470,7 +466,9 @@ register_activation("doubled_tanh", lambda x: 2 * np.tanh(x), lambda x: 2 * (1 -
 _LOAD_IN_A_FRESH_PROCESS = '''
 import sys
 import numpy as np
+from smartmixed_np import plugins
 from smartmixed_np.checkpoint import load_model
+plugins.load_plugins(sys.argv[3:])  # what the user names with --import
 model = load_model(sys.argv[1])
 x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
 np.save(sys.argv[2], model.forward(x))
@@ -479,7 +477,7 @@ print(sorted(set(sum(model.choice_names(), []))))
 
 
 def test_a_model_with_a_user_activation_loads_in_a_fresh_process(tmp_path):
-    """A run trained with --import mymodule: evaluate imports it again from model.json."""
+    """A run trained with --import mymodule: loading it asks for the module, and loads with it."""
     plugin = tmp_path / "user_acts.py"
     plugin.write_text(_PLUGIN)
     script = tmp_path / "load.py"
@@ -496,6 +494,9 @@ np.save({str(tmp_path / 'want.npy')!r}, model.forward(np.linspace(-1, 1, 8, dtyp
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     result = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), str(tmp_path / "got.npy")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and f"pass --import {plugin}" in result.stderr
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), str(tmp_path / "got.npy"), str(plugin)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "doubled_tanh" in result.stdout

@@ -156,15 +156,24 @@ def test_user_activation_from_the_command_line(tmp_path, fresh_registry, monkeyp
     config = json.loads((tmp_path / "fixed" / "config.json").read_text())
     assert config["imports"] == [str(tmp_path / "plug.py")]  # absolute: found from any folder
 
-    # A new process knows nothing of cli_softsign: evaluate imports what config.json recorded
-    # (model.json records it too, for load_model; removed here so that the CLI's part is tested).
-    model_json = tmp_path / "fixed" / "model.json"
-    model_json.write_text(json.dumps({**json.loads(model_json.read_text()), "imports": []}))
+    # A new process knows nothing of cli_softsign. The run records the module, but a file
+    # never makes code run: evaluate names it and asks for --import (see plugins.py) ...
     monkeypatch.setattr(activations, "_REGISTRY", dict(BUILT_IN))
     monkeypatch.setattr(plugins, "_LOADED", {})
     capsys.readouterr()
-    assert main(["evaluate", "fixed"]) == 0, capsys.readouterr().err
+    assert main(["evaluate", "fixed"]) == 2
+    message = one_error_line(capsys)
+    assert "never done implicitly" in message and f"--import {tmp_path / 'plug.py'}" in message
+    assert "cli_softsign" not in activations._REGISTRY  # nothing was imported
+    # ... and with it, evaluates (a relative path names the same module).
+    assert main(["evaluate", "--import", "plug.py", "fixed"]) == 0, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out)["test_examples"] > 0
+    # A hostile model.json naming a module cannot run it either.
+    (tmp_path / "evil.py").write_text("open('EVIL_RAN', 'w').close()\n")
+    model_json = tmp_path / "fixed" / "model.json"
+    model_json.write_text(json.dumps({**json.loads(model_json.read_text()), "imports": [str(tmp_path / "evil.py")]}))
+    assert main(["evaluate", "--import", "plug.py", "fixed"]) == 2
+    assert "evil.py" in one_error_line(capsys) and not (tmp_path / "EVIL_RAN").exists()
 
     pool = ["--pool", "relu,cli_softsign", "--epochs", "2", "--transition-epoch", "1", "--out", "mixed"]
     assert main(["train", *common, *pool]) == 0

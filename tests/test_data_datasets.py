@@ -577,3 +577,23 @@ def test_real_mnist_environment_variable_as_the_dataset_folder(monkeypatch, real
     assert data.train_limit_capped and data.train_requested == 10**6
     assert data.train_used == data.train_available == len(real_mnist.y_train) + len(real_mnist.y_val)
     assert data.x_train.tobytes() == real_mnist.x_train.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
+def test_a_non_file_where_an_idx_file_belongs_is_named_as_such(tmp_path, kind):
+    from smartmixed_np.data.download import IDX_FILES
+    from smartmixed_np.data.idx import write_idx
+
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name in IDX_FILES[1:]:
+        write_idx(folder / name, np.zeros((2,) if "labels" in name else (2, 28, 28), dtype=np.uint8))
+    target = folder / IDX_FILES[0]
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "folder":
+        target.mkdir()
+    else:
+        target.symlink_to("/dev/null")
+    with pytest.raises(DataError, match="is not a regular file"):
+        load_dataset("mnist", folder)

@@ -339,3 +339,35 @@ def test_a_folder_another_process_trains_in_is_refused(tmp_path, quick_figures):
         holder.kill()
         holder.wait()
     assert train(resume=folder, overrides={"quiet": True, "progress": False}).metrics
+
+
+def test_the_signal_handler_only_sets_the_flag():
+    """A signal can land inside an import or a write: the handler does neither."""
+    import builtins
+
+    from smartmixed_np.train import _interrupt_at_step_boundaries
+
+    with _interrupt_at_step_boundaries() as flag:
+        real_import = builtins.__import__
+
+        def no_import(*args, **kwargs):
+            raise AssertionError("the signal handler imported something")
+
+        builtins.__import__ = no_import
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            delivered = flag["set"]  # the handler has run by the next bytecode
+        finally:
+            builtins.__import__ = real_import
+        assert delivered and flag["signal"] == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_outside_a_training_loop_exits_143(monkeypatch, capsys):
+    from smartmixed_np import cli
+
+    monkeypatch.setitem(cli._COMMANDS, "archs", lambda args: os.kill(os.getpid(), signal.SIGTERM) or 0)
+    assert cli.main(["archs"]) == 143
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))

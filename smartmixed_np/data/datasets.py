@@ -520,6 +520,11 @@ def _existing(path: Path) -> Path:
 
 
 def _require_files(folder: Path, name: str, context: str) -> None:
+    for file_name in IDX_FILES:
+        path = folder / file_name
+        if os.path.lexists(path) and not path.is_file():  # a folder, FIFO, device or broken link
+            kind = "a broken link" if not path.exists() else "not a regular file"
+            raise DataError(f"{path}: is {kind}, expected a file of dataset {name} {context}")
     missing = [file_name for file_name in IDX_FILES if not _existing(folder / file_name).is_file()]
     if missing:
         raise DataError(f"{folder / missing[0]}: missing file of dataset {name} {context}; missing: {', '.join(missing)}")
