@@ -371,14 +371,14 @@ def _grouped_forward_loop(zT, t, out, rows, starts, stops, codes, lo, hi, consta
 
 
 @_jit
-def _rowwise_backward_loop(daT, a_source, a_rows, out, codes, lo, hi, constants, skip_exp):
-    # out[n] = daT[n] * f'(a) * [lo < a < hi] with a = a_source[a_rows[n]], f = codes[n]; with
-    # skip_exp, not for the elu and selu rows (_exp_backward_loop's).
-    zero, one, slope, elu_alpha, _, selu_scale, selu_scale_alpha, big_cap = constants
+def _rowwise_backward_loop(daT, a_source, a_rows, out, codes, lo, hi, constants):
+    # out[n] = daT[n] * f'(a) * [lo < a < hi] with a = a_source[a_rows[n]], f = codes[n], for
+    # every row but the elu and selu ones (their derivative needs z: _exp_backward_loop).
+    zero, one, slope = constants[0], constants[1], constants[2]
     width = daT.shape[1]
     for n in range(daT.shape[0]):
         code, l, h = codes[n], lo[n], hi[n]
-        if skip_exp and (code == ELU or code == SELU):
+        if code == ELU or code == SELU:
             continue
         has_lo, has_hi = l != -np.inf, h != np.inf
         da, a, o = daT[n], a_source[a_rows[n]], out[n]
@@ -391,15 +391,8 @@ def _rowwise_backward_loop(daT, a_source, a_rows, out, codes, lo, hi, constants,
                     d = ((one - x) * x) * da[j]
                 elif code == TANH:  # tanh: 1 - a^2
                     d = (one - x * x) * da[j]
-                elif code == LEAKY_RELU:  # leaky relu: 1 or 0.01
+                else:  # leaky relu: 1 or 0.01
                     d = (one if x > zero else slope) * da[j]
-                elif code == ELU:  # elu without z (callers that pass none): the former min(a + alpha, 1)
-                    s = x + elu_alpha
-                    d = (one if s > one else s) * da[j]
-                else:  # selu without z: the former min(min(a, 0) + lambda alpha, lambda or huge)
-                    s = (zero if x > zero else x) + selu_scale_alpha
-                    cap = big_cap if x <= zero else selu_scale
-                    d = (cap if cap < s else s) * da[j]
                 if has_lo and not x > l:
                     d = d * zero
                 if has_hi and not x < h:
@@ -443,9 +436,8 @@ def _rowwise_backward(daT: np.ndarray, a_source: np.ndarray, a_rows: np.ndarray,
     if zT is None or zT.shape != out.shape or zT.dtype != out.dtype:
         got = "None" if zT is None else f"{zT.shape} {zT.dtype}"
         raise ValueError(f"zT must be {out.shape} {out.dtype}, got {got}")
-    with_exp = exp_rows.shape[0] > 0
-    _rowwise_backward_loop(daT, a_source, a_rows, out, codes, lo, hi, constants, with_exp)
-    if with_exp:
+    _rowwise_backward_loop(daT, a_source, a_rows, out, codes, lo, hi, constants)
+    if exp_rows.shape[0] > 0:
         e = _exponentials(zT, exp_rows, constants[0])
         _exp_backward_loop(daT, a_source, a_rows, e, exp_rows, out, codes, lo, hi, constants)
 
