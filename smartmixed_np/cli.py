@@ -545,28 +545,16 @@ def _explicit_options(argv: Sequence[str], command: str) -> set[str]:
 def _read_run_config(run_dir: Path) -> dict[str, Any]:
     """The run's ``config.json`` as a dict; CheckpointError (one line) for anything else."""
     from .errors import CheckpointError
+    from .runfolder import RunFolderError, read_config
 
-    path = run_dir / "config.json"
     try:
-        with open(path, "rb") as file:
-            data = file.read(16 * 1024 * 1024 + 1)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file (is {run_dir} a run folder?)") from None
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot read it ({err.strerror or type(err).__name__})") from None
-    if len(data) > 16 * 1024 * 1024:
-        raise CheckpointError(f"{path}: corrupt run configuration (larger than 16 MiB)")
-    try:
-        config = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise CheckpointError(f"{path}: corrupt run configuration (not UTF-8 text)") from None
-    except RecursionError:
-        raise CheckpointError(f"{path}: corrupt run configuration (nested too deeply)") from None
-    except ValueError as err:  # json.JSONDecodeError included
-        raise CheckpointError(f"{path}: corrupt run configuration (not valid JSON: {str(err)[:80]})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: corrupt run configuration (not a JSON object)")
-    return config
+        return read_config(run_dir)
+    except RunFolderError as err:
+        if err.kind == "missing":
+            raise CheckpointError(f"{err.path}: no such file (is {run_dir} a run folder?)") from None
+        if err.kind == "unreadable":
+            raise CheckpointError(str(err)) from None
+        raise CheckpointError(f"{err.path}: corrupt run configuration ({err.reason})") from None
 
 
 def _describe(field: str, value: Any) -> str:

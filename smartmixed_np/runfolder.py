@@ -20,11 +20,22 @@ not taken for finished.
 BLAS and its thread count, the CPU's vector extensions. The same seed, the same
 libraries and the same BLAS thread count give the same bits on NumPy; a different
 thread count changes how the matrix products round.
+
+This module owns the folder's format: :data:`RUN_FOLDER_FORMAT` (recorded in
+``config.json`` as ``"format"``), the readers (:func:`read_json` and its wrappers
+:func:`read_config`, :func:`read_metrics`, :func:`read_model_description`;
+:func:`read_history`, :func:`read_choices`) and the CSV writers
+(:func:`history_csv`, :func:`choices_csv`). The trainer, the CLI, the plots and
+the report read a run folder through these, never by parsing its files themselves.
+A file that cannot be read raises :class:`RunFolderError` with one line that names
+it and the problem.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import platform
@@ -36,11 +47,19 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .errors import UserError
+
 __all__ = [
     "CONFIG", "HISTORY", "METRICS", "CHOICES", "MODEL_ARRAYS", "MODEL_JSON", "CHECKPOINT", "FINISH_ORDER",
     "finished_problem", "is_finished", "run_state", "environment", "blas_info", "cpu_features",
     "determinism_mismatch", "LOCK", "hold",
+    "RUN_FOLDER_FORMAT", "RunFolderError", "read_json", "read_config", "read_metrics", "read_model_description",
+    "read_history", "history_from_csv", "read_choices", "history_csv", "choices_csv",
 ]
+
+#: The run folder's format, recorded in ``config.json`` under ``"format"``. Folders
+#: without the field were written before it existed and have the same layout.
+RUN_FOLDER_FORMAT = "smartmixed_np.run/1"
 
 CONFIG = "config.json"
 HISTORY = "history.csv"
@@ -61,26 +80,204 @@ FINISH_ORDER = (MODEL_ARRAYS, MODEL_JSON, HISTORY, CHOICES, "figures/", METRICS)
 _REQUIRED = (MODEL_ARRAYS, MODEL_JSON, HISTORY, METRICS)
 
 
-def _read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; ValueError (with the reason) for anything else."""
+#: The largest JSON or CSV file of a run folder that is read (a bound against a hostile file).
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+class RunFolderError(UserError, ValueError):
+    """A file of a run folder is missing (where required) or cannot be read as its format says.
+
+    ``str(err)`` is one line, ``"{path}: {reason}"``; ``path``, ``reason`` and
+    ``kind`` (``"missing"``: no such file, ``"unreadable"``: the system refused to
+    read it, ``"corrupt"``: its content is wrong) let a caller say it its own way.
+    """
+
+    def __init__(self, path: Path, reason: str, kind: str = "corrupt") -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason, self.kind = path, reason, kind
+
+
+def _read_bytes(path: Path, required: bool) -> bytes | None:
+    """The bytes of ``path`` (at most :data:`MAX_FILE_BYTES`); None when it is absent and not required."""
     try:
         with open(path, "rb") as file:
-            data = file.read(64 * 1024 * 1024 + 1)
+            data = file.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        if required:
+            raise RunFolderError(path, "no such file", kind="missing") from None
+        return None
     except OSError as err:
-        raise ValueError(f"unreadable ({err.strerror or err})") from None
-    if len(data) > 64 * 1024 * 1024:
-        raise ValueError("larger than 64 MiB")
+        raise RunFolderError(path, f"unreadable ({err.strerror or type(err).__name__})", kind="unreadable") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise RunFolderError(path, f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
+    return data
+
+
+def _read_text(path: Path, required: bool) -> str | None:
+    """The UTF-8 text of ``path``; None when it is absent and not required."""
+    data = _read_bytes(path, required)
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RunFolderError(path, "not UTF-8 text") from None
+
+
+def _load_json_object(path: Path, required: bool = True) -> dict[str, Any]:
+    """A strict JSON object from ``path`` (``{}`` when absent and not required); RunFolderError otherwise."""
+    data = _read_bytes(path, required)
+    if data is None:
+        return {}
     try:
         value = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise ValueError(f"not valid JSON ({type(err).__name__})") from None
+    except UnicodeDecodeError:
+        raise RunFolderError(path, "not valid JSON (not UTF-8 text)") from None
+    except RecursionError:
+        raise RunFolderError(path, "not valid JSON (nested too deeply)") from None
+    except _ConstantError as err:
+        raise RunFolderError(path, f"not valid JSON (non-standard constant {err})") from None
+    except ValueError as err:  # json.JSONDecodeError included
+        raise RunFolderError(path, f"not valid JSON ({str(err)[:80]})") from None
     if not isinstance(value, dict):
-        raise ValueError("not a JSON object")
+        raise RunFolderError(path, "not a JSON object")
     return value
 
 
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; ValueError (with the reason) for anything else."""
+    try:
+        return _load_json_object(path)
+    except RunFolderError as err:
+        raise ValueError(err.reason) from None
+
+
+class _ConstantError(ValueError):
+    """NaN, Infinity or -Infinity in a JSON file: strict JSON (what the writers write) has none."""
+
+
 def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
+    raise _ConstantError(name)
+
+
+# ------------------------------------------------------------------ readers
+def read_json(run_dir: str | os.PathLike, name: str, *, required: bool = True) -> dict[str, Any]:
+    """The JSON object in ``run_dir/name``.
+
+    Returns:
+        The parsed object; ``{}`` when the file is absent and ``required`` is False.
+
+    Raises:
+        RunFolderError: absent (when required), unreadable, larger than
+            :data:`MAX_FILE_BYTES`, not UTF-8, not valid strict JSON (``NaN`` and
+            infinities included), nested too deeply, or not an object.
+    """
+    return _load_json_object(Path(run_dir) / name, required)
+
+
+def read_config(run_dir: str | os.PathLike, *, required: bool = True) -> dict[str, Any]:
+    """``config.json``: the run's options, ``data``, ``environment``, ``resumes`` and ``format``."""
+    return read_json(run_dir, CONFIG, required=required)
+
+
+def read_metrics(run_dir: str | os.PathLike, *, required: bool = True) -> dict[str, Any]:
+    """``metrics.json``: the finished run's scores (its presence marks the run finished)."""
+    return read_json(run_dir, METRICS, required=required)
+
+
+def read_model_description(run_dir: str | os.PathLike, *, required: bool = True) -> dict[str, Any]:
+    """``model.json``: the saved model's description (``config``, ``choices``, metadata); arrays are in ``model.npz``."""
+    return read_json(run_dir, MODEL_JSON, required=required)
+
+
+def _csv_rows(path: Path, required: bool) -> list[dict[str, str]] | None:
+    """The rows of a CSV file as dicts by header; None when it is absent and not required."""
+    text = _read_text(path, required)
+    if text is None:
+        return None
+    try:
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as err:
+        raise RunFolderError(path, f"not valid CSV ({err})") from None
+
+
+def history_from_csv(path: str | os.PathLike, *, required: bool = True) -> list[dict[str, Any]]:
+    """Read a ``history.csv`` file: one dict per epoch, numbers as floats, empty cells as None.
+
+    Returns ``[]`` when the file is absent and ``required`` is False.
+
+    Raises:
+        RunFolderError: absent (when required), unreadable, or a cell that is not a number.
+    """
+    path = Path(path)
+    rows = _csv_rows(path, required) or []
+    history = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            history.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
+        except (TypeError, ValueError):
+            raise RunFolderError(path, f"line {line} holds a cell that is not a number") from None
+    return history
+
+
+def read_history(run_dir: str | os.PathLike, *, required: bool = True) -> list[dict[str, Any]]:
+    """``history.csv``: one dict per epoch (column -> float, None for an empty cell); see :func:`history_from_csv`."""
+    return history_from_csv(Path(run_dir) / HISTORY, required=required)
+
+
+def read_choices(run_dir: str | os.PathLike, *, required: bool = True) -> list[list[str]]:
+    """``choices.csv``: per hidden layer (by the ``layer`` column), the activation names in neuron order.
+
+    Returns:
+        ``names[l][j]`` is the activation of neuron ``j`` (original order, the
+        ``neuron`` column) of hidden layer ``l``; ``[]`` when the file is absent and
+        ``required`` is False.
+
+    Raises:
+        RunFolderError: absent (when required), unreadable, a missing column, or a
+            layer or neuron that is not an integer.
+    """
+    path = Path(run_dir) / CHOICES
+    return _choices_from_rows(_csv_rows(path, required) or [], path)
+
+
+def _choices_from_rows(rows: list[dict[str, str]], path: Path | None = None) -> list[list[str]]:
+    """Per layer (sorted by ``layer``), the ``activation`` names sorted by ``neuron``: see :func:`read_choices`."""
+    layers: dict[int, list[tuple[int, str]]] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            layer, neuron, name = int(row["layer"]), int(row["neuron"]), row["activation"]
+            if name is None:
+                raise ValueError("no activation")
+        except (KeyError, TypeError, ValueError):
+            raise RunFolderError(path or Path(CHOICES), f"line {line} needs an integer layer and neuron and an activation") from None
+        layers.setdefault(layer, []).append((neuron, name))
+    return [[name for _, name in sorted(neurons)] for _, neurons in sorted(layers.items())]
+
+
+# ------------------------------------------------------------------ writers
+def history_csv(history: list[dict[str, Any]]) -> str:
+    """``history.csv`` text: the columns in order of first appearance, None as an empty cell, ``\\n`` line ends."""
+    columns: list[str] = []
+    for row in history:
+        columns.extend(k for k in row if k not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def choices_csv(choice_names: list[list[str]]) -> str:
+    """``choices.csv`` text: a ``layer,neuron,activation`` row per neuron, ``choice_names[layer][neuron]``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["layer", "neuron", "activation"])
+    for layer, names in enumerate(choice_names):
+        for neuron, name in enumerate(names):
+            writer.writerow([layer, neuron, name])
+    return buffer.getvalue()
 
 
 def finished_problem(run_dir: str | os.PathLike) -> str | None:

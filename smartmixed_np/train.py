@@ -21,9 +21,7 @@ would.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -47,11 +45,14 @@ from .mlp import MLP
 from .step import train_step
 from .optim import SGD, Adam
 from .plugins import load_plugins, require_loaded
-from .runfolder import CHECKPOINT, CHOICES, CONFIG, HISTORY, LOCK, METRICS, determinism_mismatch, environment, hold
+from .runfolder import (
+    CHECKPOINT, CHOICES, CONFIG, HISTORY, LOCK, METRICS, RUN_FOLDER_FORMAT, choices_csv, determinism_mismatch, environment,
+    history_csv, hold,
+)
+from .runfolder import history_from_csv as history_from_csv  # public here before the run folder had its module
 
 __all__ = ["TrainConfig", "RunResult", "ConfigError", "train", "evaluate", "confusion_matrix", "per_class_accuracy", "CHECKPOINT"]
 
-RUN_FOLDER_FORMAT = "smartmixed_np.run/1"
 CHECKPOINT_FORMAT = "smartmixed_np.checkpoint/1"
 
 
@@ -889,9 +890,9 @@ def _finish(run: _Run, interrupt: dict | None = None) -> dict[str, Any]:
     save_model(folder, model, {"dataset": config.dataset, "selected": metrics["selected"], "test_accuracy": test["accuracy"],
                                "imports": list(config.imports)})
     stop_if_asked()
-    write_text(folder / HISTORY, _history_csv(run.history))
+    write_text(folder / HISTORY, history_csv(run.history))
     if config.is_smartmixed:
-        write_text(folder / CHOICES, _choices_csv(model))
+        write_text(folder / CHOICES, choices_csv(model.choice_names()))
     stop_if_asked()
     try:
         from .plots import write_run_figures
@@ -905,35 +906,4 @@ def _finish(run: _Run, interrupt: dict | None = None) -> dict[str, Any]:
     write_json(folder / METRICS, metrics)  # the finished marker: last
     _say(f"done: test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}) of the model from epoch {best.epoch}; run folder {folder}")
     return metrics
-
-
-def _history_csv(history: list[dict[str, Any]]) -> str:
-    columns: list[str] = []
-    for row in history:
-        columns.extend(k for k in row if k not in columns)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return buffer.getvalue()
-
-
-def _choices_csv(model: MLP) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["layer", "neuron", "activation"])
-    for layer, names in enumerate(model.choice_names()):
-        for neuron, name in enumerate(names):
-            writer.writerow([layer, neuron, name])
-    return buffer.getvalue()
-
-
-def history_from_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Read ``history.csv`` back (numbers as floats, empty cells as None)."""
-    rows = []
-    with open(path, newline="", encoding="utf-8") as file:
-        for row in csv.DictReader(file):
-            rows.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
-    return rows
 
