@@ -30,8 +30,6 @@ Inputs are the plain data a training run writes:
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import re
@@ -49,6 +47,8 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from .activations import DEFAULT_POOL
 from .fileio import atomic_writer
+from .runfolder import RunFolderError, _csv_rows, read_choices, read_history, read_metrics, read_model_description
+from .runfolder import _choices_from_rows as _choices_from_rows  # tests/test_plots.py checks the neuron order with it
 
 __all__ = [
     "ACTIVATION_COLORS",
@@ -756,27 +756,17 @@ def plot_comparison(
 
 
 # --------------------------------------------------------------------------- run folders
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8") as file:
-        data = json.load(file)
-    return data if isinstance(data, dict) else {}
+def _lenient(read: Any, run_dir: Path, empty: Any) -> Any:
+    """What ``read(run_dir, required=False)`` returns, or ``empty`` for a file it cannot read: that figure is skipped."""
+    try:
+        return read(run_dir, required=False)
+    except RunFolderError:
+        return empty
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8", newline="") as file:
-        return list(csv.DictReader(file))
-
-
-def _choices_from_rows(rows: list[dict[str, str]]) -> list[list[str]]:
-    """Per hidden layer (sorted by the ``layer`` column), names sorted by the ``neuron`` column."""
-    layers: dict[int, list[tuple[int, str]]] = {}
-    for row in rows:
-        layers.setdefault(int(row["layer"]), []).append((int(row["neuron"]), row["activation"]))
-    return [[name for _, name in sorted(neurons)] for _, neurons in sorted(layers.items())]
+    """The rows of a CSV file (``[]`` if absent); kept for tests/test_plots.py, figures read through runfolder."""
+    return _csv_rows(path, required=False) or []
 
 
 def write_run_figures(run_dir: str | os.PathLike, metrics: dict[str, Any] | None = None) -> list[Path]:
@@ -796,10 +786,10 @@ def write_run_figures(run_dir: str | os.PathLike, metrics: dict[str, Any] | None
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
     # A finishing run passes its metrics: metrics.json is written after the figures.
-    metrics = metrics if metrics is not None else _read_json(run_dir / "metrics.json")
-    model = _read_json(run_dir / "model.json")
-    history = _read_csv(run_dir / "history.csv")
-    choice_rows = _read_csv(run_dir / "choices.csv")
+    metrics = metrics if metrics is not None else _lenient(read_metrics, run_dir, {})
+    model = _lenient(read_model_description, run_dir, {})
+    history = _lenient(read_history, run_dir, [])
+    choices = _lenient(read_choices, run_dir, [])
     kind = metrics.get("model") or model.get("kind")
     name = f"{run_dir.name} ({kind})" if kind and kind != run_dir.name else run_dir.name
     pool = model.get("pool") or model.get("config", {}).get("pool") or metrics.get("pool") or list(DEFAULT_POOL)
@@ -814,8 +804,7 @@ def write_run_figures(run_dir: str | os.PathLike, metrics: dict[str, Any] | None
     if test.get("confusion_matrix"):
         written.append(plot_confusion(test["confusion_matrix"], out / "confusion.png",
                                       class_names=metrics.get("class_names"), title=f"Test confusion matrix: {name}"))
-    if choice_rows:
-        choices = _choices_from_rows(choice_rows)
+    if choices:
         written.append(plot_activation_shares(choices, pool, out / "activation_shares.png",
                                               title=f"Activation chosen per neuron: {name}"))
     if history and _share_columns(history) and any(
@@ -823,7 +812,7 @@ def write_run_figures(run_dir: str | os.PathLike, metrics: dict[str, Any] | None
     ):
         written.append(plot_share_evolution(history, pool, out / "share_evolution.png",
                                             title=f"Activation shares during phase 1: {name}"))
-    if choice_rows:
+    if choices:
         written.append(plot_choice_map(choices, pool, out / "choice_map.png",
                                        title=f"Activation chosen by each neuron: {name}"))
     return written

@@ -19,7 +19,6 @@ These statistics read the files of the SmartMixed runs, not only ``summary.csv``
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..activations import DEFAULT_POOL
-from ..runfolder import CHOICES, MODEL_ARRAYS, MODEL_JSON
+from ..runfolder import CHOICES, MODEL_ARRAYS, MODEL_JSON, RunFolderError, read_choices
 from .collect import SMARTMIXED, ReportError, arch_sort_key, read_json, scored
 
 __all__ = ["DEPTHS", "layer_preferences", "weight_statistics"]
@@ -37,12 +36,11 @@ DEPTHS = ("first", "middle", "last", "only")
 
 
 def _choices_by_layer(run_dir: Path) -> list[list[str]]:
-    """Per hidden layer, each neuron's activation name (original order) from choices.csv."""
-    layers: dict[int, list[tuple[int, str]]] = {}
-    with open(run_dir / CHOICES, newline="", encoding="utf-8") as file:
-        for row in csv.DictReader(file):
-            layers.setdefault(int(row["layer"]), []).append((int(row["neuron"]), row["activation"]))
-    return [[name for _, name in sorted(neurons)] for _, neurons in sorted(layers.items())]
+    """Per hidden layer, each neuron's activation name (original order) from choices.csv (ReportError if unreadable)."""
+    try:
+        return read_choices(run_dir)
+    except RunFolderError as err:
+        raise ReportError(str(err)) from None
 
 
 def _depth_groups(num_layers: int) -> list[str]:

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..activations import DEFAULT_POOL
 from ..errors import UserError
+from .. import runfolder
 from ..runfolder import CHECKPOINT, CONFIG, METRICS
 from ..sweep import FAILED, RUN_ATTEMPTS, SWEEP_JSON
 
@@ -59,18 +60,15 @@ class ReportError(UserError, ValueError):
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object file; ``{}`` if it is absent or not an object.
+    """A JSON object file of a run or sweep folder, read by :func:`smartmixed_np.runfolder.read_json`; ``{}`` if absent.
 
     Raises:
-        ReportError: the file exists but cannot be read or parsed.
+        ReportError: the file exists but is unreadable, not strict JSON or not an object (one line naming it).
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as err:
-        raise ReportError(f"{path}: unreadable ({err})") from None
-    return data if isinstance(data, dict) else {}
+        return runfolder.read_json(path.parent, path.name, required=False)
+    except runfolder.RunFolderError as err:
+        raise ReportError(str(err)) from None
 
 
 def arch_sort_key(label: str) -> tuple:
