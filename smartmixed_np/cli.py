@@ -610,7 +610,8 @@ def _resume_overrides(args: argparse.Namespace) -> dict[str, Any]:
         raise _UserArgumentError(
             f"{option} cannot change when resuming (the run was trained with {_describe(field, saved)}); start a new run with --out"
         )
-    overrides: dict[str, Any] = {"quiet": args.quiet, "progress": not args.quiet}
+    # A run started with --quiet stays quiet on resume; --quiet typed now makes it quiet.
+    overrides: dict[str, Any] = {"quiet": True, "progress": False} if "quiet" in explicit else {}
     for dest in ("device", "data_dir", "mirror", "epochs"):
         if dest in explicit:
             overrides[dest] = getattr(args, dest)

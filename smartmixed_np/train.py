@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -47,7 +46,7 @@ from .optim import SGD, Adam
 from .plugins import load_plugins, require_loaded
 from .runfolder import (
     CHECKPOINT, CHOICES, CONFIG, HISTORY, LOCK, METRICS, RUN_FOLDER_FORMAT, choices_csv, determinism_mismatch, environment,
-    history_csv, hold,
+    RunFolderError, history_csv, hold, read_config,
 )
 from .runfolder import history_from_csv as history_from_csv  # public here before the run folder had its module
 
@@ -599,7 +598,10 @@ def train(
         try:
             with _interrupt_at_step_boundaries() as interrupt:
                 try:
-                    _train_loop(run, on_step, interrupt)
+                    # A diverging run overflows: the loop reports a non-finite loss in
+                    # one line, so NumPy's warnings would only be noise before it.
+                    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                        _train_loop(run, on_step, interrupt)
                     metrics = _finish(run, interrupt)
                 except KeyboardInterrupt:
                     return _stopped(run, interrupt)
@@ -669,10 +671,11 @@ def _write_config(run: "_Run", resumed_from: dict[str, Any] | None) -> None:
     """config.json: the options, the data, and the environment of the first start and of each resume."""
     path = run.run_dir / CONFIG
     previous: dict[str, Any] = {}
-    if resumed_from is not None and path.is_file():
-        with contextlib.suppress(OSError, ValueError, UnicodeDecodeError, RecursionError):
-            loaded = json.loads(path.read_text(encoding="utf-8"))
-            previous = loaded if isinstance(loaded, dict) else {}
+    if resumed_from is not None:
+        try:
+            previous = read_config(run.run_dir, required=False)
+        except RunFolderError as err:
+            _say(f"warning: {err}; it is written anew (the first start's environment and earlier resumes are lost)", sys.stderr)
     data = run.data
     content = {**run.config.to_json(), "environment": previous.get("environment", run.environment), "data": {
         "name": data.name, "source": data.source, "train": int(data.x_train.shape[0]),

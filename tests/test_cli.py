@@ -252,9 +252,10 @@ def test_resume_passes_the_options_that_may_differ(interrupted_run, recorded_tra
     assert recorded_train[-1].resume == str(interrupted_run)
     assert recorded_train[-1].overrides == {"quiet": True, "progress": False, "epochs": 5, "device": "cpu", "data_dir": "d",
                                             "mirror": "https://example.org/m"}
-    # Options at their defaults but not typed are not overrides (the default --epochs is 400).
+    # Options at their defaults but not typed are not overrides (the default --epochs is 400),
+    # and a run started with --quiet stays quiet: --quiet not typed overrides nothing.
     assert main(["train", "--resume", str(interrupted_run)]) == 0
-    assert recorded_train[-1].overrides == {"quiet": False, "progress": True}
+    assert recorded_train[-1].overrides == {}
 
 
 def test_resume_with_more_epochs_trains_them(interrupted_run, capsys):
