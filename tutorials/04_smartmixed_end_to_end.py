@@ -131,6 +131,11 @@ def train_one_epoch(net, optimizer):
         optimizer.step(net.gradients())
 
 
+# %% [markdown]
+# These lines, forward to update, are what `smartmixed_np.train_step(net, optimizer, x, y, clip)`
+# runs: the step that `smartmixed train` and the benchmarks take (it folds the clipping
+# factor into the optimizer's pass, with the same numbers).
+
 # %%
 optimizer = Adam(model.parameters(), lr=LR)
 history = []
