@@ -69,6 +69,12 @@ MODEL_ARRAYS = "model.npz"
 MODEL_JSON = "model.json"
 CHECKPOINT = "checkpoint.npz"
 
+#: What a sweep writes into a run folder besides the run's own files: its log of the
+#: run's output, its record of attempts, and the note of a failure.
+RUN_LOG = "train.log"
+RUN_ATTEMPTS = "sweep_run.json"
+FAILED = "FAILED"
+
 #: The lock file of a run folder: whoever holds it is the only process writing there.
 LOCK = ".lock"
 
@@ -142,14 +148,6 @@ def _load_json_object(path: Path, required: bool = True) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise RunFolderError(path, "not a JSON object")
     return value
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; ValueError (with the reason) for anything else."""
-    try:
-        return _load_json_object(path)
-    except RunFolderError as err:
-        raise ValueError(err.reason) from None
 
 
 class _ConstantError(ValueError):
@@ -294,9 +292,9 @@ def finished_problem(run_dir: str | os.PathLike) -> str | None:
             return f"{name} is missing"
     for name in (METRICS, MODEL_JSON):
         try:
-            _read_json_object(run_dir / name)
-        except ValueError as err:
-            return f"{name} is {err}"
+            _load_json_object(run_dir / name)
+        except RunFolderError as err:
+            return f"{name} is {err.reason}"
     try:
         with open(run_dir / MODEL_ARRAYS, "rb") as file:
             if file.read(4) != b"PK\x03\x04":

@@ -111,9 +111,7 @@ BLAS_THREAD_VARIABLES = (
 )
 SWEEP_JSON = "sweep.json"
 STATUS_JSON = "sweep_status.json"
-FAILED = "FAILED"
-RUN_LOG = "train.log"
-RUN_ATTEMPTS = "sweep_run.json"
+FAILED, RUN_LOG, RUN_ATTEMPTS = runfolder.FAILED, runfolder.RUN_LOG, runfolder.RUN_ATTEMPTS
 SWEEP_FORMAT = "smartmixed_np.sweep/1"
 # Options that may differ between the runs of one sweep, or between a sweep and its
 # restart, without changing what any run computes.
@@ -768,9 +766,7 @@ def _make_dask_executor(scheduler: Any) -> tuple[Executor, Callable[[], None]]:
         from distributed import Client
     except ImportError:
         raise SweepError("the dask executor needs Dask: pip install 'smartmixed_np[dask]'") from None
-    if scheduler is None:
-        raise SweepError("the dask executor needs --scheduler ADDRESS (for example tcp://127.0.0.1:8786)")
-    _check_dask_address(scheduler)
+    # The address was checked by _check_executor before anything was written.
     if isinstance(scheduler, Client):
         client, owned = scheduler, False
     else:

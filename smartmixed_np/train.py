@@ -45,8 +45,8 @@ from .step import train_step
 from .optim import SGD, Adam
 from .plugins import load_plugins, require_loaded
 from .runfolder import (
-    CHECKPOINT, CHOICES, CONFIG, HISTORY, LOCK, METRICS, RUN_FOLDER_FORMAT, choices_csv, determinism_mismatch, environment,
-    RunFolderError, history_csv, hold, read_config,
+    CHECKPOINT, CHOICES, CONFIG, HISTORY, METRICS, RUN_FOLDER_FORMAT, choices_csv, determinism_mismatch, environment,
+    FAILED, RUN_ATTEMPTS, RUN_LOG, RunFolderError, history_csv, hold, read_config,
 )
 from .runfolder import history_from_csv as history_from_csv  # public here before the run folder had its module
 
@@ -486,7 +486,7 @@ def _default_run_dir(config: TrainConfig) -> Path:
 #: What may stand in a folder before a run starts in it: what a sweep writes first
 #: (its log, its attempts, its lock, a failure note) and the hidden temporaries of
 #: atomic writes. Anything else means the folder is not meant for a run.
-_BEFORE_A_RUN = ("train.log", "sweep_run.json", "FAILED", CONFIG)
+_BEFORE_A_RUN = (RUN_LOG, RUN_ATTEMPTS, FAILED, CONFIG)
 
 
 def _check_new_run_dir(run_dir: Path) -> None:
@@ -589,7 +589,7 @@ def train(
     _note_train_limit(run)
     _make_run_dir(run_dir)
     with hold(run_dir, wait_s=0) as held:
-        if not held and (run_dir / LOCK).exists() and os.name == "posix":
+        if not held and os.name == "posix":  # elsewhere there are no locks to take
             raise ConfigError(f"{run_dir} is in use by another process (a sweep worker or another `smartmixed train`)")
         remove_stale_parts(run_dir)  # only the holder of the folder may remove temporaries
         _write_config(run, resumed_from)
