@@ -1,1 +1,1 @@
-"""Benchmark scripts; the suite itself lives in :mod:`smartmixed_np.bench`."""
+"""Benchmark scripts; the suite itself lives in :mod:`smartmixed_np.experiments.bench`."""

@@ -1,6 +1,6 @@
 """Run the benchmark suite: ``python -m benchmarks.run --json FILE [--figure PNG] [--quick] [--data-dir D]``.
 
-A thin command line over :func:`smartmixed_np.bench.run_benchmarks` (the same
+A thin command line over :func:`smartmixed_np.experiments.bench.run_benchmarks` (the same
 function that ``smartmixed bench`` calls). The data directory defaults to
 ``$SMARTMIXED_DATA``; without one the MNIST epoch benchmark is skipped.
 """
@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from smartmixed_np.bench import run_benchmarks
+from smartmixed_np.experiments.bench import run_benchmarks
 
 
 def main(argv: list[str] | None = None) -> int:

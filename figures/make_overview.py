@@ -19,11 +19,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from smartmixed_np import DEFAULT_POOL, get_activation, to_host
-from smartmixed_np.checkpoint import load_arrays
+from smartmixed_np.experiments.checkpoint import load_arrays
 from smartmixed_np.fileio import atomic_writer
-from smartmixed_np.mixture import gumbel_softmax_weights
-from smartmixed_np.plots import activation_color, model_color
-from smartmixed_np.train import TrainConfig, train
+from smartmixed_np.core.phase1 import gumbel_softmax_weights
+from smartmixed_np.experiments.plots import activation_color, model_color
+from smartmixed_np.experiments.train import TrainConfig, train
 
 OUT = Path(__file__).resolve().parent / "overview.png"
 

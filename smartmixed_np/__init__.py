@@ -7,12 +7,16 @@ The names most programs need are importable from the package itself::
 
 __version__ = "0.1.0"
 
-from .activations import DEFAULT_POOL, get_activation, list_activations, register_activation
+from . import _aliases
+
+from .core.activations import DEFAULT_POOL, get_activation, list_activations, register_activation
 from .backend import get_backend, to_host
-from .mlp import MLP
-from .losses import softmax_cross_entropy
-from .optim import SGD, Adam, clip_factor, clip_grad_norm
-from .step import train_step
+from .nn.mlp import MLP
+from .core.losses import softmax_cross_entropy
+from .nn.optim import SGD, Adam, clip_factor, clip_grad_norm
+from .nn.step import train_step
+
+_aliases.install()  # the module names of 0.1 (smartmixed_np.fixed, ...), for one release
 
 __all__ = [
     "DEFAULT_POOL",

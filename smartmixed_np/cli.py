@@ -143,7 +143,7 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 def _arch_id(text: str) -> int:
     """A published architecture ID (see `smartmixed archs`)."""
-    from .archs import ARCHITECTURES
+    from .experiments.archs import ARCHITECTURES
 
     stripped = text.strip()
     if _INT_TEXT.fullmatch(stripped) and int(stripped) in ARCHITECTURES:
@@ -282,7 +282,7 @@ def _add_import_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--import", dest="imports", action="append", type=_module, metavar="MODULE",
         help="import MODULE (a module name or a path to a .py file) first: it may register candidate activations "
-        "with smartmixed_np.activations.register_activation (repeatable; the run records it)",
+        "with smartmixed_np.core.activations.register_activation (repeatable; the run records it)",
     )
 
 
@@ -292,8 +292,8 @@ def _add_training_options(parser: argparse.ArgumentParser, *, single_run: bool) 
     ``single_run`` adds what only a single run has: ``--model``, ``--arch``/``--hidden``,
     ``--seed``, ``--out``, ``--resume``, ``--quiet`` (a sweep sets these per run).
     """
-    from .activations import DEFAULT_POOL
-    from .mixture import NOISE_MODES
+    from .core.activations import DEFAULT_POOL
+    from .core.phase1 import NOISE_MODES
 
     _add_data_options(parser)
     model = parser.add_argument_group("model")
@@ -359,8 +359,8 @@ def _load_user_activations(args: argparse.Namespace, extra: Sequence[str] = ()) 
     The names cannot be checked while parsing: argparse converts values before the
     modules that register a user's candidates are imported.
     """
-    from .activations import get_activation, resolve_pool
-    from .plugins import load_plugins
+    from .core.activations import get_activation, resolve_pool
+    from .experiments.plugins import load_plugins
 
     load_plugins([*extra, *(getattr(args, "imports", None) or ())])
     prog = f"smartmixed {args.command}"
@@ -381,7 +381,7 @@ def _load_user_activations(args: argparse.Namespace, extra: Sequence[str] = ()) 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``smartmixed`` command."""
-    from .sweep import DEFAULT_MODELS
+    from .experiments.sweep import DEFAULT_MODELS
 
     parser = _Parser(
         prog="smartmixed",
@@ -493,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------------- commands
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
+    from .experiments.train import TrainConfig, train
 
     if args.resume:
         result = train(resume=args.resume, overrides=_resume_overrides(args))
@@ -545,7 +545,7 @@ def _explicit_options(argv: Sequence[str], command: str) -> set[str]:
 def _read_run_config(run_dir: Path) -> dict[str, Any]:
     """The run's ``config.json`` as a dict; CheckpointError (one line) for anything else."""
     from .errors import CheckpointError
-    from .runfolder import RunFolderError, read_config
+    from .experiments.runfolder import RunFolderError, read_config
 
     try:
         return read_config(run_dir)
@@ -579,9 +579,9 @@ def _resume_overrides(args: argparse.Namespace) -> dict[str, Any]:
         _UserArgumentError: an option that would change what is trained (one line,
             naming it and the run's value), unless it repeats the run's value.
     """
-    from .archs import get_architecture
-    from .plugins import load_plugins
-    from .runfolder import CHECKPOINT
+    from .experiments.archs import get_architecture
+    from .experiments.plugins import load_plugins
+    from .experiments.runfolder import CHECKPOINT
 
     run_dir = Path(args.resume)
     explicit = _explicit_options(args.argv, "train")
@@ -624,8 +624,8 @@ def _resume_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .sweep import plan_sweep, run_state, run_sweep
-    from .train import TrainConfig
+    from .experiments.sweep import plan_sweep, run_state, run_sweep
+    from .experiments.train import TrainConfig
 
     _load_user_activations(args)
     config = TrainConfig(**_training_options(args))
@@ -656,11 +656,11 @@ def _report(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .backend import get_backend
-    from .checkpoint import load_model
+    from .experiments.checkpoint import load_model
     from .data import load_dataset
     from .errors import CheckpointError
-    from .runfolder import finished_problem, run_state
-    from .train import confusion_matrix, evaluate, per_class_accuracy
+    from .experiments.runfolder import finished_problem, run_state
+    from .experiments.train import confusion_matrix, evaluate, per_class_accuracy
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -684,7 +684,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     # A run trained with a user's activation records the modules that registered it;
     # they are imported only when the user names them again (--import): see plugins.py.
     _load_user_activations(args)
-    from .plugins import require_loaded
+    from .experiments.plugins import require_loaded
 
     require_loaded(imports, str(run_dir / "config.json"))
     backend = get_backend(args.device)
@@ -708,7 +708,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _archs(args: argparse.Namespace) -> int:
-    from .archs import ARCH_NOTES, ARCHITECTURES
+    from .experiments.archs import ARCH_NOTES, ARCHITECTURES
 
     print(f"{'ID':>3}  {'layers':>6}  hidden widths")
     for arch_id, widths in ARCHITECTURES.items():
@@ -743,8 +743,8 @@ def plain_formula(latex: str) -> str:
 
 
 def _activations(args: argparse.Namespace) -> int:
-    from .activations import DEFAULT_POOL, SELU_ALPHA, SELU_SCALE, get_activation, list_activations
-    from .plugins import load_plugins
+    from .core.activations import DEFAULT_POOL, SELU_ALPHA, SELU_SCALE, get_activation, list_activations
+    from .experiments.plugins import load_plugins
 
     built_in = set(list_activations())
     load_plugins(args.imports or [])
@@ -766,7 +766,7 @@ def run_demo(out: str | Path | None = None, epochs: int = 12, quick: bool = Fals
     Returns:
         ``{"smartmixed": metrics, "relu": metrics, "figure": path}``.
     """
-    from .train import TrainConfig, train
+    from .experiments.train import TrainConfig, train
 
     folder = Path(out) if out else Path("runs") / f"demo_{time.strftime('%Y%m%d-%H%M%S')}"
     if quick:
@@ -788,7 +788,7 @@ def run_demo(out: str | Path | None = None, epochs: int = 12, quick: bool = Fals
                        "transition_epoch": result.metrics["transition_epoch"]}
     figure = folder / "comparison.png"
     try:
-        from .plots import plot_comparison
+        from .experiments.plots import plot_comparison
 
         plot_comparison(runs, figure, title=f"synth-digits, {epochs} epochs")
     except Exception as err:  # results are written; a figure must not lose them
@@ -812,7 +812,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     try:
-        from .bench import run_benchmarks
+        from .experiments.bench import run_benchmarks
     except ImportError:
         raise UserError("the benchmark suite is not available in this installation") from None
     run_benchmarks(quick=args.quick, data_dir=args.data_dir, json_path=args.json, figure_path=args.figure, device=args.device)

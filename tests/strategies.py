@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from smartmixed_np.activations import DEFAULT_POOL
+from smartmixed_np.core.activations import DEFAULT_POOL
 
 KINK_MARGIN = 0.05
 MAX_MAGNITUDE = 6.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smartmixed_np.archs import ARCHITECTURES, get_architecture, parse_hidden
+from smartmixed_np.experiments.archs import ARCHITECTURES, get_architecture, parse_hidden
 
 
 def test_published_ids():

@@ -9,10 +9,10 @@ import pickle
 import numpy as np
 import pytest
 
-import smartmixed_np.activations as activations
+import smartmixed_np.core.activations as activations
 from smartmixed_np import backend as B
-from smartmixed_np.losses import softmax_cross_entropy
-from smartmixed_np.mlp import MLP
+from smartmixed_np.core.losses import softmax_cross_entropy
+from smartmixed_np.nn.mlp import MLP
 from strict_backend import HostDeviceMixError, StrictArray
 
 

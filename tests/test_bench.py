@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from smartmixed_np.bench import run_benchmarks
+from smartmixed_np.experiments.bench import run_benchmarks
 
 RATIO_KEYS = [
     "phase2_vs_relu_step_ratio",

@@ -19,10 +19,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smartmixed_np import checkpoint, runfolder
-from smartmixed_np.checkpoint import load_arrays, load_model, save_arrays, save_model
+from smartmixed_np.experiments import checkpoint
+from smartmixed_np.experiments import runfolder
+from smartmixed_np.experiments.checkpoint import load_arrays, load_model, save_arrays, save_model
 from smartmixed_np.errors import CheckpointError
-from smartmixed_np.mlp import MLP
+from smartmixed_np.nn.mlp import MLP
 
 import hostile_files as hostile
 
@@ -131,7 +132,7 @@ def test_model_without_or_with_corrupt_description(tmp_path):
 
 _WRITER = """
 import sys, numpy as np
-from smartmixed_np.checkpoint import save_arrays
+from smartmixed_np.experiments.checkpoint import save_arrays
 path = sys.argv[1]
 version = 0
 while True:
@@ -447,7 +448,7 @@ def test_imports_must_be_a_list_of_names(tmp_path, imports):
 
 def test_a_module_model_json_names_is_never_imported(tmp_path, monkeypatch):
     """Importing runs code: a model file can name its modules, never make them run."""
-    from smartmixed_np import plugins
+    from smartmixed_np.experiments import plugins
 
     (tmp_path / "marker_plugin.py").write_text("open(__file__ + '.ran', 'w').close()\n")
     _model_files(tmp_path, extra={"imports": [str(tmp_path / "marker_plugin.py"), "some.module"]})
@@ -459,15 +460,15 @@ def test_a_module_model_json_names_is_never_imported(tmp_path, monkeypatch):
 
 _PLUGIN = '''
 import numpy as np
-from smartmixed_np.activations import register_activation
+from smartmixed_np.core.activations import register_activation
 register_activation("doubled_tanh", lambda x: 2 * np.tanh(x), lambda x: 2 * (1 - np.tanh(x) ** 2))
 '''
 
 _LOAD_IN_A_FRESH_PROCESS = '''
 import sys
 import numpy as np
-from smartmixed_np import plugins
-from smartmixed_np.checkpoint import load_model
+from smartmixed_np.experiments import plugins
+from smartmixed_np.experiments.checkpoint import load_model
 plugins.load_plugins(sys.argv[3:])  # what the user names with --import
 model = load_model(sys.argv[1])
 x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
@@ -485,7 +486,7 @@ def test_a_model_with_a_user_activation_loads_in_a_fresh_process(tmp_path):
     code = f"""
 import sys
 from smartmixed_np import MLP, plugins
-from smartmixed_np.checkpoint import save_model
+from smartmixed_np.experiments.checkpoint import save_model
 plugins.load_plugins([{str(plugin)!r}])
 model = MLP([4, 6, 3], "doubled_tanh", seed=0)
 save_model({str(tmp_path / 'run')!r}, model, {{"imports": [{str(plugin)!r}]}})

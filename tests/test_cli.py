@@ -17,17 +17,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import smartmixed_np.activations as activations
-import smartmixed_np.plugins as plugins
+import smartmixed_np.core.activations as activations
+import smartmixed_np.experiments.plugins as plugins
 from smartmixed_np import cli
 from smartmixed_np.cli import main, plain_formula
-from smartmixed_np.train import TrainConfig
-from smartmixed_np.train import train as real_train
+from smartmixed_np.experiments.train import TrainConfig
+from smartmixed_np.experiments.train import train as real_train
 
 BUILT_IN = dict(activations._REGISTRY)
 
 PLUGIN = '''
-from smartmixed_np.activations import register_activation
+from smartmixed_np.core.activations import register_activation
 from smartmixed_np.backend import array_module
 
 
@@ -191,7 +191,7 @@ def test_user_activation_from_the_command_line(tmp_path, fresh_registry, monkeyp
 @pytest.fixture
 def recorded_train(monkeypatch):
     """Replace train() by a stub that validates its config and records the call."""
-    import smartmixed_np.train as train_module
+    import smartmixed_np.experiments.train as train_module
 
     calls = []
 
@@ -207,11 +207,11 @@ def recorded_train(monkeypatch):
 
 def test_options_reach_the_training_config(recorded_train):
     argv = ["train", "--dataset", "spirals", "--mirror", "http://127.0.0.1:9/mnist/", "--pool", "RELU, elu",
-            "--import", "json", "--import", "smartmixed_np.fixed", "--hidden", "65536,1", "--seed", str(2**32 - 1)]
+            "--import", "json", "--import", "smartmixed_np.nn.layers", "--hidden", "65536,1", "--seed", str(2**32 - 1)]
     assert main(argv) == 0
     config = recorded_train[-1].config
     assert config.mirror == "http://127.0.0.1:9/mnist/" and config.pool == ("relu", "elu")
-    assert config.imports == ("json", "smartmixed_np.fixed") and config.hidden == (65536, 1) and config.seed == 2**32 - 1
+    assert config.imports == ("json", "smartmixed_np.nn.layers") and config.hidden == (65536, 1) and config.seed == 2**32 - 1
     assert main(["train", "--dataset", "spirals"]) == 0
     assert recorded_train[-1].config.pool is None and recorded_train[-1].config.imports == ()
 
@@ -295,7 +295,7 @@ def test_evaluate_refuses_a_hostile_config_json_in_one_line(finished_run, tmp_pa
 
 def test_evaluate_passes_the_mirror_and_prints_strict_json(finished_run, monkeypatch, capsys):
     import smartmixed_np.data as data
-    import smartmixed_np.train as train_module
+    import smartmixed_np.experiments.train as train_module
 
     seen = {}
     real_load = data.load_dataset
@@ -453,9 +453,9 @@ def _argv(base, option, value, joined, run_dir):
 @pytest.fixture
 def stubbed_commands(monkeypatch, recorded_train):
     """Every command stops once its options are parsed and validated; nothing is written or trained."""
-    import smartmixed_np.bench as bench
+    import smartmixed_np.experiments.bench as bench
     import smartmixed_np.report as report
-    import smartmixed_np.sweep as sweep
+    import smartmixed_np.experiments.sweep as sweep
 
     def sweep_stub(out, archs, models, seeds, config, **options):
         sweep.plan_sweep(out, archs, models, seeds, config)  # validates every run's configuration

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smartmixed_np import compiled
-from smartmixed_np.optim import Adam, adam_update_reference
+from smartmixed_np.fast import compiled
+from smartmixed_np.nn.optim import Adam, adam_update_reference
 from test_activations import assert_relatively_accurate, negative_inputs
 
 numba = pytest.importorskip("numba", reason="the compiled loops need the 'fast' extra (numba)")
@@ -121,7 +121,7 @@ def test_adam_takes_the_compiled_path_and_matches_the_reference_path(monkeypatch
 
 
 # --------------------------------------------------------------------------- phase-2 group loops
-from smartmixed_np.fixed import FixedMixedActivation  # noqa: E402
+from smartmixed_np.nn.layers import FixedMixedActivation  # noqa: E402
 
 _SIX = ["relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu"]
 
@@ -133,15 +133,20 @@ def _feature_major(rng, width, batch, dtype, scale):
     return np.ascontiguousarray(values.astype(dtype)).T
 
 
+def _fused_engine(layer):
+    """The NumPy-kernel engine of ``layer``'s groups: the numbers the compiled loops must give."""
+    from smartmixed_np.nn.engines import FusedGroups
+
+    return FusedGroups(layer.choices, layer.pool, layer.groups, layer.backend, layer.clamp)
+
+
 def _both_paths(layer, z, da):
-    """(a, cache, dz) by the compiled loops, and by the NumPy kernels."""
-    a, cache = layer.forward(z)
-    dz = layer.backward(da, cache)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(compiled, "applies", lambda *arrays: False)
-        a_ref, cache_ref = layer.forward(z)
-        dz_ref = layer.backward(da, cache_ref)
-    return (a, cache, dz), (a_ref, cache_ref, dz_ref)
+    """(a, cache, dz) by the layer's compiled engine, and by the NumPy kernels' engine."""
+    a, cache = layer.engine.forward(z)
+    dz = layer.engine.backward(da, cache)
+    fused = _fused_engine(layer)
+    a_ref, cache_ref = fused.forward(z)
+    return (a, cache, dz), (a_ref, cache_ref, fused.backward(da, cache_ref))
 
 
 @given(
@@ -163,7 +168,7 @@ def test_group_loops_give_the_numpy_kernels_numbers(width, batch, present, conti
     z = _feature_major(rng, width, batch, dtype, scale)
     da = _feature_major(rng, width, batch, dtype, 1.0)
     (a, cache, dz), (a_ref, cache_ref, dz_ref) = _both_paths(layer, z, da)
-    assert cache.path == "compiled" and cache_ref.path in ("fused", "fused_grouped")
+    assert layer.engine.name == "compiled"
     assert a.dtype == dz.dtype == dtype
     assert_bitwise_equal(a, a_ref)
     assert_bitwise_equal(dz, dz_ref)
@@ -182,8 +187,8 @@ def test_group_loops_keep_nan_and_infinities():
 
 
 def test_group_loops_run_inside_the_mlp_and_agree(monkeypatch):
-    from smartmixed_np.losses import softmax_cross_entropy
-    from smartmixed_np.mlp import MLP
+    from smartmixed_np.core.losses import softmax_cross_entropy
+    from smartmixed_np.nn.mlp import MLP
 
     rng = np.random.default_rng(3)
     phase1 = MLP([12, 16, 8, 3], "smartmixed", seed=1)
@@ -194,17 +199,19 @@ def test_group_loops_run_inside_the_mlp_and_agree(monkeypatch):
     for contiguous in (True, False):
         model = phase1.freeze(contiguous=contiguous)
 
-        def run(expect_compiled):
+        with monkeypatch.context() as patch:
+            patch.setattr(compiled, "enabled", lambda: False)
+            model_ref = phase1.freeze(contiguous=contiguous)
+
+        def run(model, expect):
+            assert [act.engine.name for act in model.activations] == [expect] * 2
             logits = model.forward(x, train=True)
-            assert [cache.path == "compiled" for _, cache in model.tape.caches[:-1]] == [expect_compiled] * 2
             _, dlogits = softmax_cross_entropy(logits, y)
             model.backward(dlogits)
             return logits, {k: g.copy() for k, g in model.gradients().items()}
 
-        logits, grads = run(True)
-        with monkeypatch.context() as patch:
-            patch.setattr(compiled, "applies", lambda *arrays: False)
-            logits_ref, grads_ref = run(False)
+        logits, grads = run(model, "compiled")
+        logits_ref, grads_ref = run(model_ref, "fused")
         np.testing.assert_array_equal(logits, logits_ref)
         for name in grads:
             np.testing.assert_array_equal(grads[name], grads_ref[name])
@@ -221,10 +228,10 @@ def test_group_loops_run_inside_the_mlp_and_agree(monkeypatch):
     seed=st.integers(0, 2**16),
 )
 def test_selected_backward_gives_the_numpy_kernels_numbers(width, batch, pool, clamp, dtype, scale, seed):
-    """mixture_backward_fused: the compiled dz (selected candidate only) equals every-candidate-then-gather."""
-    from smartmixed_np.activations import resolve_pool
-    from smartmixed_np.mixture import mixture_backward_fused, mixture_forward_fused
-    from smartmixed_np.workspace import Workspace
+    """mixture_backward_compiled (the selected candidate only) gives mixture_backward_fused's numbers (every candidate, then gather)."""
+    from smartmixed_np.core.activations import resolve_pool
+    from smartmixed_np.fast.phase1 import mixture_backward_compiled, mixture_backward_fused, mixture_forward_fused
+    from smartmixed_np.fast.workspace import Workspace
 
     rng = np.random.default_rng(seed)
     candidates = resolve_pool(pool)
@@ -234,10 +241,8 @@ def test_selected_backward_gives_the_numpy_kernels_numbers(width, batch, pool, c
     noise = rng.gumbel(size=logits.shape).astype(dtype)
     _, cache = mixture_forward_fused(z, logits, noise, candidates, tau=0.3, clamp=clamp, workspace=Workspace(np))
     assert compiled.applies(dout.T, cache.candidates.transpose(0, 2, 1))
-    dz, dlogits = mixture_backward_fused(dout, cache, candidates, workspace=Workspace(np))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(compiled, "applies", lambda *arrays: False)
-        dz_ref, dlogits_ref = mixture_backward_fused(dout, cache, candidates, workspace=Workspace(np))
+    dz, dlogits = mixture_backward_compiled(dout, cache, candidates, workspace=Workspace(np))
+    dz_ref, dlogits_ref = mixture_backward_fused(dout, cache, candidates, workspace=Workspace(np))
     assert_bitwise_equal(dz, dz_ref)
     assert_bitwise_equal(dlogits, dlogits_ref)
 
@@ -256,25 +261,24 @@ def test_group_loops_elu_selu_derivatives_are_relatively_accurate_far_below_zero
     layer = FixedMixedActivation(choices, _SIX, contiguous=contiguous, clamp=10.0)
     z_row = negative_inputs(dtype)
     zT = np.ascontiguousarray(np.tile(z_row, (len(choices), 1)))
-    table = layer.compiled_table(zT)
+    table = layer.engine.table(zT.dtype)
     aT = compiled.grouped_forward(zT, table, np.empty_like(zT), np.zeros_like(zT))
     ones = np.ones_like(zT)
     dzT = compiled.grouped_backward(ones, aT, table, np.full_like(zT, np.nan), zT=zT)
     for n, k in enumerate(choices):
         if k in (_ELU, _SELU):
             assert_relatively_accurate(dzT[n], z_row, _SIX[k], dtype)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(compiled, "applies", lambda *arrays: False)
-        _, cache_ref = layer.forward(zT.T)
-        dz_ref = layer.backward(ones.T, cache_ref)
+    fused = _fused_engine(layer)
+    _, cache_ref = fused.forward(zT.T)
+    dz_ref = fused.backward(ones.T, cache_ref)
     assert_bitwise_equal(dzT, dz_ref.T)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_selected_backward_elu_selu_derivatives_are_relatively_accurate_far_below_zero(dtype):
     """selected_backward given z: the same for the neurons that selected elu or selu in a hard phase-1 layer."""
-    from smartmixed_np.activations import resolve_pool
-    from smartmixed_np.mixture import mixture_backward_fused, mixture_forward_fused
+    from smartmixed_np.core.activations import resolve_pool
+    from smartmixed_np.fast.phase1 import mixture_backward_fused, mixture_forward_fused
 
     pool = resolve_pool(_SIX)
     selected = np.array([_ELU, _SELU, 1, _SELU, 0, _ELU, _ELU])
@@ -291,23 +295,21 @@ def test_selected_backward_elu_selu_derivatives_are_relatively_accurate_far_belo
     for n, k in enumerate(selected):
         if k in (_ELU, _SELU):
             assert_relatively_accurate(dzT[n], z_row, _SIX[k], dtype)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(compiled, "applies", lambda *arrays: False)
-        dz_ref, _ = mixture_backward_fused(ones.T, cache, pool)
+    dz_ref, _ = mixture_backward_fused(ones.T, cache, pool)
     assert_bitwise_equal(dzT, dz_ref.T)
 
 
 def test_backward_loops_refuse_a_z_of_another_shape_or_dtype():
     layer = FixedMixedActivation(np.array([_ELU, 0]), _SIX, contiguous=False, clamp=10.0)
     zT = np.zeros((2, 5), np.float32)
-    table = layer.compiled_table(zT)
+    table = layer.engine.table(zT.dtype)
     for wrong in (np.zeros((2, 4), np.float32), np.zeros((2, 5), np.float64)):
         with pytest.raises(ValueError, match="zT must be"):
             compiled.grouped_backward(zT, zT, table, np.empty_like(zT), zT=wrong)
 
 
 def test_candidate_table_refuses_a_user_activation():
-    from smartmixed_np.activations import Activation, resolve_pool
+    from smartmixed_np.core.activations import Activation, resolve_pool
 
     custom = Activation("cube", lambda z: z**3, lambda z, a: 3 * z**2, "z^3")
     assert compiled.candidate_table((custom,), 10.0, np.dtype(np.float32)) is None
@@ -318,7 +320,7 @@ def test_candidate_table_is_not_fooled_by_an_equal_copy_of_a_builtin():
     """The cache compares pools by value, the kernel test by identity: a copy asked first must not poison it."""
     import dataclasses
 
-    from smartmixed_np.activations import get_activation
+    from smartmixed_np.core.activations import get_activation
 
     elu = get_activation("elu")
     twin = dataclasses.replace(elu)  # equal, not the registered object: no kernel
@@ -333,7 +335,7 @@ def test_grouped_forward_ignores_stale_scratch():
     for choices in (np.arange(6).repeat(3), np.zeros(6, dtype=np.int64), np.array([0, 0, 3, 3])):
         layer = FixedMixedActivation(choices, _SIX, contiguous=True, clamp=10.0)
         zT = np.ascontiguousarray(rng.standard_normal((len(choices), 7)).astype(np.float32))
-        table = layer.compiled_table(zT)
+        table = layer.engine.table(zT.dtype)
         clean = compiled.grouped_forward(zT, table, np.empty_like(zT), np.zeros_like(zT))
         stale = compiled.grouped_forward(zT, table, np.empty_like(zT), np.full_like(zT, np.nan))
         assert_bitwise_equal(stale, clean)

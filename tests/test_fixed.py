@@ -7,10 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smartmixed_np.activations import DEFAULT_POOL, resolve_pool
+from smartmixed_np.core.activations import DEFAULT_POOL, resolve_pool
 from smartmixed_np.backend import to_host
-from smartmixed_np.fixed import FixedMixedActivation, clamp_limits, contiguous_order, fixed_backward, fixed_forward, make_groups
-from smartmixed_np.gradcheck import check_vjp
+from smartmixed_np.nn.layers import FixedMixedActivation, make_groups
+from smartmixed_np.core.phase2 import clamp_limits, contiguous_order, fixed_backward, fixed_forward
+from smartmixed_np.core.gradcheck import check_vjp_per_coordinate
 from strategies import away_from_kinks, batch_sizes, beyond_clamp, seeds
 
 POOL = resolve_pool(None)
@@ -36,7 +37,7 @@ def test_gradient_matches_finite_differences(backend, batch, width, seed, contig
     groups = make_groups(choices, POOL, backend, contiguous=contiguous, clamp=clamp)
     z = backend.asarray(z_host)
     vjp = lambda da: [fixed_backward(da, fixed_forward(z, groups)[1], groups)]  # noqa: E731
-    assert check_vjp(lambda z: fixed_forward(z, groups)[0], [z], vjp, seed=seed).max_error < 1e-6
+    assert check_vjp_per_coordinate(lambda z: fixed_forward(z, groups)[0], [z], vjp, seed=seed).max_error < 1e-6
 
 
 @given(batch=batch_sizes, width=st.integers(1, 12), seed=seeds, clamp=st.sampled_from([None, 10.0]))
@@ -68,7 +69,7 @@ def test_contiguous_groups_are_slices_and_masked_are_indices(backend):
 
 def test_clamp_limits_is_still_importable_from_fixed():
     """clamp_limits moved to activations (next to the ranges it reads); the old name is the same function."""
-    from smartmixed_np import activations
+    from smartmixed_np.core import activations
 
     assert clamp_limits is activations.clamp_limits
 
@@ -97,68 +98,76 @@ def test_bad_order_is_rejected():
     assert DEFAULT_POOL[0] == "relu"
 
 
+def _fast_engines(backend):
+    """The fast phase-2 engines that can run on ``backend``: fused always, compiled on the host with Numba."""
+    from smartmixed_np.fast import compiled
+    from smartmixed_np.nn.engines import CompiledGroups, FusedGroups
+
+    return [FusedGroups] + ([CompiledGroups] if backend.name == "numpy" and compiled.enabled() else [])
+
+
 @given(batch=batch_sizes, width=st.integers(1, 12), seed=seeds, contiguous=st.booleans(), clamp=st.sampled_from([None, 10.0]))
-def test_fused_layer_matches_the_reference_functions(backend, batch, width, seed, contiguous, clamp):
-    """The layer's fused path (feature-major, permuted groups) against fixed_forward/fixed_backward."""
-    from smartmixed_np.workspace import Workspace
+def test_fast_engines_match_the_reference_functions(backend, batch, width, seed, contiguous, clamp):
+    """Each fast engine (fused kernels, feature-major with permuted groups; compiled loops)
+    against fixed_forward/fixed_backward, with and without a workspace."""
+    from smartmixed_np.fast.workspace import Workspace
 
     rng = np.random.default_rng(seed)
     choices = rng.integers(0, len(POOL), size=width)
     if contiguous:
         choices = np.sort(choices)
     layer = FixedMixedActivation(choices, clamp=clamp, contiguous=contiguous, backend=backend)
-    assert layer.fused
+    assert layer.engine.name != "reference"
     z = backend.asarray(beyond_clamp(rng, (batch, width)))
     da = backend.asarray(rng.standard_normal((batch, width)))
     a_ref, cache_ref = fixed_forward(z, layer.groups)
     dz_ref = to_host(fixed_backward(da, cache_ref, layer.groups))
-    for workspace in (None, Workspace(backend.xp)):
-        a, cache = layer.forward(z, workspace=workspace)
-        np.testing.assert_array_equal(to_host(a), to_host(a_ref))
-        np.testing.assert_allclose(to_host(layer.backward(da, cache, workspace=workspace)), dz_ref, rtol=1e-14, atol=0)
+    for engine_class in _fast_engines(backend):
+        engine = engine_class(layer.choices, layer.pool, layer.groups, backend, layer.clamp)
+        for workspace in (None, Workspace(backend.xp)):
+            for zin in (z, backend.xp.asfortranarray(z)):  # batch-major, and feature-major as an MLP keeps it
+                a, cache = engine.forward(zin, workspace=workspace)
+                np.testing.assert_array_equal(to_host(a), to_host(a_ref))
+                np.testing.assert_allclose(to_host(engine.backward(da, cache, workspace=workspace)), dz_ref, rtol=1e-14, atol=0)
 
 
-def test_layer_caches_name_the_path_that_made_them(backend, monkeypatch):
-    """FixedCache.path says which forward ran; the layer's backward follows it, and the
-    reference backward refuses a cache in grouped order."""
-    from smartmixed_np import compiled
-    from smartmixed_np.activations import Activation
-    from smartmixed_np.fixed import FixedCache
+def test_each_layer_chooses_its_engine_once_and_its_caches_fit_it(backend):
+    """The engine is chosen at construction: the reference for a user's activation, the
+    compiled loops on the host with Numba, else the fused kernels. A masked layer's fused
+    cache is in grouped order, and the reference backward refuses it."""
+    from smartmixed_np.fast import compiled
+    from smartmixed_np.core.activations import Activation
+    from smartmixed_np.nn.engines import FusedGroups, GroupedCache
 
     rng = np.random.default_rng(6)
     z = backend.asarray(rng.standard_normal((6, 4))).T  # feature-major, as an MLP keeps it
     da = backend.asarray(rng.standard_normal((4, 6)))
     masked = np.array([2, 0, 5, 2, 0, 2])
     cube = Activation("cube", lambda x: x**3, lambda x, y: 3 * x**2)  # no fused kernel
-    on_host = backend.name == "numpy" and compiled.enabled()
+    fast = "compiled" if backend.name == "numpy" and compiled.enabled() else "fused"
     cases = [
         (FixedMixedActivation(masked, [cube, "relu", "tanh", "elu", "sigmoid", "selu"], clamp=10.0, backend=backend), "reference"),
-        (FixedMixedActivation(np.sort(masked), POOL, contiguous=True, clamp=10.0, backend=backend), "compiled" if on_host else "fused"),
-        (FixedMixedActivation(masked, POOL, clamp=10.0, backend=backend), "compiled" if on_host else "fused_grouped"),
+        (FixedMixedActivation(np.sort(masked), POOL, contiguous=True, clamp=10.0, backend=backend), fast),
+        (FixedMixedActivation(masked, POOL, clamp=10.0, backend=backend), fast),
     ]
-    with monkeypatch.context() as patch:
-        patch.setattr(compiled, "applies", lambda *arrays: False)
-        cases.append((cases[1][0], "fused"))
-        cases.append((cases[2][0], "fused_grouped"))
-        for layer, path in cases[3:]:
-            assert layer.forward(z)[1].path == path
-    for layer, path in cases[:3]:
+    for layer, name in cases:
+        assert layer.engine.name == name
         a, cache = layer.forward(z)
-        assert cache.path == path
         reference = FixedMixedActivation(layer.choices, layer.pool, contiguous=layer.contiguous, clamp=10.0, backend=backend)
         a_ref, cache_ref = fixed_forward(z, reference.groups)
         np.testing.assert_allclose(to_host(a), to_host(a_ref), rtol=1e-12)
         np.testing.assert_allclose(
             to_host(layer.backward(da, cache)), to_host(fixed_backward(da, cache_ref, reference.groups)), rtol=1e-12
         )
-    with monkeypatch.context() as patch:
-        patch.setattr(compiled, "applies", lambda *arrays: False)
-        layer = cases[2][0]
-        _, grouped = layer.forward(z)
-        with pytest.raises(ValueError, match="grouped order"):
-            fixed_backward(da, grouped, layer.groups)
-    with pytest.raises(ValueError, match="path"):
-        FixedCache(z=z, a=z, path="masked")
+    layer = cases[2][0]
+    fused = FusedGroups(layer.choices, layer.pool, layer.groups, backend, layer.clamp)
+    _, grouped = fused.forward(z)
+    assert isinstance(grouped, GroupedCache)
+    with pytest.raises(TypeError, match="FixedCache"):
+        fixed_backward(da, grouped, layer.groups)
+    with pytest.raises(TypeError, match="GroupedCache"):
+        fused.backward(da, fixed_forward(z, layer.groups)[1])
+
 
 
 def test_passes_create_no_attribute_on_the_layer(backend):

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from smartmixed_np.backend import get_backend, to_host
-from smartmixed_np.gradcheck import GradcheckError, check_directional, check_model_gradients, check_vjp, numerical_vjp, relative_error
-from smartmixed_np.mlp import MLP
+from smartmixed_np.core.gradcheck import (GradcheckError, check_directional, check_model_gradients, check_vjp,
+                                          check_vjp_per_coordinate, numerical_vjp, relative_error)
+
+VJP_CHECKS = [check_vjp, check_vjp_per_coordinate]
+from smartmixed_np.nn.mlp import MLP
 
 
 def test_relative_error_has_a_floor():
@@ -16,14 +19,41 @@ def test_relative_error_has_a_floor():
     assert relative_error(np.array([1e-14]), np.array([2e-14])) < 1e-3  # both tiny: judged against the floor
 
 
-def test_check_vjp_passes_and_fails(backend):
+@pytest.mark.parametrize("check", VJP_CHECKS)
+def test_vjp_checks_pass_and_fail(backend, check):
     x = backend.asarray(np.array([[0.3, -1.2], [2.0, 0.7]]))
     fn = lambda x: x * x * x  # noqa: E731
-    assert check_vjp(fn, [x], lambda u: [3 * x * x * u]).max_error < 1e-8
+    assert check(fn, [x], lambda u: [3 * x * x * u]).max_error < 1e-8
     with pytest.raises(GradcheckError, match="gradient check failed"):
-        check_vjp(fn, [x], lambda u: [3 * x * u])
-    result = check_vjp(fn, [x], lambda u: [3 * x * u], raise_on_failure=False)
+        check(fn, [x], lambda u: [3 * x * u])
+    result = check(fn, [x], lambda u: [3 * x * u], raise_on_failure=False)
     assert not result.passed and result.max_error > 0.1
+
+
+def test_one_direction_check_reports_each_input_and_costs_two_calls_per_input(backend):
+    """check_vjp: one error per input position; a wrong gradient of one input fails that one
+    only; two evaluations per input plus one, whatever the input sizes (the per-coordinate
+    check needs two per element)."""
+    rng = np.random.default_rng(2)
+    a, b = (backend.asarray(rng.standard_normal(shape)) for shape in [(40, 30), (30,)])
+    calls = []
+
+    def fn(a, b):
+        calls.append(1)
+        return backend.xp.tanh(a * b)
+
+    def vjp(u, wrong_b=False):
+        d = u * (1 - backend.xp.tanh(a * b) ** 2)
+        db = (d * a).sum(axis=0)
+        return [d * b, -db if wrong_b else db]
+
+    result = check_vjp(fn, [a, b], vjp)
+    assert result.passed and set(result.errors) == {0, 1} and len(calls) == 1 + 2 * 2
+    wrong = check_vjp(fn, [a, b], lambda u: vjp(u, wrong_b=True), raise_on_failure=False)
+    assert wrong.errors[0] < 1e-8 and wrong.errors[1] > 0.5
+    calls.clear()
+    check_vjp_per_coordinate(fn, [a, b], vjp)
+    assert len(calls) == 1 + 2 * (a.size + b.size)
 
 
 def test_numerical_vjp_never_modifies_its_inputs(backend):
@@ -33,10 +63,11 @@ def test_numerical_vjp_never_modifies_its_inputs(backend):
     np.testing.assert_array_equal(to_host(x), x_host)
 
 
-def test_checks_require_float64(backend):
+@pytest.mark.parametrize("check", VJP_CHECKS)
+def test_checks_require_float64(backend, check):
     x = backend.asarray(np.ones(3, dtype=np.float32))
     with pytest.raises(TypeError, match="float64"):
-        check_vjp(lambda x: x * 2, [x], lambda u: [2 * u])
+        check(lambda x: x * 2, [x], lambda u: [2 * u])
 
 
 def test_directional_check_never_touches_the_point(backend):
@@ -77,8 +108,8 @@ def _small_batch(backend):
 
 def _plant(monkeypatch, name, factor=1.01):
     """Scale the gradient that the layers write for parameter ``name`` (of a [6, 8, 5, 3] MLP) by ``factor``."""
-    from smartmixed_np.linear import Linear
-    from smartmixed_np.mixture import SmartMixedActivation
+    from smartmixed_np.core.linear import Linear
+    from smartmixed_np.nn.layers import SmartMixedActivation
 
     _, index, kind = name.split(".")
     if kind == "logits":
@@ -134,7 +165,7 @@ def test_model_check_coordinate_by_coordinate_names_the_parameter_and_the_entry(
 
 
 def _gradients(model, x, labels):
-    from smartmixed_np.losses import softmax_cross_entropy
+    from smartmixed_np.core.losses import softmax_cross_entropy
 
     probe = MLP([6, 8, 5, 3], "smartmixed", hard=False, dtype="float64", seed=0)
     probe.load_state_dict(model.state_dict())

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smartmixed_np.activations import DEFAULT_POOL, get_activation, register_activation
+from smartmixed_np.core.activations import DEFAULT_POOL, get_activation, register_activation
 from smartmixed_np.backend import to_host
-from smartmixed_np.fixed import clamp_limits
-from smartmixed_np.kernels import activation_backward_into, activation_forward_into, has_kernel
+from smartmixed_np.core.phase2 import clamp_limits
+from smartmixed_np.fast.kernels import activation_backward_into, activation_forward_into, has_kernel
 from strategies import beyond_clamp, default_candidates, seeds
 from test_activations import assert_relatively_accurate, negative_inputs
 

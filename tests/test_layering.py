@@ -1,7 +1,9 @@
 """The package's layering (pyproject.toml's [tool.importlinter] contracts), checked by import-linter.
 
-Three contracts: the numerical core imports nothing from the experiment side or the CLI;
-only ``smartmixed_np.backend`` imports CuPy; no import cycles between sibling modules.
+Three contracts: the layers (the CLI above the report and the experiment side, above the
+network, above the fast paths, above the reference core, above the shared ground), so that
+the core imports nothing from the experiment side or the CLI; only ``smartmixed_np.backend``
+imports CuPy; no import cycles between sibling modules.
 The first test runs ``lint-imports`` on the package; the others plant a violation of
 each contract in a copy of the package and check that the contract then breaks, so that
 the contracts are known to be able to fail.
@@ -22,7 +24,7 @@ pytest.importorskip("importlinter", reason="import-linter is not installed (the 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "smartmixed_np"
 CONTRACTS = {
-    "core-below-experiments": "The numerical core imports nothing from the experiment side or the CLI",
+    "layers": "Each layer imports only the layers below it",
     "cupy-only-in-backend": "Only smartmixed_np.backend imports CuPy",
     "no-cycles": "No import cycles between sibling modules (the core's included)",
 }
@@ -68,15 +70,22 @@ def _plant(parent: Path, module: str, code: str) -> None:
 @pytest.mark.parametrize(
     "module, code, broken",
     [
-        # the core reaching up to the trainer, inside a function (a cycle too: train imports mixture)
-        ("mixture.py", "def _planted():\n    from . import train\n", {"core-below-experiments", "no-cycles"}),
+        # (an upward import is a circle between subpackages too: the upper one imports the lower)
+        # the core reaching up to the trainer, inside a function
+        ("core/phase1.py", "def _planted():\n    from ..experiments import train\n", {"layers", "no-cycles"}),
+        # the reference reaching for a fast path (the circle compiled and fixed once formed)
+        ("core/phase2.py", "def _planted():\n    from ..fast import compiled\n", {"layers", "no-cycles"}),
+        # a fast path reaching up to the layers that choose it
+        ("fast/kernels.py", "def _planted():\n    from ..nn import engines\n", {"layers", "no-cycles"}),
+        # the datasets reaching up to the trainer (a cycle too: train imports data)
+        ("data/idx.py", "def _planted():\n    from ..experiments import train\n", {"layers", "no-cycles"}),
         # CuPy imported outside backend, inside a function, whether or not CuPy is installed
-        ("fixed.py", "def _planted():\n    import cupy\n", {"cupy-only-in-backend"}),
+        ("nn/layers.py", "def _planted():\n    import cupy\n", {"cupy-only-in-backend"}),
         ("report/stats.py", "def _planted():\n    import cupyx.scipy\n", {"cupy-only-in-backend"}),
-        # the circle that compiled and fixed once formed (fixed imports compiled)
-        ("compiled.py", "def _planted():\n    from .fixed import clamp_limits\n", {"no-cycles"}),
-        # a circle inside the core: activations <- kernels, and now activations -> kernels
-        ("activations.py", "def _planted():\n    from . import kernels\n", {"no-cycles"}),
+        # a circle inside the core: activations <- phase2, and now activations -> phase2
+        ("core/activations.py", "def _planted():\n    from . import phase2\n", {"no-cycles"}),
+        # a circle inside the fast paths: compiled <- phase1, and now compiled -> phase1
+        ("fast/compiled.py", "def _planted():\n    from . import phase1\n", {"no-cycles"}),
     ],
 )
 def test_a_planted_violation_breaks_its_contract(package_copy, module, code, broken):

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 
 from smartmixed_np.backend import SeededRNG, to_host
-from smartmixed_np.gradcheck import GradcheckError, check_vjp
-from smartmixed_np.linear import Linear, init_linear, linear_backward, linear_forward
+from smartmixed_np.core.gradcheck import GradcheckError, check_vjp_per_coordinate
+from smartmixed_np.core.linear import Linear, init_linear, linear_backward, linear_forward
 from strategies import layer_shapes, seeds, widths
 
 
@@ -27,7 +27,7 @@ def test_linear_gradients_match_finite_differences(backend, shape, d_in, seed):
         _, cache = linear_forward(x, W, b)
         return linear_backward(dz, cache)
 
-    assert check_vjp(fn, [x, W, b], vjp, seed=seed).max_error < 1e-6
+    assert check_vjp_per_coordinate(fn, [x, W, b], vjp, seed=seed).max_error < 1e-6
 
 
 def test_a_wrong_weight_gradient_is_caught(backend):
@@ -40,7 +40,7 @@ def test_a_wrong_weight_gradient_is_caught(backend):
         return dx, dW.T.T * 0.9, db  # a 10% error in dW
 
     with pytest.raises(GradcheckError):
-        check_vjp(lambda x, W, b: linear_forward(x, W, b)[0], [x, W, b], wrong_vjp)
+        check_vjp_per_coordinate(lambda x, W, b: linear_forward(x, W, b)[0], [x, W, b], wrong_vjp)
 
 
 def test_skipping_dx_returns_none_and_keeps_the_other_gradients(backend):

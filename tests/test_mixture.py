@@ -7,18 +7,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smartmixed_np.activations import resolve_pool
+from smartmixed_np.core.activations import resolve_pool
 from smartmixed_np.backend import SeededRNG, get_backend, to_host
-from smartmixed_np.fixed import FixedMixedActivation
-from smartmixed_np.gradcheck import GradcheckError, check_vjp
-from smartmixed_np.mixture import (
-    SmartMixedActivation,
-    gumbel_softmax_weights,
-    init_selection_logits,
-    mixture_backward,
-    mixture_forward,
-    straight_through_surrogate,
-)
+from smartmixed_np.nn.layers import FixedMixedActivation
+from smartmixed_np.core.gradcheck import GradcheckError, check_vjp_per_coordinate
+from smartmixed_np.nn.layers import SmartMixedActivation
+from smartmixed_np.core.phase1 import gumbel_softmax_weights, init_selection_logits, mixture_backward, mixture_forward, straight_through_surrogate
 from strategies import away_from_kinks, batch_sizes, beyond_clamp, seeds, taus
 
 POOL = resolve_pool(None)
@@ -49,7 +43,7 @@ def test_soft_mixture_gradients_match_finite_differences(backend, batch, width, 
         _, cache = mixture_forward(z, logits, noise, POOL, tau=tau, hard=False)
         return mixture_backward(dout, cache, POOL)
 
-    assert check_vjp(fn, [z, logits], vjp, seed=seed).max_error < 1e-6
+    assert check_vjp_per_coordinate(fn, [z, logits], vjp, seed=seed).max_error < 1e-6
 
 
 @given(batch=batch_sizes, width=st.integers(1, 4), seed=seeds, tau=taus, noise_kind=noise_shapes, clamp_region=st.booleans())
@@ -75,7 +69,7 @@ def test_straight_through_gradient_is_the_exact_gradient_of_the_surrogate(backen
         _, cache = mixture_forward(z, logits, noise, POOL, tau=tau, hard=True)
         return mixture_backward(dout, cache, POOL)
 
-    assert check_vjp(surrogate, [z, logits], vjp, seed=seed).max_error < 1e-6
+    assert check_vjp_per_coordinate(surrogate, [z, logits], vjp, seed=seed).max_error < 1e-6
 
 
 def test_hard_forward_is_exactly_the_selected_candidate(backend):
@@ -105,7 +99,7 @@ def test_a_wrong_logit_gradient_is_caught(backend):
         return dz, dlogits * 0.5  # forgot a factor
 
     with pytest.raises(GradcheckError):
-        check_vjp(lambda z, l: mixture_forward(z, l, noise, POOL, tau=0.5, hard=False)[0], [z, logits], vjp)
+        check_vjp_per_coordinate(lambda z, l: mixture_forward(z, l, noise, POOL, tau=0.5, hard=False)[0], [z, logits], vjp)
 
 
 def test_gumbel_softmax_weights_are_stable_and_normalised(backend):
@@ -210,8 +204,8 @@ def test_bad_layer_options_are_rejected():
 @given(batch=batch_sizes, width=st.integers(1, 9), seed=seeds, tau=taus, shared=st.booleans(), clamp=st.sampled_from([None, 10.0]))
 def test_fused_pair_matches_the_reference(backend, batch, width, seed, tau, shared, clamp):
     """mixture_forward_fused/mixture_backward_fused against mixture_forward/mixture_backward (hard)."""
-    from smartmixed_np.mixture import mixture_backward_fused, mixture_forward_fused
-    from smartmixed_np.workspace import Workspace
+    from smartmixed_np.fast.phase1 import mixture_backward_fused, mixture_forward_fused
+    from smartmixed_np.fast.workspace import Workspace
 
     z, logits, noise = _inputs(backend, seed, batch, width, "shared" if shared else "none", clamp_region=True)
     dout = backend.asarray(np.random.default_rng(seed + 1).standard_normal((batch, width)))
@@ -226,28 +220,33 @@ def test_fused_pair_matches_the_reference(backend, batch, width, seed, tau, shar
         np.testing.assert_allclose(to_host(dlogits), dlogits_ref, rtol=1e-12, atol=1e-15)
 
 
-def test_layer_caches_name_the_path_that_made_them(backend):
-    """One cache type, SmartMixedCache, whose path picks the backward: fused, reference or frozen."""
-    from smartmixed_np.mixture import SmartMixedCache
+def test_each_layer_chooses_its_training_engine_once_and_its_cache_says_train_or_evaluate(backend):
+    """The engine is chosen at construction (fused or compiled for hard selection with shared
+    or no noise over built-ins, else the reference); a SmartMixedCache holds a training
+    pass's mixture or an evaluation pass's frozen layer, never both."""
+    from smartmixed_np.fast import compiled
+    from smartmixed_np.nn.layers import SmartMixedCache
 
+    fast = "compiled" if backend.name == "numpy" and compiled.enabled() else "fused"
     z = backend.asarray(np.random.default_rng(4).standard_normal((3, 5)))
     dout = backend.asarray(np.ones((3, 5)))
     cases = [
-        (_layer(backend, "shared"), True, "fused", True),
-        (_layer(backend, "none"), True, "fused", True),
-        (_layer(backend, "per_sample"), True, "reference", True),
-        (_layer(backend, "shared", hard=False), True, "reference", True),
-        (_layer(backend, "shared"), False, "frozen", False),
+        (_layer(backend, "shared"), True, fast),
+        (_layer(backend, "none"), True, fast),
+        (_layer(backend, "per_sample"), True, "reference"),
+        (_layer(backend, "shared", hard=False), True, "reference"),
+        (_layer(backend, "shared"), False, fast),
     ]
-    for layer, train, path, has_mixture in cases:
+    for layer, train, engine in cases:
+        assert layer.engine.name == engine
         _, cache = layer.forward(z, train=train)
-        assert isinstance(cache, SmartMixedCache) and cache.path == path
-        assert (cache.mixture is not None) == has_mixture and (cache.frozen is not None) == (not has_mixture)
+        assert isinstance(cache, SmartMixedCache)
+        assert (cache.mixture is not None) == train and (cache.frozen is not None) == (not train)
         dz = layer.backward(dout, cache)
         assert tuple(dz.shape) == (3, 5)
-        assert (float(to_host(abs(layer.dlogits).sum())) > 0) == has_mixture  # an evaluation pass: zero
-    with pytest.raises(ValueError, match="path"):
-        SmartMixedCache("soft")
+        assert (float(to_host(abs(layer.dlogits).sum())) > 0) == train  # an evaluation pass: zero
+    with pytest.raises(ValueError, match="either"):
+        SmartMixedCache()
 
 
 def test_passes_create_no_attribute_on_the_layer(backend):

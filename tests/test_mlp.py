@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 
 import reference_autodiff as ref
 from smartmixed_np.backend import get_backend, to_host
-from smartmixed_np.gradcheck import check_directional, check_model_gradients
-from smartmixed_np.linear import linear_forward
-from smartmixed_np.losses import softmax_cross_entropy
-from smartmixed_np.mixture import mixture_forward, straight_through_surrogate
-from smartmixed_np.mlp import MLP
-from smartmixed_np.optim import Adam, clip_grad_norm
+from smartmixed_np.core.gradcheck import check_directional, check_model_gradients
+from smartmixed_np.core.linear import linear_forward
+from smartmixed_np.core.losses import softmax_cross_entropy
+from smartmixed_np.core.phase1 import mixture_forward, straight_through_surrogate
+from smartmixed_np.nn.mlp import MLP
+from smartmixed_np.nn.optim import Adam, clip_grad_norm
 from strategies import all_candidates, network_sizes, nudge_biases_away_from_kinks, seeds
 
 

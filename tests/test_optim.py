@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from smartmixed_np.backend import to_host
-from smartmixed_np.optim import SGD, Adam, clip_factor, clip_grad_norm, global_grad_norm
+from smartmixed_np.nn.optim import SGD, Adam, clip_factor, clip_grad_norm, global_grad_norm
 
 
 def _params(backend):
@@ -161,7 +161,7 @@ def test_step_with_the_clip_factor_equals_clipping_then_stepping(backend, make, 
 
 def test_adam_chooses_its_engine_once_and_uses_the_compiled_loop_when_numba_is_on(monkeypatch):
     """The compiled Adam is the default where Numba is in use; without it, the reference (same numbers)."""
-    from smartmixed_np import compiled
+    from smartmixed_np.fast import compiled
 
     rng = np.random.default_rng(0)
     start = {"w": rng.standard_normal((7, 5)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32)}

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from smartmixed_np import plots
-from smartmixed_np.activations import DEFAULT_POOL
+from smartmixed_np.experiments import plots
+from smartmixed_np.core.activations import DEFAULT_POOL
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 POOL = list(DEFAULT_POOL)
@@ -127,7 +127,7 @@ def test_comparison_draws_each_model_in_its_colour(tmp_path):
 
 
 def test_plots_module_does_not_import_pyplot():
-    code = "import sys, smartmixed_np.plots; print('matplotlib.pyplot' in sys.modules)"
+    code = "import sys, smartmixed_np.experiments.plots; print('matplotlib.pyplot' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 

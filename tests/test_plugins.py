@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from smartmixed_np import activations, plugins
-from smartmixed_np.plugins import PluginError, load_plugins, normalize, require_loaded
+from smartmixed_np.core import activations
+from smartmixed_np.experiments import plugins
+from smartmixed_np.experiments.plugins import PluginError, load_plugins, normalize, require_loaded
 
 
 @pytest.fixture
@@ -16,7 +17,7 @@ def clean(monkeypatch):
 
 def test_a_named_module_is_imported_once_and_counts_as_loaded(tmp_path, clean, monkeypatch):
     module = tmp_path / "acts.py"
-    module.write_text("import numpy as np\nfrom smartmixed_np.activations import register_activation\n"
+    module.write_text("import numpy as np\nfrom smartmixed_np.core.activations import register_activation\n"
                       "register_activation('plug_sq', lambda x: x * x, lambda x: 2 * x)\n"
                       "open(__file__ + '.count', 'a').write('x')\n")
     with pytest.raises(PluginError, match="never done implicitly"):

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smartmixed_np.checkpoint import load_model
+from smartmixed_np.experiments.checkpoint import load_model
 from smartmixed_np.cli import main
 from smartmixed_np.report import SUMMARY_COLUMNS, read_summary, t_quantile, write_report
-from smartmixed_np.sweep import run_sweep
-from smartmixed_np.train import CHECKPOINT, TrainConfig
+from smartmixed_np.experiments.sweep import run_sweep
+from smartmixed_np.experiments.train import CHECKPOINT, TrainConfig
 
 TINY = dict(dataset="synth-digits", train_limit=300, epochs=3, transition_epoch=2, lr=1e-2, batch_size=32)
 ARCHS = {1: (16,), 3: (16, 12, 8)}

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from smartmixed_np import runfolder
-from smartmixed_np.runfolder import determinism_mismatch, environment, finished_problem, run_state
+from smartmixed_np.experiments import runfolder
+from smartmixed_np.experiments.runfolder import determinism_mismatch, environment, finished_problem, run_state
 
 
 def _finished(folder):
@@ -73,7 +73,7 @@ def test_a_different_thread_count_is_named():
 # ------------------------------------------------------------------ the format's readers and writers
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    from smartmixed_np.train import TrainConfig, train
+    from smartmixed_np.experiments.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     config = TrainConfig(dataset="spirals", train_limit=128, hidden=(8,), epochs=2, transition_epoch=1, batch_size=64,
@@ -82,7 +82,7 @@ def real_run(tmp_path_factory):
 
 
 def test_the_readers_read_back_what_a_run_writes(real_run):
-    from smartmixed_np.checkpoint import load_model
+    from smartmixed_np.experiments.checkpoint import load_model
 
     folder = real_run.run_dir
     config = runfolder.read_config(folder)
@@ -105,7 +105,7 @@ def test_the_readers_read_back_what_a_run_writes(real_run):
 
 
 def test_train_keeps_history_from_csv(real_run):
-    from smartmixed_np.train import history_from_csv
+    from smartmixed_np.experiments.train import history_from_csv
 
     assert history_from_csv(real_run.run_dir / runfolder.HISTORY) == runfolder.read_history(real_run.run_dir)
 
@@ -119,7 +119,7 @@ def test_the_csv_writers_write_what_they_always_wrote():
 
 
 def test_choices_are_read_in_neuron_order_as_plots_and_the_report_read_them(tmp_path):
-    from smartmixed_np import plots
+    from smartmixed_np.experiments import plots
     from smartmixed_np.report.choices import _choices_by_layer
 
     tmp_path.joinpath("choices.csv").write_text(

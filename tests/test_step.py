@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from smartmixed_np import MLP, Adam, clip_grad_norm, softmax_cross_entropy, train_step
-from smartmixed_np import train as train_module
-from smartmixed_np.train import TrainConfig, train
+from smartmixed_np.experiments import train as train_module
+from smartmixed_np.experiments.train import TrainConfig, train
 
 
 def _pair(kind, seed=0):

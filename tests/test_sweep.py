@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from threadpoolctl import threadpool_limits
 
-from smartmixed_np import runfolder
+from smartmixed_np.experiments import runfolder
 from smartmixed_np.cli import main
-from smartmixed_np.sweep import FAILED, RunSpec, SweepError, plan_sweep, run_sweep, run_state
-from smartmixed_np.train import CHECKPOINT, ConfigError, TrainConfig, train
+from smartmixed_np.experiments.sweep import FAILED, RunSpec, SweepError, plan_sweep, run_sweep, run_state
+from smartmixed_np.experiments.train import CHECKPOINT, ConfigError, TrainConfig, train
 
 TINY = dict(dataset="synth-digits", train_limit=300, epochs=3, transition_epoch=2, lr=1e-2, batch_size=32)
 ARCHS = {1: (16,), 2: (16, 8)}
@@ -135,8 +135,8 @@ _KILLED_SWEEP = """
 import sys
 sys.path.insert(0, {tests!r})
 import test_sweep
-from smartmixed_np.sweep import run_sweep
-from smartmixed_np.train import TrainConfig
+from smartmixed_np.experiments.sweep import run_sweep
+from smartmixed_np.experiments.train import TrainConfig
 run_sweep({out!r}, {{2: (16, 8)}}, ["relu"], [0], TrainConfig(**test_sweep.TINY), workers=1, blas_threads=1,
           on_step=test_sweep.kill_group_at_write, quiet=True)
 """
@@ -531,7 +531,7 @@ def test_dask_scheduler_address_is_checked_before_anything(scheduler, tmp_path, 
 
 def test_dask_scheduler_that_does_not_answer_is_one_line(tmp_path, capsys, monkeypatch):
     pytest.importorskip("distributed", reason="the dask extra is not installed")
-    import smartmixed_np.sweep as sweep_module
+    import smartmixed_np.experiments.sweep as sweep_module
 
     monkeypatch.setattr(sweep_module, "_DASK_CONNECT_TIMEOUT_S", 1)
     with socket.socket() as probe:  # a port nobody listens on

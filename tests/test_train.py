@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from smartmixed_np.checkpoint import load_arrays, load_model
+from smartmixed_np.experiments.checkpoint import load_arrays, load_model
 from smartmixed_np.errors import UserError
-from smartmixed_np.train import CHECKPOINT, ConfigError, TrainConfig, evaluate, history_from_csv, train
+from smartmixed_np.experiments.train import CHECKPOINT, ConfigError, TrainConfig, evaluate, history_from_csv, train
 
 
 def tiny(tmp_path, name="run", **options):
@@ -92,13 +92,13 @@ def test_same_seed_same_run_bit_for_bit(tmp_path):
 
 def test_compiled_loops_change_no_number_of_a_run(tmp_path, monkeypatch):
     """A two-phase run (masked phase-2 groups) gives the same bits with the NumPy paths only."""
-    from smartmixed_np import compiled
+    from smartmixed_np.fast import compiled
 
     if not compiled.status().startswith("numba"):
         pytest.skip(f"compiled loops: {compiled.status()}")
     options = dict(epochs=3, contiguous=False)
     fast = train(tiny(tmp_path, "fast", **options))
-    monkeypatch.setattr(compiled, "applies", lambda *arrays: False)
+    monkeypatch.setattr(compiled, "enabled", lambda: False)  # every engine chosen from now on: the NumPy paths
     plain = train(tiny(tmp_path, "plain", **options))
     arrays_fast, _ = load_arrays(fast.run_dir / "model.npz")
     arrays_plain, _ = load_arrays(plain.run_dir / "model.npz")

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smartmixed_np import optim
-from smartmixed_np.checkpoint import load_arrays
+from smartmixed_np.nn import optim
+from smartmixed_np.experiments.checkpoint import load_arrays
 from smartmixed_np.cli import main
 from smartmixed_np.errors import DataError
 from smartmixed_np.fileio import WriteError
-from smartmixed_np.runfolder import run_state
-from smartmixed_np.train import CHECKPOINT, ConfigError, TrainConfig, train
+from smartmixed_np.experiments.runfolder import run_state
+from smartmixed_np.experiments.train import CHECKPOINT, ConfigError, TrainConfig, train
 
 from test_fileio import small_tmpfs
 
@@ -65,7 +65,7 @@ def _placeholder_figures(run_dir, metrics=None):
 
 @pytest.fixture
 def quick_figures(monkeypatch):
-    from smartmixed_np import plots
+    from smartmixed_np.experiments import plots
 
     monkeypatch.setattr(plots, "write_run_figures", _placeholder_figures)
 
@@ -74,7 +74,7 @@ def quick_figures(monkeypatch):
 def reference(tmp_path_factory):
     folder = tmp_path_factory.mktemp("reference") / "run"
     with pytest.MonkeyPatch.context() as patch:
-        from smartmixed_np import plots
+        from smartmixed_np.experiments import plots
 
         patch.setattr(plots, "write_run_figures", _placeholder_figures)
         train(tiny(folder))
@@ -345,7 +345,7 @@ def test_the_signal_handler_only_sets_the_flag():
     """A signal can land inside an import or a write: the handler does neither."""
     import builtins
 
-    from smartmixed_np.train import _interrupt_at_step_boundaries
+    from smartmixed_np.experiments.train import _interrupt_at_step_boundaries
 
     with _interrupt_at_step_boundaries() as flag:
         real_import = builtins.__import__

@@ -27,7 +27,7 @@
 #   (saturation, kinks, slopes);
 # * estimate a derivative by **central finite differences**, and see how the step
 #   $\epsilon$ trades truncation error against rounding error;
-# * check every derivative of the library with `check_vjp`, and learn what the
+# * check every derivative of the library with `check_vjp_per_coordinate`, and learn what the
 #   **relative error** it reports means, and what a wrong derivative looks like;
 # * add a candidate of your own with `register_activation`, check its derivative,
 #   and let a SmartMixed network choose it from an extended pool.
@@ -41,8 +41,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from smartmixed_np import DEFAULT_POOL, get_activation
-from smartmixed_np.gradcheck import GradcheckError, check_vjp, relative_error
-from smartmixed_np.plots import ACTIVATION_COLORS
+from smartmixed_np.core.gradcheck import GradcheckError, check_vjp_per_coordinate, relative_error
+from smartmixed_np.experiments.plots import ACTIVATION_COLORS
 
 QUICK = os.environ.get("SMARTMIXED_QUICK") == "1"  # the test suite sets it: small sizes, seconds per notebook
 print("mode:", "quick (SMARTMIXED_QUICK=1, small sizes)" if QUICK else "full")
@@ -145,14 +145,17 @@ plt.show()
 # why every gradient check in this library runs in **float64** with
 # $\epsilon = 10^{-6}$, and refuses float32 inputs.
 #
-# ## Checking a backward pass: `check_vjp`
+# ## Checking a backward pass: `check_vjp_per_coordinate`
 #
 # A backward pass never forms a derivative on its own: it receives the upstream
 # gradient $u$ = `dout` and returns $J^\top u$, a *vector-Jacobian product*. For an
 # elementwise activation the Jacobian is diagonal, so that is
-# `dx = dout * f'(x)`. `check_vjp` checks exactly this product: it draws a random
+# `dx = dout * f'(x)`. `check_vjp_per_coordinate` checks exactly this product: it draws a random
 # $u$, and compares the analytic $J^\top u$ with central differences of the scalar
-# $\phi(x) = \langle u, f(x)\rangle$, one coordinate of $x$ at a time.
+# $\phi(x) = \langle u, f(x)\rangle$, one coordinate of $x$ at a time. Its sibling
+# `check_vjp` makes the same comparison along one random direction of $x$ instead:
+# two evaluations whatever the size of $x$, for large inputs, but it cannot say
+# *which* entry is wrong. Here the inputs are small, so we check every coordinate.
 #
 # Inputs are kept away from the kinks *by construction*: magnitudes are drawn from
 # $[0.1, 3]$ and given a random sign, so no finite difference straddles $x = 0$.
@@ -164,13 +167,13 @@ def away_from_zero(shape, low=0.1, high=3.0):
 
 x = away_from_zero((6, 5))
 for act in pool:
-    result = check_vjp(act.forward, [x], lambda dout, act=act: [dout * act.derivative(x, act.forward(x))])
+    result = check_vjp_per_coordinate(act.forward, [x], lambda dout, act=act: [dout * act.derivative(x, act.forward(x))])
     print(f"{act.name:<11} {result}   passed: {result.passed}")
 
 # %% [markdown]
 # ## What the relative error means
 #
-# `check_vjp` reports, for analytic gradient $a$ and numeric estimate $n$,
+# `check_vjp_per_coordinate` reports, for analytic gradient $a$ and numeric estimate $n$,
 #
 # $$\mathrm{err}(a, n) = \frac{\lVert a - n\rVert}{\max(\lVert a\rVert + \lVert n\rVert,\ \mathrm{floor})}.$$
 #
@@ -199,7 +202,7 @@ buggy = {
     "tanh: f' = 1 - x^2 (x instead of y)": (tanh, lambda x, y: 1 - x * x),
 }
 for label, (act, wrong) in buggy.items():
-    result = check_vjp(act.forward, [x], lambda dout: [dout * wrong(x, act.forward(x))], raise_on_failure=False)
+    result = check_vjp_per_coordinate(act.forward, [x], lambda dout: [dout * wrong(x, act.forward(x))], raise_on_failure=False)
     print(f"{label:<42} relative error {result.max_error:.2e}  passed: {result.passed}")
 
 # %% [markdown]
@@ -210,7 +213,7 @@ for label, (act, wrong) in buggy.items():
 
 # %%
 try:
-    check_vjp(sigmoid.forward, [x], lambda dout: [dout * sigmoid.forward(x)])
+    check_vjp_per_coordinate(sigmoid.forward, [x], lambda dout: [dout * sigmoid.forward(x)])
 except GradcheckError as err:
     print("GradcheckError:", err)
 
@@ -272,9 +275,9 @@ print("registered:", softsign_act.name, "| all names:", ", ".join(list_activatio
 # slip would look like:
 
 # %%
-check = check_vjp(softsign, [x], lambda dout: [dout * softsign_derivative(x, softsign(x))])
+check = check_vjp_per_coordinate(softsign, [x], lambda dout: [dout * softsign_derivative(x, softsign(x))])
 print("softsign:", check)
-wrong = check_vjp(softsign, [x], lambda dout: [dout / (1 + np.abs(x))], raise_on_failure=False)  # forgot the square
+wrong = check_vjp_per_coordinate(softsign, [x], lambda dout: [dout / (1 + np.abs(x))], raise_on_failure=False)  # forgot the square
 print(f"softsign with f' = 1/(1+|x|): relative error {wrong.max_error:.1e}, passed: {wrong.passed}")
 
 # %% [markdown]
@@ -291,7 +294,7 @@ print(f"softsign with f' = 1/(1+|x|): relative error {wrong.max_error:.1e}, pass
 # %%
 from smartmixed_np import MLP, Adam, clip_grad_norm, softmax_cross_entropy
 from smartmixed_np.data import load_dataset
-from smartmixed_np.gradcheck import check_model_gradients
+from smartmixed_np.core.gradcheck import check_model_gradients
 
 my_pool = list(DEFAULT_POOL) + ["softsign"]
 small = MLP([2, 6, 5, 3], "smartmixed", pool=my_pool, hard=False, dtype="float64", seed=0)

@@ -24,7 +24,7 @@
 # * an activation's `forward` / `derivative`,
 # * `softmax_cross_entropy`, which returns the loss *and* its gradient,
 #
-# verify each step against finite differences (`check_vjp`), compare the result
+# verify each step against finite differences (`check_vjp_per_coordinate`), compare the result
 # with `MLP.backward`, take one update step, and see how a wrong gradient shows up
 # in the relative error.
 #
@@ -37,8 +37,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from smartmixed_np import MLP, get_activation, softmax_cross_entropy
-from smartmixed_np.gradcheck import check_model_gradients, check_vjp, numerical_vjp, relative_error
-from smartmixed_np.linear import linear_backward, linear_forward
+from smartmixed_np.core.gradcheck import check_model_gradients, check_vjp_per_coordinate, numerical_vjp, relative_error
+from smartmixed_np.core.linear import linear_backward, linear_forward
 
 QUICK = os.environ.get("SMARTMIXED_QUICK") == "1"  # the test suite sets it: small sizes, seconds per notebook
 print("mode:", "quick (SMARTMIXED_QUICK=1, small sizes)" if QUICK else "full")
@@ -117,21 +117,21 @@ for name, g in by_hand.items():
 # %% [markdown]
 # ## Verify each step on its own
 #
-# `check_vjp(fn, inputs, vjp)` draws a random upstream gradient $u$ of the shape
+# `check_vjp_per_coordinate(fn, inputs, vjp)` draws a random upstream gradient $u$ of the shape
 # of `fn`'s output, asks `vjp(u)` for the analytic $J^\top u$ (one gradient per
 # input), and compares it with central differences. Checking each operation
 # separately tells you *which* one is wrong if anything is.
 
 # %%
 checks = {
-    "softmax cross-entropy (ds)": check_vjp(
+    "softmax cross-entropy (ds)": check_vjp_per_coordinate(
         lambda s_: softmax_cross_entropy(s_, labels)[0], [s], lambda u: [u * ds]),
-    "linear 3 (dh2, dW2, db2)": check_vjp(
+    "linear 3 (dh2, dW2, db2)": check_vjp_per_coordinate(
         lambda h, W, b: linear_forward(h, W, b)[0], [h2, W2, b2], lambda u: linear_backward(u, cache3)),
-    "elu (dz2)": check_vjp(elu.forward, [z2], lambda u: [u * elu.derivative(z2, h2)]),
-    "linear 2 (dh1, dW1, db1)": check_vjp(
+    "elu (dz2)": check_vjp_per_coordinate(elu.forward, [z2], lambda u: [u * elu.derivative(z2, h2)]),
+    "linear 2 (dh1, dW1, db1)": check_vjp_per_coordinate(
         lambda h, W, b: linear_forward(h, W, b)[0], [h1, W1, b1], lambda u: linear_backward(u, cache2)),
-    "tanh (dz1)": check_vjp(tanh.forward, [z1], lambda u: [u * tanh.derivative(z1, h1)]),
+    "tanh (dz1)": check_vjp_per_coordinate(tanh.forward, [z1], lambda u: [u * tanh.derivative(z1, h1)]),
 }
 for label, result in checks.items():
     print(f"{label:<28} max relative error {result.max_error:.1e}")
@@ -156,7 +156,7 @@ def loss_of(W0_, b0_, W1_, b1_, W2_, b2_):
     return softmax_cross_entropy(linear_forward(h2_, W2_, b2_)[0], labels)[0]
 
 inputs = [W0, b0, W1, b1, W2, b2]
-chain = check_vjp(loss_of, inputs, lambda u: [u * g for g in by_hand.values()])
+chain = check_vjp_per_coordinate(loss_of, inputs, lambda u: [u * g for g in by_hand.values()])
 print(chain)
 
 # %% [markdown]
@@ -226,7 +226,7 @@ bugs = ["loss gradient not divided by B", "elu derivative left out", "tanh deriv
 print(f"{'relative error of':<34} " + "  ".join(f"{n:>5}" for n in ["dW0", "db0", "dW1", "db1", "dW2", "db2"]))
 for bug in bugs:
     grads = backward_with(bug)
-    result = check_vjp(loss_of, inputs, lambda u: [u * g for g in grads], raise_on_failure=False)
+    result = check_vjp_per_coordinate(loss_of, inputs, lambda u: [u * g for g in grads], raise_on_failure=False)
     per_input = "  ".join(f"{result.errors[i]:.0e}" for i in range(len(inputs)))
     print(f"{bug:<34} {per_input}")
 

@@ -28,7 +28,7 @@
 # * see what the **temperature** $\tau$ does to the soft weights;
 # * see why the hard forward pass has zero true gradient with respect to the logits,
 #   and which function the **straight-through (ST) gradient** is the exact gradient
-#   of (and verify it with `check_vjp`);
+#   of (and verify it with `check_vjp_per_coordinate`);
 # * **measure** the bias and the variance of the ST gradient as functions of $\tau$.
 #
 # *The outputs saved with this notebook come from a full run (`SMARTMIXED_QUICK` unset); the test suite executes it in quick mode, with smaller sizes, in a few seconds. The first code cell prints the mode.*
@@ -40,12 +40,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from smartmixed_np import DEFAULT_POOL
-from smartmixed_np.activations import resolve_pool
+from smartmixed_np.core.activations import resolve_pool
 from smartmixed_np.backend import SeededRNG, get_backend
-from smartmixed_np.gradcheck import check_vjp
-from smartmixed_np.mixture import (candidate_outputs, gumbel_softmax_weights, mixture_backward,
-                                   mixture_forward, softmax_backward, straight_through_surrogate)
-from smartmixed_np.plots import ACTIVATION_COLORS
+from smartmixed_np.core.gradcheck import check_vjp_per_coordinate
+from smartmixed_np.core.phase1 import candidate_outputs, gumbel_softmax_weights, mixture_backward, mixture_forward, softmax_backward, straight_through_surrogate
+from smartmixed_np.experiments.plots import ACTIVATION_COLORS
 
 QUICK = os.environ.get("SMARTMIXED_QUICK") == "1"  # the test suite sets it: small sizes, seconds per notebook
 print("mode:", "quick (SMARTMIXED_QUICK=1, small sizes)" if QUICK else "full")
@@ -195,7 +194,7 @@ def surrogate(z_, alpha_):
     return straight_through_surrogate(z_, alpha_, gb, pool, tau=tau, offset=C)
 
 print("surrogate == hard forward at the point:", np.allclose(surrogate(zb, alpha), out, rtol=0, atol=1e-12))
-print("ST gradient vs surrogate:", check_vjp(surrogate, [zb, alpha], lambda u: mixture_backward(u, cache, pool)))
+print("ST gradient vs surrogate:", check_vjp_per_coordinate(surrogate, [zb, alpha], lambda u: mixture_backward(u, cache, pool)))
 
 
 # %% [markdown]
@@ -208,7 +207,7 @@ print("ST gradient vs surrogate:", check_vjp(surrogate, [zb, alpha], lambda u: m
 def hard_forward(z_, alpha_):
     return mixture_forward(z_, alpha_, gb, pool, tau=tau)[0]
 
-print(check_vjp(hard_forward, [zb, alpha], lambda u: mixture_backward(u, cache, pool), raise_on_failure=False))
+print(check_vjp_per_coordinate(hard_forward, [zb, alpha], lambda u: mixture_backward(u, cache, pool), raise_on_failure=False))
 
 # %% [markdown]
 # ## Bias and variance of the ST gradient, measured
@@ -253,7 +252,7 @@ true_grad = {}
 for name, loss in losses.items():
     l_k = loss(a_k.T)                                 # (K,): loss when k is selected
     true_grad[name] = (p * (l_k - p @ l_k))[None, :]
-    print(name, check_vjp(lambda a_: expected_loss(a_, loss), [alpha1], lambda w: [w * true_grad[name]]))
+    print(name, check_vjp_per_coordinate(lambda a_: expected_loss(a_, loss), [alpha1], lambda w: [w * true_grad[name]]))
 
 
 # %% [markdown]

@@ -45,8 +45,8 @@ from matplotlib.colors import ListedColormap
 
 from smartmixed_np import DEFAULT_POOL, MLP, Adam, clip_grad_norm, softmax_cross_entropy
 from smartmixed_np.data import load_dataset
-from smartmixed_np.plots import ACTIVATION_COLORS, model_color
-from smartmixed_np.train import TrainConfig, evaluate, train
+from smartmixed_np.experiments.plots import ACTIVATION_COLORS, model_color
+from smartmixed_np.experiments.train import TrainConfig, evaluate, train
 
 QUICK = os.environ.get("SMARTMIXED_QUICK") == "1"  # the test suite sets it: small sizes, seconds per notebook
 print("mode:", "quick (SMARTMIXED_QUICK=1, small sizes)" if QUICK else "full")
@@ -266,7 +266,7 @@ for layer, shares in enumerate(phase2.choice_shares()):
 #
 # ## The same with `train()`, on synth-digits
 #
-# `smartmixed_np.train.train` runs both phases with the published protocol: a
+# `smartmixed_np.experiments.train.train` runs both phases with the published protocol: a
 # validation split, the best phase-1 weights (lowest validation loss) carried into
 # phase 2, the best phase-2 model kept and scored on the test set. It writes a run
 # folder with the history, metrics and figures; here it goes into a scratch folder

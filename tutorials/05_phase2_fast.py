@@ -41,10 +41,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from smartmixed_np import DEFAULT_POOL, MLP, softmax_cross_entropy
-from smartmixed_np.activations import resolve_pool
+from smartmixed_np.core.activations import resolve_pool
 from smartmixed_np.backend import get_backend
-from smartmixed_np.fixed import contiguous_order, fixed_backward, fixed_forward, make_groups
-from smartmixed_np.plots import ACTIVATION_COLORS
+from smartmixed_np.core.phase2 import contiguous_order, fixed_backward, fixed_forward
+from smartmixed_np.nn.layers import make_groups
+from smartmixed_np.experiments.plots import ACTIVATION_COLORS
 
 QUICK = os.environ.get("SMARTMIXED_QUICK") == "1"  # the test suite sets it: small sizes, seconds per notebook
 print("mode:", "quick (SMARTMIXED_QUICK=1, small sizes)" if QUICK else "full")
@@ -247,7 +248,7 @@ plt.show()
 # uniform ReLU group:
 
 # %%
-from smartmixed_np import compiled
+from smartmixed_np.fast import compiled
 print("compiled loops:", compiled.status())
 
 WIDTH = 128 if QUICK else 512

@@ -50,8 +50,8 @@ from IPython.display import Image, display
 
 from smartmixed_np.data import load_dataset
 from smartmixed_np.errors import DataError
-from smartmixed_np.plots import model_color
-from smartmixed_np.train import TrainConfig, train
+from smartmixed_np.experiments.plots import model_color
+from smartmixed_np.experiments.train import TrainConfig, train
 
 QUICK = os.environ.get("SMARTMIXED_QUICK") == "1"  # the test suite sets it: small sizes, seconds per notebook
 print("mode:", "quick (SMARTMIXED_QUICK=1, small sizes)" if QUICK else "full")

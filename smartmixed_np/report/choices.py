@@ -26,8 +26,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..activations import DEFAULT_POOL
-from ..runfolder import CHOICES, MODEL_ARRAYS, MODEL_JSON, RunFolderError, read_choices
+from ..core.activations import DEFAULT_POOL
+from ..experiments.runfolder import CHOICES, MODEL_ARRAYS, MODEL_JSON, RunFolderError, read_choices
 from .collect import SMARTMIXED, ReportError, arch_sort_key, read_json, scored
 
 __all__ = ["DEPTHS", "layer_preferences", "weight_statistics"]
@@ -114,7 +114,7 @@ def layer_preferences(rows: Iterable[Mapping[str, Any]], root: str | os.PathLike
 
 def _layer_activations(run_dir: Path) -> tuple[list[list[str]], dict[str, np.ndarray]]:
     """Per hidden layer, each neuron's activation in the saved model's current order; and its arrays."""
-    from ..checkpoint import load_arrays
+    from ..experiments.checkpoint import load_arrays
 
     description = read_json(run_dir / MODEL_JSON)
     config = description.get("config") or {}

@@ -1,9 +1,9 @@
 """Reading a sweep folder into one table of runs: ``summary.csv`` and its rows.
 
 A *run folder* is any folder under the sweep folder that holds ``config.json``,
-``metrics.json`` or ``FAILED`` (names from :mod:`smartmixed_np.runfolder` and
-:mod:`smartmixed_np.sweep`); folders
-named ``arch{A}/{model}/seed{S}`` (as :mod:`smartmixed_np.sweep` lays them out) take
+``metrics.json`` or ``FAILED`` (names from :mod:`smartmixed_np.experiments.runfolder` and
+:mod:`smartmixed_np.experiments.sweep`); folders
+named ``arch{A}/{model}/seed{S}`` (as :mod:`smartmixed_np.experiments.sweep` lays them out) take
 their architecture, model and seed from the path, others from ``config.json``.
 
 :func:`summarize_run` turns one folder into a row of :data:`SUMMARY_COLUMNS`, with
@@ -29,11 +29,11 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..activations import DEFAULT_POOL
+from ..core.activations import DEFAULT_POOL
 from ..errors import UserError
-from .. import runfolder
-from ..runfolder import CHECKPOINT, CONFIG, METRICS
-from ..sweep import FAILED, RUN_ATTEMPTS, SWEEP_JSON
+from ..experiments import runfolder
+from ..experiments.runfolder import CHECKPOINT, CONFIG, METRICS
+from ..experiments.sweep import FAILED, RUN_ATTEMPTS, SWEEP_JSON
 
 __all__ = [
     "SUMMARY_COLUMNS", "SCORED", "ReportError", "collect_runs", "summarize_run", "summary_csv", "read_summary",
@@ -60,7 +60,7 @@ class ReportError(UserError, ValueError):
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object file of a run or sweep folder, read by :func:`smartmixed_np.runfolder.read_json`; ``{}`` if absent.
+    """A JSON object file of a run or sweep folder, read by :func:`smartmixed_np.experiments.runfolder.read_json`; ``{}`` if absent.
 
     Raises:
         ReportError: the file exists but is unreadable, not strict JSON or not an object (one line naming it).
@@ -88,7 +88,7 @@ def scored(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def _arch_label(hidden: Sequence[int]) -> str:
-    from ..archs import ARCHITECTURES
+    from ..experiments.archs import ARCHITECTURES
 
     for arch_id, widths in ARCHITECTURES.items():
         if list(widths) == list(hidden):

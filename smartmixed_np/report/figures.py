@@ -5,7 +5,7 @@ Each ``plot_*`` function draws one figure from the numbers of the report (the
 structures :mod:`~smartmixed_np.report.stats` and :mod:`~smartmixed_np.report.choices`
 return) and writes it as a PNG to ``path``, atomically; it returns the path. The
 figure machinery (an Agg canvas per figure, nothing global touched) and the colours
-are those of :mod:`smartmixed_np.plots`: an activation and a model have the same
+are those of :mod:`smartmixed_np.experiments.plots`: an activation and a model have the same
 colour here as in every run figure.
 """
 
@@ -17,9 +17,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..plots import DPI, SMARTMIXED_COLOR, activation_colors, model_colors
+from ..experiments.plots import DPI, SMARTMIXED_COLOR, activation_colors, model_colors
 # The figure helpers of plots.py, shared rather than copied (plots.py has no public names for them yet).
-from ..plots import new_figure, percent_ticks, save_png, text_color_on
+from ..experiments.plots import new_figure, percent_ticks, save_png, text_color_on
 from .collect import SMARTMIXED, arch_sort_key, model_sort_key, scored
 from .stats import phase_runs
 

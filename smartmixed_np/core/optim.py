@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_module, backend_of, get_backend, to_host
+from ..backend import array_module, backend_of, get_backend, to_host
 
-__all__ = ["Optimizer", "SGD", "Adam", "adam_update_reference", "compiled_adam", "clip_factor", "clip_grad_norm", "global_grad_norm"]
+__all__ = ["Optimizer", "SGD", "Adam", "adam_update_reference", "clip_factor", "clip_grad_norm", "global_grad_norm"]
 
 
 def global_grad_norm(grads: dict[str, Any]) -> Any:
@@ -177,18 +177,21 @@ class Adam(Optimizer):
 
     The update is computed as PyTorch computes it, with the step size and the
     bias corrections folded into two scalars: by :func:`adam_update_reference`
-    (NumPy or CuPy, one scratch buffer per parameter), or, on host arrays when
-    Numba is available, by its one-pass twin :func:`smartmixed_np.compiled.adam_update`,
-    which gives bitwise the same numbers.
+    (NumPy or CuPy, one scratch buffer per parameter), or by an ``engine`` given at
+    construction, a module with ``applies(*arrays)`` and an ``adam_update`` that gives
+    bitwise the same numbers (:mod:`smartmixed_np.fast.compiled`, its one-pass twin on
+    host arrays). This class, the reference, takes none unless given one;
+    :class:`smartmixed_np.nn.optim.Adam`, the one the package exports, passes the
+    compiled loops when they are on.
 
     State: ``m`` and ``v`` (the moment estimates, by parameter name, allocated here);
-    ``fast_path``, the compiled engine chosen once, here (see :func:`compiled_adam`),
-    or None; ``_scratch``, the reference update's buffer per parameter, filled in the
+    ``fast_path``, the engine given at construction, or None; ``_scratch``, the reference update's buffer per parameter, filled in the
     first time a parameter takes the reference path (never, for host parameters
     under the compiled engine).
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, *, engine: Any = None):
         super().__init__(params, lr)
         beta1, beta2 = betas
         if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
@@ -199,7 +202,7 @@ class Adam(Optimizer):
         zeros = lambda p: array_module(p).zeros_like(p)  # noqa: E731
         self.m = {name: zeros(p) for name, p in params.items()}
         self.v = {name: zeros(p) for name, p in params.items()}
-        self.fast_path = compiled_adam()
+        self.fast_path = engine
         self._scratch: dict[str, Any] = {}
 
     def _buffers(self):
@@ -234,20 +237,6 @@ class Adam(Optimizer):
         return buffer
 
 
-def compiled_adam() -> Any:
-    """The compiled fast path for Adam, or None: the one place where the optimizers meet Numba.
-
-    Returns the module :mod:`smartmixed_np.compiled` (its ``applies`` and
-    ``adam_update``, the one-pass twin of :func:`adam_update_reference`) when its
-    loops are in use, else None; :class:`Adam` asks once, at construction. The
-    import is here rather than at the top so that this module, the reference,
-    reads and runs without the fast path.
-    """
-    from . import compiled
-
-    return compiled if compiled.enabled() else None
-
-
 def adam_update_reference(
     p: Any, g: Any, m: Any, v: Any, *, scratch: Any, beta1: float, beta2: float, eps: float,
     step_size: float, inv_sqrt_bc2: float, weight_decay: float, scale: Any = None,
@@ -260,7 +249,7 @@ def adam_update_reference(
     $g \\leftarrow g + \\lambda p$ first when ``weight_decay`` $\\lambda \\ne 0$, and before
     that $g \\leftarrow g \\cdot$ ``scale`` when a scale is given. This is
     ``torch.optim.Adam``'s arithmetic. Any array module; all arrays of one shape;
-    ``scratch`` is overwritten. :func:`smartmixed_np.compiled.adam_update` computes
+    ``scratch`` is overwritten. :func:`smartmixed_np.fast.compiled.adam_update` computes
     the same numbers in one pass.
     """
     xp = array_module(p)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .activations import ELU_ALPHA, LEAKY_SLOPE, SELU_ALPHA, SELU_SCALE, clamp_limits
+from ..core.activations import ELU_ALPHA, LEAKY_SLOPE, SELU_ALPHA, SELU_SCALE, clamp_limits
 from .kernels import has_kernel
 
 __all__ = [
@@ -150,7 +150,7 @@ def adam_update(
     $p \leftarrow p - s \cdot m / (\sqrt{v}\, r + \epsilon)$ with $s$ = ``step_size``
     and $r$ = ``inv_sqrt_bc2``.
 
-    Reference: :func:`smartmixed_np.optim.adam_update_reference` (13 NumPy passes),
+    Reference: :func:`smartmixed_np.nn.optim.adam_update_reference` (13 NumPy passes),
     bitwise equal.
 
     Args:
@@ -223,7 +223,7 @@ def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
     """The :class:`GroupTable` of ``groups`` (slices of positions, in order) for arrays of ``dtype``.
 
     Args:
-        groups: :class:`~smartmixed_np.fixed.Group` objects whose ``columns`` are
+        groups: :class:`~smartmixed_np.core.phase2.Group` objects whose ``columns`` are
             slices of positions covering ``0..N`` in order, each a built-in activation.
         rows: (N,) host ints, the neuron at each position.
         dtype: float32 or float64.
@@ -319,7 +319,7 @@ def _exponentials(zT: np.ndarray, rows: np.ndarray, zero: Any) -> np.ndarray:
 
     The argument is gathered by a compiled pass and the ``exp`` is NumPy's, in place
     over one contiguous block: the same function, on the same operands, as the
-    kernels of :mod:`smartmixed_np.kernels` (whose ``clip`` gives the same argument
+    kernels of :mod:`smartmixed_np.fast.kernels` (whose ``clip`` gives the same argument
     up to the sign of a zero, and $e^{\pm 0} = 1$).
     """
     t = np.empty((rows.shape[0], zT.shape[1]), dtype=zT.dtype)
@@ -452,8 +452,8 @@ def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch:
     finishes every group and the clamp. Each neuron's row is read and written where
     it lies, so masked groups need no gather or scatter.
 
-    Reference: :func:`smartmixed_np.fixed.grouped_forward_fused` over the sorted rows
-    (the per-activation kernels of :mod:`smartmixed_np.kernels`): the same numbers.
+    Reference: :func:`smartmixed_np.fast.phase2.grouped_forward_fused` over the sorted rows
+    (the per-activation kernels of :mod:`smartmixed_np.fast.kernels`): the same numbers.
 
     Args:
         zT: (N, B) pre-activations, C-contiguous.
@@ -489,11 +489,11 @@ def grouped_backward(daT: np.ndarray, aT: np.ndarray, table: GroupTable, out: np
     r"""A phase-2 layer's backward: ``out[n] = daT[n] f'_{c_n}(zT[n]) [lo < aT[n] < hi]``.
 
     The derivatives of relu, sigmoid, tanh and leaky relu are written in terms of the
-    output ``a`` (see :mod:`smartmixed_np.kernels`); those of elu and selu need
+    output ``a`` (see :mod:`smartmixed_np.fast.kernels`); those of elu and selu need
     $e^{\min(z, 0)}$, which NumPy computes first for their rows only
     (:func:`_exponentials`); then one compiled pass does the rest.
 
-    Reference: :func:`smartmixed_np.fixed.grouped_backward_fused`: the same numbers.
+    Reference: :func:`smartmixed_np.fast.phase2.grouped_backward_fused`: the same numbers.
 
     Args:
         daT, aT: (N, B) upstream gradient and the forward's output, C-contiguous.
@@ -531,7 +531,7 @@ class CandidateTable:
 def candidate_table(pool: tuple, clamp: float | None, dtype: Any) -> CandidateTable | None:
     """The :class:`CandidateTable` of ``pool`` (a tuple of activations) under a
     ``[-clamp, clamp]`` clamp, or None if a candidate is no built-in with a kernel
-    (:func:`smartmixed_np.kernels.has_kernel`). Cached: a layer asks at every step."""
+    (:func:`smartmixed_np.fast.kernels.has_kernel`). Cached: a layer asks at every step."""
     # The kernel test is by identity, so it comes before the cache, whose keys compare
     # by value: an equal copy of a built-in (which has no kernel) must neither find nor
     # leave the built-in's table there.
@@ -561,8 +561,8 @@ def selected_backward(doutT: np.ndarray, stack: np.ndarray, selected: np.ndarray
     their rows (as in :func:`grouped_backward`).
 
     Reference: every candidate's derivative by the kernels of
-    :mod:`smartmixed_np.kernels`, then the selected rows gathered
-    (:func:`smartmixed_np.mixture.mixture_backward_fused`): the same numbers.
+    :mod:`smartmixed_np.fast.kernels`, then the selected rows gathered
+    (:func:`smartmixed_np.fast.phase1.mixture_backward_fused`): the same numbers.
 
     Args:
         doutT: (N, B) upstream gradient, C-contiguous.

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .backend import array_module
+from ..backend import array_module
 
 __all__ = [
     "Activation",

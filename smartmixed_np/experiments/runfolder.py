@@ -47,7 +47,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = [
     "CONFIG", "HISTORY", "METRICS", "CHOICES", "MODEL_ARRAYS", "MODEL_JSON", "CHECKPOINT", "FINISH_ORDER",
@@ -284,7 +284,7 @@ def finished_problem(run_dir: str | os.PathLike) -> str | None:
     Finished means: ``metrics.json`` (the marker, written last) is a strict JSON
     object, ``model.json`` is one too, ``model.npz`` is a zip archive, and
     ``history.csv`` is present. The arrays are not loaded (that is
-    :func:`smartmixed_np.checkpoint.load_model`'s job).
+    :func:`smartmixed_np.experiments.checkpoint.load_model`'s job).
     """
     run_dir = Path(run_dir)
     for name in _REQUIRED:
@@ -356,7 +356,8 @@ def cpu_features() -> list[str]:
 
 def environment(backend_name: str = "numpy", xp: Any = None) -> dict[str, Any]:
     """What a run records about the machine and libraries: versions, BLAS, threads, CPU."""
-    from . import __version__, compiled
+    from .. import __version__
+    from ..fast import compiled
 
     versions: dict[str, Any] = {"smartmixed_np": __version__, "python": platform.python_version(), "numpy": np.__version__}
     if backend_name != "numpy" and xp is not None:
@@ -403,7 +404,7 @@ def hold(run_dir: str | os.PathLike, wait_s: float | None = None) -> Iterator[bo
     """Hold the exclusive lock ``run_dir/.lock`` (released when the process dies, too).
 
     Re-entrant within a process: a sweep worker holds its run folder, and the
-    :func:`smartmixed_np.train.train` it calls holds it again without waiting. Between
+    :func:`smartmixed_np.experiments.train.train` it calls holds it again without waiting. Between
     processes it excludes: a ``smartmixed train --resume DIR`` while a sweep trains DIR
     finds it held.
 

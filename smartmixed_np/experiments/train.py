@@ -35,14 +35,14 @@ from typing import Any, Callable
 import numpy as np
 
 from .archs import get_architecture
-from .backend import SeededRNG, get_backend, to_host
+from ..backend import SeededRNG, get_backend, to_host
 from .checkpoint import load_arrays, save_arrays, save_model
-from .errors import CheckpointError, UserError
-from .fileio import WriteError, remove_stale_parts, write_json, write_text
-from .losses import softmax_cross_entropy
-from .mlp import MLP
-from .step import train_step
-from .optim import SGD, Adam
+from ..errors import CheckpointError, UserError
+from ..fileio import WriteError, remove_stale_parts, write_json, write_text
+from ..core.losses import softmax_cross_entropy
+from ..nn.mlp import MLP
+from ..nn.step import train_step
+from ..nn.optim import SGD, Adam
 from .plugins import load_plugins, require_loaded
 from .runfolder import (
     CHECKPOINT, CHOICES, CONFIG, HISTORY, METRICS, RUN_FOLDER_FORMAT, choices_csv, determinism_mismatch, environment,
@@ -128,8 +128,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid option."""
-        from .activations import get_activation, resolve_pool
-        from .mixture import NOISE_MODES
+        from ..core.activations import get_activation, resolve_pool
+        from ..core.phase1 import NOISE_MODES
         from .plugins import load_plugins
 
         def require(condition: bool, message: str) -> None:
@@ -334,7 +334,7 @@ class _Run:
     """The mutable state of one training run; :func:`train` drives it."""
 
     def __init__(self, config: TrainConfig, run_dir: Path) -> None:
-        from .data import load_dataset
+        from ..data import load_dataset
 
         self.config = config
         self.run_dir = run_dir
@@ -451,7 +451,7 @@ class _Run:
     def load_checkpoint(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], path: Path) -> None:
         try:
             model_config = meta["model_config"]
-            if model_config["kind"] == "fixed" and self.model.kind == "smartmixed":
+            if model_config["kind"] == "fixed" and self.model.phase == 1:
                 self.model = MLP.from_config(model_config, device=self.backend)
                 self.optimizer = self._make_optimizer()
             self.model.load_state_dict(_section(arrays, "model/"))
@@ -739,7 +739,7 @@ def _train_loop(run: _Run, on_step: Callable | None, interrupt: dict) -> None:
     while run.epoch < config.epochs and run.stopped is None:
         epoch = run.epoch + 1
         phase = run.phase_of(epoch)
-        if config.is_smartmixed and phase == 2 and run.model.kind == "smartmixed":
+        if config.is_smartmixed and phase == 2 and run.model.phase == 1:
             run.enter_phase2()
         run.optimizer.lr = run.lr_at(epoch)
         tau = run.tau_at(epoch) if phase == 1 else None
@@ -799,7 +799,7 @@ def _train_loop(run: _Run, on_step: Callable | None, interrupt: dict) -> None:
             "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"], "val_acc": val["accuracy"],
             "lr": run.optimizer.lr, "tau": tau,
         }
-        if run.model.kind == "smartmixed":
+        if run.model.phase == 1:
             for layer, shares in enumerate(run.model.choice_shares()):
                 for name, share in shares.items():
                     row[f"share.L{layer}.{name}"] = share
@@ -827,7 +827,7 @@ def _epoch_line(run: _Run, row: dict[str, Any]) -> None:
         + f"  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
         + f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['time_s']:.1f}s"
     )
-    if run.model.kind == "smartmixed":
+    if run.model.phase == 1:
         shares = run.model.choice_shares()
         top = [max(layer, key=layer.get) for layer in shares]
         text += "  top: " + ",".join(top)
@@ -837,7 +837,7 @@ def _epoch_line(run: _Run, row: dict[str, Any]) -> None:
 def _finish(run: _Run, interrupt: dict | None = None) -> dict[str, Any]:
     """Select the best model, score it on the test set, write the end of the run folder.
 
-    The files are written in :data:`smartmixed_np.runfolder.FINISH_ORDER`: the model,
+    The files are written in :data:`smartmixed_np.experiments.runfolder.FINISH_ORDER`: the model,
     the history, the choices, the figures, and ``metrics.json`` (the finished marker)
     last, each atomically. A signal that arrives meanwhile stops the run before the
     marker is written: the folder stays resumable, and ``--resume`` writes its end
@@ -886,7 +886,7 @@ def _finish(run: _Run, interrupt: dict | None = None) -> dict[str, Any]:
             "epoch": run.best_phase1.epoch, "val_loss": run.best_phase1.val_loss, "val_accuracy": run.best_phase1.val_accuracy,
             "test_loss": phase1_test["loss"], "test_accuracy": phase1_test["accuracy"],
         }
-        metrics["choice_shares"] = model.choice_shares() if model.kind == "fixed" else phase1.choice_shares()
+        metrics["choice_shares"] = model.choice_shares() if model.phase == 2 else phase1.choice_shares()
 
     folder = run.run_dir
     stop_if_asked()

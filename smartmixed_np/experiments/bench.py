@@ -4,7 +4,7 @@ One call, :func:`run_benchmarks`, measures (CPU, float32, one process):
 
 * a training step (forward, softmax cross-entropy, backward, clipping to global norm
   1.0, Adam; ours applies the clipping factor inside Adam's pass, see
-  :func:`~smartmixed_np.optim.clip_factor`) and an inference forward of
+  :func:`~smartmixed_np.nn.optim.clip_factor`) and an inference forward of
   - ``floor``: the matrix products of a step alone, with preallocated outputs
     (per layer ``x @ W.T``, ``dz.T @ x``, and ``dz @ W`` except for the first layer,
     whose input needs no gradient; inference: ``x @ W.T`` per layer);
@@ -34,7 +34,7 @@ of them alike; a figure is the median over rounds, after warm-up. Ratios are of 
 report records the load average before and after: on a shared machine, compare
 runs taken at low load. Timings are never asserted by tests.
 
-    >>> from smartmixed_np.bench import run_benchmarks
+    >>> from smartmixed_np.experiments.bench import run_benchmarks
     >>> report = run_benchmarks(quick=True)                          # doctest: +SKIP
     >>> report["ratios"]["phase2_vs_relu_step_ratio"]                # doctest: +SKIP
 """
@@ -53,12 +53,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import compiled
-from .backend import Backend, get_backend, to_host
-from .fileio import atomic_writer, write_json
-from .mlp import MLP
-from .optim import Adam
-from .step import train_step
+from ..fast import compiled
+from ..backend import Backend, get_backend, to_host
+from ..fileio import atomic_writer, write_json
+from ..nn.mlp import MLP
+from ..nn.optim import Adam
+from ..nn.step import train_step
 
 __all__ = ["run_benchmarks", "DEFAULT_SIZES", "DATA_ENV"]
 
@@ -366,7 +366,7 @@ def _ratios(timings: dict[str, Any], statistic: str = "median_ms") -> dict[str, 
 def _epoch_throughput(data_dir: str, sizes: Sequence[int], batch: int, seed: int, rounds: int, threads: int,
                       with_torch: bool, train_limit: int | None, dev: _Device = _CPU) -> dict[str, Any]:
     """Samples per second over one shuffled epoch of MNIST, ours and PyTorch's, interleaved by epoch."""
-    from .data import load_dataset
+    from ..data import load_dataset
 
     data = load_dataset("mnist", data_dir, train_limit=train_limit, download=False)
     x_host, y_host = data.x_train.astype(np.float32), data.y_train.astype(np.int64)

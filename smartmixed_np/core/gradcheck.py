@@ -1,16 +1,18 @@
 """Gradient checking by central finite differences, as a library feature.
 
-Two checks, both in vector-Jacobian (VJP) form:
+Checks in vector-Jacobian (VJP) form. With a random upstream gradient $u$ (the
+shape of the output), the scalar $\\phi(x) = \\langle u, f(x) \\rangle$ has gradient
+$\\nabla\\phi = J^\\top u$, which is exactly what a backward pass returns for ``dout = u``.
 
-* :func:`check_vjp` checks the analytic gradients of a function with respect to
-  each of its inputs. With a random upstream gradient $u$ (the same shape as the
-  output), the scalar $\\phi(x) = \\langle u, f(x) \\rangle$ has gradient
-  $\\nabla\\phi = J^\\top u$, which is exactly what a backward pass returns for
-  ``dout = u``. Each coordinate of $\\nabla\\phi$ is estimated by a central
-  difference $(\\phi(x + \\epsilon e_i) - \\phi(x - \\epsilon e_i)) / 2\\epsilon$, whose
-  error is $O(\\epsilon^2)$.
-* :func:`check_directional` checks a whole network at the cost of two function
-  evaluations: along a random direction $v$ over all parameters,
+* :func:`check_vjp` compares it along one random direction $v$ per input:
+  $\\langle J^\\top u, v \\rangle$ against
+  $(\\phi(x + \\epsilon v) - \\phi(x - \\epsilon v)) / 2\\epsilon$, two evaluations
+  whatever the size of $x$ (the check HIPS autograd calls ``check_vjp``).
+* :func:`check_vjp_per_coordinate` estimates every coordinate of $\\nabla\\phi$ by its
+  own central difference $(\\phi(x + \\epsilon e_i) - \\phi(x - \\epsilon e_i)) / 2\\epsilon$,
+  whose error is $O(\\epsilon^2)$: for small inputs, and it shows which entries are wrong.
+* :func:`check_directional` is the one-direction check for a scalar loss of named
+  parameters: along a random direction $v$ over all of them,
   $(L(\\theta + \\epsilon v) - L(\\theta - \\epsilon v)) / 2\\epsilon \\approx \\langle \\nabla L, v \\rangle$.
 * :func:`check_model_gradients` applies it to an MLP, once over all parameters and
   once per parameter array (the same $v$ restricted to it), so that a wrong gradient
@@ -19,8 +21,9 @@ Two checks, both in vector-Jacobian (VJP) form:
 
 Relative error, with a floor so that two tiny gradients are not judged by noise:
 $\\mathrm{err}(a, n) = \\lVert a - n \\rVert / \\max(\\lVert a \\rVert + \\lVert n \\rVert, \\mathrm{floor})$.
-:func:`check_vjp` sets the floor from the rounding noise of the differences
-themselves: a central difference of $\\phi$ carries an absolute error of about
+:func:`check_vjp_per_coordinate` sets the floor from the rounding noise of the
+differences themselves (the one-direction checks likewise, from the two values of the
+difference): a central difference of $\\phi$ carries an absolute error of about
 $\\epsilon_{\\mathrm{mach}} \\sum |u \\odot f(x)| / \\epsilon$, so a gradient that is tiny
 (a saturated sigmoid, say) is accepted when it agrees to within ten times that
 noise, and judged relatively otherwise.
@@ -38,7 +41,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .backend import array_module, backend_of, to_host
+from ..backend import array_module, backend_of, to_host
 
 __all__ = [
     "GradcheckError",
@@ -46,6 +49,7 @@ __all__ = [
     "relative_error",
     "numerical_vjp",
     "check_vjp",
+    "check_vjp_per_coordinate",
     "check_directional",
     "check_model_gradients",
     "ModelGradcheckResult",
@@ -139,7 +143,85 @@ def check_vjp(
     wrt: Sequence[int] | None = None,
     raise_on_failure: bool = True,
 ) -> GradcheckResult:
-    """Check a backward pass against central differences of its forward.
+    """Check a backward pass along one random direction per input (as HIPS autograd's ``check_vjp``).
+
+    With a random upstream $u$ (the output's shape) and, for input $i$, a random unit
+    direction $v_i$ (the input's shape), the backward's $\\langle J_i^\\top u, v_i \\rangle$
+    is compared with the central difference
+    $(\\phi(x_i + \\epsilon v_i) - \\phi(x_i - \\epsilon v_i)) / 2\\epsilon$ of
+    $\\phi = \\langle u, f \\rangle$: two evaluations of ``fn`` per input, whatever its size.
+    A wrong gradient fails it unless it is wrong only orthogonally to $v_i$, which a
+    random direction makes a probability-zero event; to see *which* entries are
+    wrong, use :func:`check_vjp_per_coordinate`.
+
+    Args:
+        fn: ``fn(*inputs) -> output``, a pure float64 function.
+        inputs: arrays to check at (float64); never modified.
+        vjp: ``vjp(upstream) -> grads``, one gradient per input (None for an input
+            that gets none), computed by the code under test at ``inputs``.
+        seed: seeds the random upstream gradient and the directions.
+        eps: finite-difference step.
+        tolerance: maximum accepted relative error.
+        wrt: positions of the inputs to check (default: all with a gradient).
+        raise_on_failure: raise :class:`GradcheckError` if any error is too large.
+
+    Returns:
+        The :class:`GradcheckResult`, one error per checked input position.
+    """
+    _, upstream, _, analytic, positions = _vjp_at(fn, inputs, vjp, seed, wrt)
+    rng = np.random.default_rng([seed, 1])
+    errors = {}
+    for i in positions:
+        _require_float64(inputs[i], f"input {i}")
+
+        def phi(point: dict[str, Any], i: int = i) -> Any:
+            args = [point["x"] if j == i else x for j, x in enumerate(inputs)]
+            return array_module(upstream).sum(upstream * fn(*args))
+
+        direction = {"x": rng.standard_normal(tuple(inputs[i].shape))}
+        a, n, noise = _directional_derivatives(phi, {"x": inputs[i]}, {"x": analytic[i]}, direction, eps)
+        errors[i] = relative_error(np.array([a]), np.array([n]), floor=max(1e-10, noise / tolerance))
+    result = GradcheckResult(errors, tolerance)
+    if raise_on_failure and not result.passed:
+        raise GradcheckError(f"gradient check failed (one direction per input): {result}")
+    return result
+
+
+def _vjp_at(fn: Callable[..., Any], inputs: Sequence[Any], vjp: Callable[[Any], Sequence[Any]], seed: int,
+            wrt: Sequence[int] | None) -> tuple[Any, Any, np.ndarray, list, list[int]]:
+    """``fn``'s output, a random upstream (device and host), the backward's gradients, and the
+    positions to check, with the gradients' shapes checked against their inputs'."""
+    output = fn(*inputs)
+    backend = backend_of(output)
+    upstream_host = np.random.default_rng(seed).standard_normal(tuple(output.shape))
+    upstream = backend.asarray(upstream_host) if backend is not None else upstream_host
+    analytic = list(vjp(upstream))
+    if len(analytic) != len(inputs):
+        raise ValueError(f"vjp returned {len(analytic)} gradients for {len(inputs)} inputs")
+    positions = [i for i in range(len(inputs)) if analytic[i] is not None] if wrt is None else list(wrt)
+    for i in positions:
+        if tuple(analytic[i].shape) != tuple(inputs[i].shape):
+            raise ValueError(f"gradient {i} has shape {tuple(analytic[i].shape)}, its input {tuple(inputs[i].shape)}")
+    return output, upstream, upstream_host, analytic, positions
+
+
+def check_vjp_per_coordinate(
+    fn: Callable[..., Any],
+    inputs: Sequence[Any],
+    vjp: Callable[[Any], Sequence[Any]],
+    *,
+    seed: int = 0,
+    eps: float = 1e-6,
+    tolerance: float = DEFAULT_TOLERANCE,
+    wrt: Sequence[int] | None = None,
+    raise_on_failure: bool = True,
+) -> GradcheckResult:
+    """Check a backward pass against central differences of its forward, coordinate by coordinate.
+
+    Every coordinate of $J_i^\\top u$ is estimated by its own central difference
+    (:func:`numerical_vjp`): two evaluations of ``fn`` per input element, so for small
+    inputs only, and a wrong entry shows up wherever it is. (This was ``check_vjp``
+    before 0.2; :func:`check_vjp` is now the one-direction check.)
 
     Args:
         fn: ``fn(*inputs) -> output``, a pure float64 function.
@@ -155,21 +237,12 @@ def check_vjp(
     Returns:
         The :class:`GradcheckResult`.
     """
-    output = fn(*inputs)
-    backend = backend_of(output)
-    upstream_host = np.random.default_rng(seed).standard_normal(tuple(output.shape))
-    upstream = backend.asarray(upstream_host) if backend is not None else upstream_host
-    analytic = list(vjp(upstream))
-    if len(analytic) != len(inputs):
-        raise ValueError(f"vjp returned {len(analytic)} gradients for {len(inputs)} inputs")
-    positions = [i for i in range(len(inputs)) if analytic[i] is not None] if wrt is None else list(wrt)
+    output, upstream, upstream_host, analytic, positions = _vjp_at(fn, inputs, vjp, seed, wrt)
     # Absolute rounding noise of one central difference, as a floor (see module docstring).
     magnitude = float(np.sum(np.abs(upstream_host * to_host(output))))
     floor = max(1e-10, 10 * np.finfo(np.float64).eps * magnitude / eps / tolerance)
     errors = {}
     for i in positions:
-        if tuple(analytic[i].shape) != tuple(inputs[i].shape):
-            raise ValueError(f"gradient {i} has shape {tuple(analytic[i].shape)}, its input {tuple(inputs[i].shape)}")
         errors[i] = relative_error(analytic[i], numerical_vjp(fn, inputs, upstream, i, eps), floor=floor)
     result = GradcheckResult(errors, tolerance)
     if raise_on_failure and not result.passed:
@@ -319,22 +392,25 @@ class ModelGradcheckResult(GradcheckResult):
 
 def _hard_layers(model: Any, train: bool) -> list[int]:
     """Indices of the phase-1 layers that select hard in a training pass."""
-    from .mixture import SmartMixedActivation
+    return [i for i, act in enumerate(model.activations) if train and _selects(act) and act.hard]
 
-    return [i for i, act in enumerate(model.activations) if train and isinstance(act, SmartMixedActivation) and act.hard]
+
+def _selects(layer: Any) -> bool:
+    """A phase-1 layer: one that owns selection logits (a phase-2 layer owns none)."""
+    return hasattr(layer, "logits")
 
 
 def _surrogate_logits(model: Any, x: Any, noise: dict, offsets: dict) -> Any:
     """Logits of ``model`` with each hard layer ``i`` of ``offsets`` replaced by its straight-through surrogate.
 
-    Layer by layer as :meth:`~smartmixed_np.mlp.MLP.forward` (training pass, noise
+    Layer by layer as :meth:`~smartmixed_np.nn.mlp.MLP.forward` (training pass, noise
     replayed), except that a hard layer's output is
-    :func:`~smartmixed_np.mixture.straight_through_surrogate` with the constant
+    :func:`~smartmixed_np.core.phase1.straight_through_surrogate` with the constant
     ``offsets[i]``: equal to the hard output at the point where the offsets were
     taken, and with the straight-through gradient as its exact gradient.
     """
     from .linear import linear_forward
-    from .mixture import SmartMixedActivation, straight_through_surrogate
+    from .phase1 import straight_through_surrogate
 
     h = model.check_input(x)
     for i, (linear, act) in enumerate(zip(model.linears, model.activations)):
@@ -343,7 +419,7 @@ def _surrogate_logits(model: Any, x: Any, noise: dict, offsets: dict) -> Any:
             h = straight_through_surrogate(
                 z, act.logits, noise.get(i), act.pool, tau=act.tau, offset=offsets[i], clamp=act.clamp
             )
-        elif isinstance(act, SmartMixedActivation):
+        elif _selects(act):
             h, _ = act.forward(z, True, noise=noise.get(i))
         else:
             h, _ = act.forward(z)
@@ -352,7 +428,7 @@ def _surrogate_logits(model: Any, x: Any, noise: dict, offsets: dict) -> Any:
 
 def _straight_through_offsets(model: Any, layers: list[int], noise: dict) -> dict:
     """$C = \\mathrm{onehot}(s) - y$ per hard layer, at the model's current logits and the given noise."""
-    from .mixture import gumbel_softmax_weights
+    from .phase1 import gumbel_softmax_weights
 
     offsets = {}
     for i in layers:
@@ -378,7 +454,7 @@ def check_model_gradients(
     coordinates: bool = False,
     surrogate: bool = True,
 ) -> ModelGradcheckResult:
-    """Check every gradient of a :class:`~smartmixed_np.mlp.MLP` on one batch, whole and by parameter.
+    """Check every gradient of a :class:`~smartmixed_np.nn.mlp.MLP` on one batch, whole and by parameter.
 
     The model (float64) is copied; the copy runs one forward pass (drawing its
     Gumbel noise once), softmax cross-entropy, and backward; then the loss is
@@ -401,7 +477,7 @@ def check_model_gradients(
     (relative errors of 0.1 to 1, which the whole-model number inherits). It is the
     exact gradient of the surrogate network in which each hard layer computes
     $\\sum_k (y_k + C_k)\\, a_k$ with $C = \\mathrm{onehot}(s) - y$ taken at the checked
-    point and held constant (:func:`smartmixed_np.mixture.straight_through_surrogate`):
+    point and held constant (:func:`smartmixed_np.core.phase1.straight_through_surrogate`):
     its value is the hard forward's, and with the noise held fixed it is smooth. So by
     default the finite differences are taken of that surrogate, and the result's
     ``notes`` say so. (Where only weights and biases move, the surrogate *is* the hard

@@ -1,7 +1,7 @@
 """One training step, as a learner writes it: forward, loss, backward, clip, update.
 
-:func:`train_step` is the step the trainer (:mod:`smartmixed_np.train`), the
-benchmarks (:mod:`smartmixed_np.bench`) and the notebooks run, so that what is
+:func:`train_step` is the step the trainer (:mod:`smartmixed_np.experiments.train`), the
+benchmarks (:mod:`smartmixed_np.experiments.bench`) and the notebooks run, so that what is
 taught, what is timed and what trains are the same five lines:
 
 1. forward: ``logits = model.forward(x, train=True)`` (phase 1 draws its Gumbel
@@ -9,17 +9,17 @@ taught, what is timed and what trains are the same five lines:
 2. loss: softmax cross-entropy and its gradient ``dlogits`` (mean over the batch);
 3. backward: ``model.backward(dlogits)`` fills ``model.gradients()``;
 4. clip: the global-norm factor $f = \\min(1, c / (\\lVert g \\rVert + \\epsilon))$
-   (:func:`~smartmixed_np.optim.clip_factor`), computed on the device;
+   (:func:`~smartmixed_np.nn.optim.clip_factor`), computed on the device;
 5. update: ``optimizer.step(grads, scale=f)``, which gives the numbers of
-   :func:`~smartmixed_np.optim.clip_grad_norm` followed by a step, in one pass.
+   :func:`~smartmixed_np.nn.optim.clip_grad_norm` followed by a step, in one pass.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .losses import softmax_cross_entropy
-from .optim import clip_factor
+from ..core.losses import softmax_cross_entropy
+from ..core.optim import clip_factor
 
 __all__ = ["train_step"]
 
@@ -29,7 +29,7 @@ def train_step(model: Any, optimizer: Any, x: Any, y: Any, clip: float | None = 
     """Train ``model`` on one batch and return ``(loss, logits)``.
 
     Args:
-        model: an :class:`~smartmixed_np.mlp.MLP` (phase 1, phase 2 or a baseline).
+        model: an :class:`~smartmixed_np.nn.mlp.MLP` (phase 1, phase 2 or a baseline).
         optimizer: an optimizer over ``model.parameters()`` (Adam or SGD).
         x: (B, D) inputs on the model's device, in its dtype.
         y: (B,) integer class labels on the same device.

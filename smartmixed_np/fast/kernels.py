@@ -1,7 +1,7 @@
 r"""Fused, in-place kernels for the built-in activations with their clamp.
 
 The reference computation of a clamped candidate is two readable steps
-(:mod:`smartmixed_np.activations` and the clamp limits of :func:`~smartmixed_np.activations.clamp_limits`)::
+(:mod:`smartmixed_np.core.activations` and the clamp limits of :func:`~smartmixed_np.core.activations.clamp_limits`)::
 
     a  = clip(f(z), lo, hi)                     # forward
     dz = da * f'(z) * [lo < a < hi]             # backward
@@ -33,27 +33,27 @@ on in float32). The ``exp`` in place of an addition makes their backward about 1
 times as long as before (on a (128, 512) float32 block); every other derivative is still
 computed from ``a`` alone.
 
-They apply to the registered built-in :class:`~smartmixed_np.activations.Activation`
+They apply to the registered built-in :class:`~smartmixed_np.core.activations.Activation`
 objects only (a user activation, or a built-in name re-registered by the user, goes
 through the reference path): :func:`has_kernel` tells which. ``tests/test_kernels.py``
 checks every kernel against the reference, values and gradients, in both dtypes.
 
 Layout: the kernels are elementwise and accept any layout, but they are fastest on
 contiguous blocks, which is why the networks keep hidden activations feature-major
-(see :mod:`smartmixed_np.mlp`).
+(see :mod:`smartmixed_np.nn.mlp`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from .activations import ELU_ALPHA, LEAKY_SLOPE, SELU_ALPHA, SELU_SCALE, Activation, get_activation
-from .backend import array_module, clip_into
+from ..core.activations import ELU_ALPHA, LEAKY_SLOPE, SELU_ALPHA, SELU_SCALE, Activation, get_activation
+from ..backend import array_module, clip_into
 
 __all__ = ["has_kernel", "activation_forward_into", "activation_backward_into"]
 
 if ELU_ALPHA != 1.0:  # pragma: no cover - the elu kernels use alpha = 1: f' = e^{min(z, 0)} is then 1 for z > 0
-    raise ImportError("smartmixed_np.kernels: the elu kernels assume ELU_ALPHA = 1")
+    raise ImportError("smartmixed_np.fast.kernels: the elu kernels assume ELU_ALPHA = 1")
 _INF = float("inf")
 _SELU_SA = SELU_SCALE * SELU_ALPHA
 _BIG = 1e30  # finite in float32 and float64; larger than any derivative
@@ -73,12 +73,22 @@ def _mask_into(xp: Any, out: Any, a: Any, lo: float | None, hi: float | None) ->
         out *= a < hi
 
 
-# --------------------------------------------------------------------------- forward
+# --------------------------------------------------------------------------- relu
+# Stands in for smartmixed_np.core.activations.relu and relu_derivative, with the clamp.
 def _relu_forward(xp, z, lo, hi, out):
     # lo is never needed (relu >= 0 >= -c); a positive lo would be a caller's error.
     clip_into(z, 0.0, _INF if hi is None else hi, out)
 
 
+def _relu_backward(xp, da, z, a, lo, hi, out):
+    mask = a > 0
+    if hi is not None:
+        mask &= a < hi
+    xp.multiply(da, mask, out=out)
+
+
+# --------------------------------------------------------------------------- sigmoid
+# Stands in for smartmixed_np.core.activations.sigmoid and sigmoid_derivative, with the clamp.
 def _sigmoid_forward(xp, z, lo, hi, out):
     xp.abs(z, out=out)
     xp.negative(out, out=out)
@@ -90,46 +100,18 @@ def _sigmoid_forward(xp, z, lo, hi, out):
     _clamp_into(xp, out, lo, hi)
 
 
-def _tanh_forward(xp, z, lo, hi, out):
-    xp.tanh(z, out=out)
-    _clamp_into(xp, out, lo, hi)
-
-
-def _leaky_relu_forward(xp, z, lo, hi, out):
-    xp.multiply(z, LEAKY_SLOPE, out=out)
-    xp.maximum(out, z, out=out)
-    _clamp_into(xp, out, lo, hi)
-
-
-def _elu_forward(xp, z, lo, hi, out):
-    clip_into(z, -_INF, 0.0, out)
-    xp.expm1(out, out=out)  # alpha = 1
-    xp.maximum(out, z, out=out)
-    _clamp_into(xp, out, lo, hi)
-
-
-def _selu_forward(xp, z, lo, hi, out):
-    clip_into(z, -_INF, 0.0, out)
-    xp.expm1(out, out=out)
-    out *= SELU_ALPHA
-    out += clip_into(z, 0.0, _INF, xp.empty_like(out))
-    out *= SELU_SCALE
-    _clamp_into(xp, out, lo, hi)
-
-
-# --------------------------------------------------------------------------- backward
-def _relu_backward(xp, da, z, a, lo, hi, out):
-    mask = a > 0
-    if hi is not None:
-        mask &= a < hi
-    xp.multiply(da, mask, out=out)
-
-
 def _sigmoid_backward(xp, da, z, a, lo, hi, out):
     xp.subtract(1.0, a, out=out)
     out *= a
     out *= da
     _mask_into(xp, out, a, lo, hi)
+
+
+# --------------------------------------------------------------------------- tanh
+# Stands in for smartmixed_np.core.activations.tanh and tanh_derivative, with the clamp.
+def _tanh_forward(xp, z, lo, hi, out):
+    xp.tanh(z, out=out)
+    _clamp_into(xp, out, lo, hi)
 
 
 def _tanh_backward(xp, da, z, a, lo, hi, out):
@@ -139,6 +121,14 @@ def _tanh_backward(xp, da, z, a, lo, hi, out):
     _mask_into(xp, out, a, lo, hi)
 
 
+# --------------------------------------------------------------------------- leaky_relu
+# Stands in for smartmixed_np.core.activations.leaky_relu and leaky_relu_derivative, with the clamp.
+def _leaky_relu_forward(xp, z, lo, hi, out):
+    xp.multiply(z, LEAKY_SLOPE, out=out)
+    xp.maximum(out, z, out=out)
+    _clamp_into(xp, out, lo, hi)
+
+
 def _leaky_relu_backward(xp, da, z, a, lo, hi, out):
     out[...] = a > 0
     clip_into(out, LEAKY_SLOPE, 1.0, out)
@@ -146,11 +136,31 @@ def _leaky_relu_backward(xp, da, z, a, lo, hi, out):
     _mask_into(xp, out, a, lo, hi)
 
 
+# --------------------------------------------------------------------------- elu
+# Stands in for smartmixed_np.core.activations.elu and elu_derivative, with the clamp.
+def _elu_forward(xp, z, lo, hi, out):
+    clip_into(z, -_INF, 0.0, out)
+    xp.expm1(out, out=out)  # alpha = 1
+    xp.maximum(out, z, out=out)
+    _clamp_into(xp, out, lo, hi)
+
+
 def _elu_backward(xp, da, z, a, lo, hi, out):
     clip_into(z, -_INF, 0.0, out)
     xp.exp(out, out=out)  # e^{min(z, 0)}: exactly 1 where z > 0, e^z elsewhere (alpha = 1)
     out *= da
     _mask_into(xp, out, a, lo, hi)
+
+
+# --------------------------------------------------------------------------- selu
+# Stands in for smartmixed_np.core.activations.selu and selu_derivative, with the clamp.
+def _selu_forward(xp, z, lo, hi, out):
+    clip_into(z, -_INF, 0.0, out)
+    xp.expm1(out, out=out)
+    out *= SELU_ALPHA
+    out += clip_into(z, 0.0, _INF, xp.empty_like(out))
+    out *= SELU_SCALE
+    _clamp_into(xp, out, lo, hi)
 
 
 def _selu_backward(xp, da, z, a, lo, hi, out):
@@ -188,7 +198,7 @@ def activation_forward_into(activation: Activation, z: Any, lo: float | None, hi
     Args:
         activation: a built-in (see :func:`has_kernel`).
         z: pre-activations, any shape.
-        lo, hi: clamp sides to apply (None for none), as :func:`~smartmixed_np.activations.clamp_limits` gives.
+        lo, hi: clamp sides to apply (None for none), as :func:`~smartmixed_np.core.activations.clamp_limits` gives.
         out: buffer of ``z``'s shape and dtype.
 
     Returns:

@@ -45,8 +45,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from .activations import DEFAULT_POOL
-from .fileio import atomic_writer
+from ..core.activations import DEFAULT_POOL
+from ..fileio import atomic_writer
 from .runfolder import RunFolderError, _csv_rows, read_choices, read_history, read_metrics, read_model_description
 from .runfolder import _choices_from_rows as _choices_from_rows  # tests/test_plots.py checks the neuron order with it
 

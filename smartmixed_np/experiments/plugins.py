@@ -1,7 +1,7 @@
 """Loading a user's own candidate activations from the command line.
 
 A user's module registers candidates with
-:func:`smartmixed_np.activations.register_activation` when it is imported. The
+:func:`smartmixed_np.core.activations.register_activation` when it is imported. The
 ``--import`` option of ``smartmixed train``/``sweep``/``evaluate`` names such modules
 (an importable module name such as ``mypkg.acts``, or a path to a ``.py`` file); a
 run records them in its ``config.json`` and ``model.json``.
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["PluginError", "load_plugins", "require_loaded", "normalize"]
 

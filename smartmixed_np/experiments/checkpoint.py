@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 
 from . import plugins
-from .errors import CheckpointError
-from .fileio import atomic_writer, open_regular_file, write_json
+from ..errors import CheckpointError
+from ..fileio import atomic_writer, open_regular_file, write_json
 from .runfolder import MODEL_ARRAYS, MODEL_JSON
 
 __all__ = ["save_arrays", "load_arrays", "save_model", "load_model", "MODEL_ARRAYS", "MODEL_JSON"]
@@ -153,15 +153,15 @@ def load_model(path: str | Path, device: Any = "cpu") -> Any:
     checked against their names, shapes and dtypes; the modules named in
     ``"imports"`` (they register user activations) must have been imported by the
     user already (``--import``; a file never makes code run: see
-    :mod:`smartmixed_np.plugins`); only then is the network built.
+    :mod:`smartmixed_np.experiments.plugins`); only then is the network built.
 
     Raises:
         CheckpointError: missing files, a corrupt or unsafe archive, a malformed
             ``model.json``, arrays whose names or shapes do not match its
             architecture, or a module in ``"imports"`` that is not imported yet.
     """
-    from .backend import get_backend
-    from .mlp import MLP
+    from ..backend import get_backend
+    from ..nn.mlp import MLP
 
     path = Path(path)
     folder = path if path.is_dir() else path.parent
@@ -370,7 +370,7 @@ def _read_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, na
 def _check_description(json_path: Path, description: Any) -> tuple[dict[str, Any], list[str]]:
     """``(config, imports)`` from ``model.json``, each field checked for type and range.
 
-    The checks are made here, not left to :class:`~smartmixed_np.mlp.MLP`, so that a
+    The checks are made here, not left to :class:`~smartmixed_np.nn.mlp.MLP`, so that a
     hostile value never reaches the constructor (an allocation, the random
     generator) and every problem is reported with the field's name.
     """

@@ -8,9 +8,9 @@ next call with the same shape.
 
 Aliasing rule: a buffer handed out under a name is the *same memory* the next
 time that name is asked for. Whoever owns a workspace must therefore be done with
-a buffer's contents before asking for it again; :class:`~smartmixed_np.mlp.MLP`
+a buffer's contents before asking for it again; :class:`~smartmixed_np.nn.mlp.MLP`
 owns one per batch size and hands out its buffers to exactly one forward pass and
-the one backward pass that consumes it (see :meth:`~smartmixed_np.mlp.MLP.forward`).
+the one backward pass that consumes it (see :meth:`~smartmixed_np.nn.mlp.MLP.forward`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
     out/arch2/smartmixed/seed0/   config.json, history.csv, metrics.json, ... (see train.py)
 
 Restarting is safe and cheap: a run that is finished and complete
-(:func:`smartmixed_np.runfolder.is_finished`: ``metrics.json``, the marker a run
+(:func:`smartmixed_np.experiments.runfolder.is_finished`: ``metrics.json``, the marker a run
 writes last, and the model files it needs, all readable) is skipped; a run with
 ``checkpoint.npz`` is resumed with ``train(resume=...)`` (bit for bit as if never
 stopped, on NumPy, at the same BLAS thread count); a run killed before its first
@@ -55,7 +55,7 @@ Parallelism goes through a :class:`concurrent.futures.Executor`:
   Dask's nanny-started workers already set ``OMP_NUM_THREADS=1`` and friends
   (``distributed.nanny.pre-spawn-environ``); give each worker one thread
   (``dask worker --nthreads 1``) so that runs do not share a process. Every worker
-  needs smartmixed_np installed (the task is ``smartmixed_np.sweep.run_task``), the
+  needs smartmixed_np installed (the task is ``smartmixed_np.experiments.sweep.run_task``), the
   data at the path given by ``--data-dir`` (or ``SMARTMIXED_DATA`` in its own
   environment), and the sweep folder on storage that it sees at the same path.
 * any ``concurrent.futures.Executor`` instance (the caller owns and shuts it down).
@@ -90,8 +90,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from . import runfolder
-from .errors import UserError
-from .fileio import remove_stale_parts, write_json, write_text
+from ..errors import UserError
+from ..fileio import remove_stale_parts, write_json, write_text
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -202,7 +202,7 @@ def plan_sweep(
         archs: published architecture IDs, or a mapping ``{label: hidden widths}``.
         models: "smartmixed" and/or candidate activation names.
         seeds: non-negative integers.
-        config: the shared training options: a :class:`~smartmixed_np.train.TrainConfig`
+        config: the shared training options: a :class:`~smartmixed_np.experiments.train.TrainConfig`
             or a dict of its fields (``model``, ``hidden``, ``seed``, ``out`` are set per run).
 
     Raises:
@@ -245,7 +245,7 @@ def plan_sweep(
 def run_state(run_dir: str | os.PathLike) -> str:
     """``finished``, ``failed`` (FAILED), ``resumable`` (checkpoint.npz) or ``new``.
 
-    ``finished`` means finished and complete (:func:`smartmixed_np.runfolder.is_finished`):
+    ``finished`` means finished and complete (:func:`smartmixed_np.experiments.runfolder.is_finished`):
     a folder whose ``metrics.json`` is garbage, or whose model files are missing, is
     not finished; it is resumable when it holds a checkpoint (the resume writes the
     end of the run again).
@@ -325,7 +325,7 @@ def _step_hook(user_hook: Callable | None) -> Callable:
 
 
 def _run_lock(run_dir: Path, wait_s: float | None = None):
-    """The run folder's lock (:func:`smartmixed_np.runfolder.hold`): whoever holds it is
+    """The run folder's lock (:func:`smartmixed_np.experiments.runfolder.hold`): whoever holds it is
     the only process writing into ``run_dir``, so it may tidy what a killed process left."""
     return runfolder.hold(run_dir, wait_s)
 
@@ -669,7 +669,7 @@ def _shared_options(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _default_shared_options() -> dict[str, Any]:
-    """The shared training options of a default :class:`~smartmixed_np.train.TrainConfig`, as JSON."""
+    """The shared training options of a default :class:`~smartmixed_np.experiments.train.TrainConfig`, as JSON."""
     from .train import TrainConfig
 
     return _shared_options(TrainConfig().to_json())
@@ -715,8 +715,8 @@ def _check_data(config: dict[str, Any]) -> None:
     Raises:
         DataError: the data folder does not exist or lacks a file.
     """
-    from .data import find_dataset_folder
-    from .data.datasets import _IDX_DATASETS
+    from ..data import find_dataset_folder
+    from ..data.datasets import _IDX_DATASETS
 
     if config["dataset"] in _IDX_DATASETS:
         find_dataset_folder(config["dataset"], config.get("data_dir"), progress=True, mirror=config.get("mirror"))

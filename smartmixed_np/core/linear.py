@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .backend import Backend, SeededRNG, array_module
+from ..backend import Backend, SeededRNG, array_module
 
 __all__ = ["LinearCache", "linear_forward", "linear_backward", "init_linear", "Linear"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backend import array_module, to_host
+from ..backend import array_module, to_host
 
 __all__ = ["softmax_cross_entropy", "log_softmax"]
 

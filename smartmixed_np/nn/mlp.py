@@ -4,8 +4,8 @@
 
     x -> Linear(784, 512) -> act0 -> Linear(512, 256) -> act1 -> Linear(256, 10) -> logits
 
-where each ``act`` is a phase-1 :class:`~smartmixed_np.mixture.SmartMixedActivation`
-(``"smartmixed"``) or a :class:`~smartmixed_np.fixed.FixedMixedActivation` (a fixed
+where each ``act`` is a phase-1 :class:`~smartmixed_np.nn.layers.SmartMixedActivation`
+(``"smartmixed"``) or a :class:`~smartmixed_np.nn.layers.FixedMixedActivation` (a fixed
 network: one candidate name for every layer, one name per hidden layer, or the
 per-neuron choices of a frozen phase-1 network, see :meth:`MLP.freeze`).
 
@@ -21,7 +21,7 @@ evaluation passes that will not be backpropagated, so that a ``backward`` then
 fails instead of differentiating an evaluation pass).
 
 Buffers: the hidden pre-activations, activations and their gradients live in a
-:class:`~smartmixed_np.workspace.Workspace` per batch size, reused by every pass
+:class:`~smartmixed_np.fast.workspace.Workspace` per batch size, reused by every pass
 (a few recently used batch sizes are kept). They are stored feature-major, (N, B)
 in memory, so that an activation group is a contiguous block. Aliasing rule: only
 the tape of the *last* forward is valid (which the tape already enforces); what
@@ -31,21 +31,25 @@ input gradient) are fresh arrays that no later pass overwrites.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from .activations import resolve_pool
-from .backend import Backend, SeededRNG, array_module, backend_of, get_backend, to_host
-from .fixed import FixedMixedActivation, contiguous_order
-from .linear import Linear, init_linear
-from .mixture import NOISE_MODES, SmartMixedActivation, init_selection_logits
-from .workspace import Workspace
+from ..backend import Backend, SeededRNG, array_module, backend_of, get_backend, to_host
+from ..core.activations import resolve_pool
+from ..core.linear import Linear, init_linear
+from ..core.phase1 import NOISE_MODES, init_selection_logits
+from ..core.phase2 import contiguous_order
+from ..fast.workspace import Workspace
+from .layers import FixedMixedActivation, SmartMixedActivation
 
 __all__ = ["MLP", "Tape"]
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
+#: How model.json names each phase (the file format; in code, read MLP.phase).
+_KINDS = {1: "smartmixed", 2: "fixed"}
 _WORKSPACES_KEPT = 4  # batch sizes whose buffers are kept (training, last partial batch, evaluation, ...)
 
 
@@ -56,9 +60,9 @@ class Tape:
     Attributes:
         train: whether the pass was a training pass.
         caches: per layer pair, (linear cache, activation cache): a
-            :class:`~smartmixed_np.linear.LinearCache` and the activation layer's
-            :class:`~smartmixed_np.mixture.SmartMixedCache` (phase 1) or
-            :class:`~smartmixed_np.fixed.FixedCache` (phase 2); the output layer's
+            :class:`~smartmixed_np.core.linear.LinearCache` and the activation layer's
+            :class:`~smartmixed_np.nn.layers.SmartMixedCache` (phase 1) or
+            :class:`~smartmixed_np.core.phase2.FixedCache` (phase 2); the output layer's
             activation cache is None.
         noise: Gumbel noise used by each phase-1 layer, by hidden-layer index.
     """
@@ -106,9 +110,10 @@ class MLP:
         dtype: ``"float32"`` (default) or ``"float64"`` (for gradient checks).
         seed: seeds the initialisation and every layer's noise stream.
 
-    State besides the layers (all set here): ``_tape``, the :class:`Tape` of the last
+    State besides the layers (all set here): ``phase``, 1 for a phase-1 SmartMixed
+    network, 2 for a fixed (frozen or uniform) one; ``_tape``, the :class:`Tape` of the last
     forward pass until :meth:`backward` consumes it (else None; read it as
-    :attr:`tape`); ``_workspace_cache``, one :class:`~smartmixed_np.workspace.Workspace`
+    :attr:`tape`); ``_workspace_cache``, one :class:`~smartmixed_np.fast.workspace.Workspace`
     per layer for each of the last few batch sizes, {(batch, backend, dtype): list},
     least recently used first (see :meth:`_workspaces`).
     """
@@ -145,7 +150,7 @@ class MLP:
             for d_in, d_out in zip(self.sizes[:-1], self.sizes[1:])
         ]
         if isinstance(activation, str) and activation.lower() == "smartmixed":
-            self.kind = "smartmixed"
+            self.phase = 1
             self.activations: list = [
                 SmartMixedActivation(
                     init_selection_logits(width, len(self.pool), init_rng, self.dtype, self.backend),
@@ -162,7 +167,7 @@ class MLP:
             names = [activation] * len(hidden) if isinstance(activation, str) else list(activation)
             if len(names) != len(hidden):
                 raise ValueError(f"activation lists {len(names)} names for {len(hidden)} hidden layers")
-            self.kind = "fixed"
+            self.phase = 2
             self.activations = [FixedMixedActivation.uniform(name, width, backend=self.backend) for name, width in zip(names, hidden)]
         self.options = {"tau": tau, "hard": bool(hard), "clamp": clamp, "noise_mode": noise_mode}
         self._tape: Tape | None = None
@@ -174,9 +179,10 @@ class MLP:
         return len(self.sizes) - 2
 
     @property
-    def phase(self) -> int:
-        """1 for a phase-1 SmartMixed network, 2 for a fixed (frozen or uniform) one."""
-        return 1 if self.kind == "smartmixed" else 2
+    def kind(self) -> str:
+        """Deprecated: ``"smartmixed"`` or ``"fixed"``; read :attr:`phase` (1 or 2) instead."""
+        warnings.warn("MLP.kind is deprecated: read MLP.phase (1 or 2)", DeprecationWarning, stacklevel=2)
+        return _KINDS[self.phase]
 
     def _named(self, weight: str, bias: str, logits: str) -> dict[str, Any]:
         arrays: dict[str, Any] = {}
@@ -321,13 +327,13 @@ class MLP:
     # ------------------------------------------------------------------ phase 2
     def choices(self) -> list[np.ndarray]:
         """Per hidden layer, (N,) choice indices into :attr:`pool`, in original neuron order."""
-        if self.kind == "smartmixed":
+        if self.phase == 1:
             return [act.choices() for act in self.activations]
         return [act.original_choices() for act in self.activations]
 
     def choice_names(self) -> list[list[str]]:
         """Per hidden layer, the activation name of each neuron, in original neuron order."""
-        if self.kind == "smartmixed":
+        if self.phase == 1:
             return [[self.pool[k].name for k in c] for c in self.choices()]
         return [act.original_choice_names() for act in self.activations]
 
@@ -335,7 +341,7 @@ class MLP:
         """Per hidden layer, the share of neurons choosing each pool candidate."""
         shares = []
         for names in self.choice_names():
-            counts = {a.name: 0 for a in self.pool} if self.kind == "smartmixed" else {}
+            counts = {a.name: 0 for a in self.pool} if self.phase == 1 else {}
             for name in names:
                 counts[name] = counts.get(name, 0) + 1
             shares.append({name: count / len(names) for name, count in counts.items()})
@@ -354,7 +360,7 @@ class MLP:
         Returns:
             A new :class:`MLP` with ``kind == "fixed"``; ``self`` is unchanged.
         """
-        if self.kind != "smartmixed":
+        if self.phase != 1:
             raise ValueError("only a phase-1 SmartMixed network can be frozen")
         frozen = self._empty_like()
         xp = self.backend.xp
@@ -389,7 +395,7 @@ class MLP:
         clone.backend = self.backend
         clone.seed = self.seed
         clone.pool = self.pool
-        clone.kind = "fixed"
+        clone.phase = 2
         clone.options = dict(self.options)
         clone._tape = None
         clone._workspace_cache = {}
@@ -411,13 +417,13 @@ class MLP:
         """
         config: dict[str, Any] = {
             "sizes": list(self.sizes),
-            "kind": self.kind,
+            "kind": _KINDS[self.phase],
             "pool": [a.name for a in self.pool],
             "dtype": self.dtype.name,
             "seed": self.seed,
             **self.options,
         }
-        if self.kind == "fixed":
+        if self.phase == 2:
             config["layers"] = [
                 {
                     "pool": [a.name for a in act.pool],
@@ -531,4 +537,4 @@ class MLP:
 
     def __repr__(self) -> str:
         arch = "-".join(str(s) for s in self.sizes)
-        return f"MLP({arch}, kind={self.kind!r}, device={self.backend.device!r}, dtype={self.dtype.name})"
+        return f"MLP({arch}, phase={self.phase}, device={self.backend.device!r}, dtype={self.dtype.name})"

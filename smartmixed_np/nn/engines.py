@@ -1,0 +1,277 @@
+r"""Engines: the code that runs a layer's pass, chosen once, when the layer is built.
+
+A layer object (:mod:`smartmixed_np.nn.layers`) holds its state (choices, groups,
+logits) and hands every forward and backward to one engine, picked here by
+:func:`phase2_engine` or :func:`phase1_engine` from what is known at construction:
+the activations (built-ins have fused kernels; a user's own do not), the mode, the
+backend, and whether the compiled loops are on (:func:`smartmixed_np.fast.compiled.enabled`).
+This module is the only place where that choice is made. Every engine computes
+the reference's function; each one's docstring names the reference it stands in for,
+and the tests prove each equal to it.
+
+Phase 2 (one frozen activation per neuron):
+
+* :class:`ReferenceGroups`: :func:`~smartmixed_np.core.phase2.fixed_forward` and
+  :func:`~smartmixed_np.core.phase2.fixed_backward` themselves. Any activation, any
+  array module.
+* :class:`FusedGroups`: the fused kernels (:mod:`smartmixed_np.fast.phase2`) on the
+  feature-major view, in a reused workspace; a masked layer of several groups is
+  permuted into grouped order first and back after, and its cache is a
+  :class:`GroupedCache`. NumPy or CuPy.
+* :class:`CompiledGroups`: the compiled group loops (:mod:`smartmixed_np.fast.compiled`):
+  every group in one pass, each neuron's row read where it lies. Host arrays.
+
+Phase 1 (training passes; an evaluation pass runs the layer's frozen phase-2 layer):
+
+* :class:`ReferenceMixture`: :func:`~smartmixed_np.core.phase1.mixture_forward` and
+  :func:`~smartmixed_np.core.phase1.mixture_backward`. Every mode.
+* :class:`FusedMixture`: :func:`~smartmixed_np.fast.phase1.mixture_forward_fused` and
+  :func:`~smartmixed_np.fast.phase1.mixture_backward_fused`. Hard selection, shared or
+  no noise, built-ins.
+* :class:`CompiledMixture`: the same forward; the backward by
+  :func:`~smartmixed_np.fast.phase1.mixture_backward_compiled`. Host arrays.
+
+A compiled engine meets, now and then, arrays its loops cannot take (a float16
+input, a view that is not contiguous): it then runs the NumPy code it stands in
+for, which gives the same numbers, so its caches need no mark of which ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..backend import Backend, array_module
+from ..core.activations import Activation
+from ..core.phase1 import MixtureCache, mixture_backward, mixture_forward
+from ..core.phase2 import FixedCache, Group, contiguous_order, fixed_backward, fixed_forward, make_groups
+from ..fast import compiled
+from ..fast.kernels import has_kernel
+from ..fast.phase1 import mixture_backward_compiled, mixture_backward_fused, mixture_forward_fused
+from ..fast.phase2 import grouped_backward_fused, grouped_forward_fused
+from ..fast.workspace import Workspace, get_buffer
+
+__all__ = [
+    "GroupedCache",
+    "ReferenceGroups",
+    "FusedGroups",
+    "CompiledGroups",
+    "phase2_engine",
+    "ReferenceMixture",
+    "FusedMixture",
+    "CompiledMixture",
+    "phase1_engine",
+]
+
+
+def _compiled_on(backend: Backend) -> bool:
+    """The compiled loops apply to this backend's arrays: host NumPy, Numba on."""
+    return backend.name == "numpy" and compiled.enabled()
+
+
+# --------------------------------------------------------------------------- phase 2
+@dataclass
+class GroupedCache:
+    """The cache of a :class:`FusedGroups` pass over a masked layer: ``z`` and ``a``
+    (B, N) with the neurons permuted into grouped order. Only that engine's backward
+    reads it (:func:`~smartmixed_np.core.phase2.fixed_backward` refuses it)."""
+
+    z: Any
+    a: Any
+
+
+class ReferenceGroups:
+    """The reference, :func:`~smartmixed_np.core.phase2.fixed_forward` /
+    :func:`~smartmixed_np.core.phase2.fixed_backward`, over ``groups``. The workspace is
+    not used: every pass returns fresh arrays."""
+
+    name = "reference"
+
+    def __init__(self, groups: Sequence[Group]) -> None:
+        self.groups = list(groups)
+
+    def forward(self, z: Any, workspace: Workspace | None = None) -> tuple[Any, FixedCache]:
+        return fixed_forward(z, self.groups)
+
+    def backward(self, da: Any, cache: FixedCache, workspace: Workspace | None = None) -> Any:
+        return fixed_backward(da, cache, self.groups)
+
+
+class FusedGroups:
+    """Stands in for :class:`ReferenceGroups` when every activation is a built-in: the fused
+    kernels, feature-major, with the outputs in the workspace's buffers.
+
+    Args:
+        choices: (N,) host ints, the layer's choices in its current neuron order.
+        pool, groups, backend, clamp: the layer's.
+
+    State (set here): ``sorted_groups``, the groups as slices of rows in grouped order;
+    ``perm`` and ``inverse`` (device int64 (N,)), the permutation into grouped order and
+    back for a masked layer of several groups, else None; ``rows`` (host int64 (N,)),
+    the neuron at each grouped position.
+    """
+
+    name = "fused"
+
+    def __init__(self, choices: np.ndarray, pool: Sequence[Activation], groups: Sequence[Group],
+                 backend: Backend, clamp: float | None) -> None:
+        self.groups = list(groups)
+        self.perm = self.inverse = None
+        self.sorted_groups = self.groups
+        self.rows = np.arange(len(choices), dtype=np.int64)
+        if not all(isinstance(group.columns, slice) for group in self.groups):
+            self.rows = contiguous_order(choices)
+            self.perm = backend.asarray(self.rows)
+            self.inverse = backend.asarray(np.argsort(self.rows).astype(np.int64))
+            self.sorted_groups = make_groups(choices[self.rows], pool, backend, contiguous=True, clamp=clamp)
+
+    def forward(self, z: Any, workspace: Workspace | None = None) -> tuple[Any, FixedCache | GroupedCache]:
+        xp = array_module(z)
+        batch, width = z.shape
+        zT = z.T
+        if self.perm is None:
+            aT = grouped_forward_fused(zT, self.sorted_groups, get_buffer(workspace, xp, "a_grouped", (width, batch), z.dtype))
+            return aT.T, FixedCache(z=z, a=aT.T)
+        zT = xp.take(zT, self.perm, axis=0, out=get_buffer(workspace, xp, "z_grouped", (width, batch), z.dtype))
+        aT = grouped_forward_fused(zT, self.sorted_groups, get_buffer(workspace, xp, "a_grouped", (width, batch), z.dtype))
+        cache = GroupedCache(z=zT.T, a=aT.T)
+        aT = xp.take(aT, self.inverse, axis=0, out=get_buffer(workspace, xp, "a", (width, batch), z.dtype))
+        return aT.T, cache
+
+    def backward(self, da: Any, cache: FixedCache | GroupedCache, workspace: Workspace | None = None) -> Any:
+        xp = array_module(da)
+        batch, width = da.shape
+        daT = da.T
+        if self.perm is not None:
+            if not isinstance(cache, GroupedCache):
+                raise TypeError(f"this layer's backward needs the GroupedCache of its forward, got {type(cache).__name__}")
+            daT = xp.take(daT, self.perm, axis=0, out=get_buffer(workspace, xp, "da_grouped", (width, batch), da.dtype))
+        dzT = get_buffer(workspace, xp, "dz_grouped", (width, batch), da.dtype)
+        grouped_backward_fused(daT, cache.z.T, cache.a.T, self.sorted_groups, dzT)
+        if self.perm is not None:
+            dzT = xp.take(dzT, self.inverse, axis=0, out=get_buffer(workspace, xp, "dz", (width, batch), da.dtype))
+        return dzT.T
+
+
+class CompiledGroups:
+    """Stands in for :class:`FusedGroups` (and so for the reference) on host arrays: the
+    compiled group loops, :func:`smartmixed_np.fast.compiled.grouped_forward` and
+    :func:`~smartmixed_np.fast.compiled.grouped_backward`. Its cache is a
+    :class:`~smartmixed_np.core.phase2.FixedCache`, neurons in their own order.
+
+    Arrays the loops cannot take (a dtype other than float32/float64) run the
+    reference, whose cache is the same kind.
+
+    State: ``fused``, the :class:`FusedGroups` whose grouped order the loops read;
+    ``tables``, the loops' :class:`~smartmixed_np.fast.compiled.GroupTable` by dtype,
+    built by :meth:`table` the first time a dtype is seen.
+    """
+
+    name = "compiled"
+
+    def __init__(self, choices: np.ndarray, pool: Sequence[Activation], groups: Sequence[Group],
+                 backend: Backend, clamp: float | None) -> None:
+        self.groups = list(groups)
+        self.fused = FusedGroups(choices, pool, groups, backend, clamp)
+        self.tables: dict[Any, compiled.GroupTable] = {}
+
+    def table(self, dtype: Any) -> compiled.GroupTable:
+        """The loops' table of this layer for arrays of ``dtype`` (built once per dtype)."""
+        dtype = np.dtype(dtype)
+        table = self.tables.get(dtype)
+        if table is None:
+            table = self.tables[dtype] = compiled.group_table(self.fused.sorted_groups, self.fused.rows, dtype)
+        return table
+
+    def forward(self, z: Any, workspace: Workspace | None = None) -> tuple[Any, FixedCache]:
+        zT = z.T
+        if not compiled.applies(zT):
+            zT = np.ascontiguousarray(zT)
+            if not compiled.applies(zT):  # no float32/float64 host array
+                return fixed_forward(z, self.groups)
+        batch, width = z.shape
+        aT = get_buffer(workspace, np, "a", (width, batch), z.dtype)
+        scratch = get_buffer(workspace, np, "scratch", (width, batch), z.dtype)
+        compiled.grouped_forward(zT, self.table(z.dtype), aT, scratch)
+        return aT.T, FixedCache(z=z, a=aT.T)
+
+    def backward(self, da: Any, cache: FixedCache, workspace: Workspace | None = None) -> Any:
+        aT, zT = cache.a.T, cache.z.T
+        daT = np.ascontiguousarray(da.T)
+        if not compiled.applies(daT, aT):
+            return fixed_backward(da, cache, self.groups)
+        batch, width = da.shape
+        dzT = get_buffer(workspace, np, "dz", (width, batch), da.dtype)
+        return compiled.grouped_backward(daT, aT, self.table(da.dtype), dzT, zT=np.ascontiguousarray(zT)).T
+
+
+def phase2_engine(choices: np.ndarray, pool: Sequence[Activation], groups: Sequence[Group], backend: Backend,
+                  clamp: float | None) -> ReferenceGroups | FusedGroups | CompiledGroups:
+    """The engine of a phase-2 layer: compiled on host arrays with Numba, fused where every
+    activation is a built-in, else the reference."""
+    if not all(has_kernel(group.activation) for group in groups):
+        return ReferenceGroups(groups)
+    engine = CompiledGroups if _compiled_on(backend) else FusedGroups
+    return engine(choices, pool, groups, backend, clamp)
+
+
+# --------------------------------------------------------------------------- phase 1
+class ReferenceMixture:
+    """The reference, :func:`~smartmixed_np.core.phase1.mixture_forward` /
+    :func:`~smartmixed_np.core.phase1.mixture_backward`, for every mode."""
+
+    name = "reference"
+
+    def __init__(self, pool: Sequence[Activation], hard: bool) -> None:
+        self.pool = tuple(pool)
+        self.hard = hard
+
+    def forward(self, z: Any, logits: Any, noise: Any, *, tau: float, clamp: float | None,
+                workspace: Workspace | None = None) -> tuple[Any, MixtureCache]:
+        return mixture_forward(z, logits, noise, self.pool, tau=tau, hard=self.hard, clamp=clamp)
+
+    def backward(self, dout: Any, cache: MixtureCache, workspace: Workspace | None = None) -> tuple[Any, Any]:
+        return mixture_backward(dout, cache, self.pool)
+
+
+class FusedMixture(ReferenceMixture):
+    """Stands in for :class:`ReferenceMixture` with hard selection, shared or no noise and a
+    pool of built-ins: :func:`~smartmixed_np.fast.phase1.mixture_forward_fused` /
+    :func:`~smartmixed_np.fast.phase1.mixture_backward_fused`, in the workspace's buffers.
+    Per-sample noise given to a pass (a replay) runs the reference."""
+
+    name = "fused"
+
+    def forward(self, z, logits, noise, *, tau, clamp, workspace=None):
+        if noise is not None and noise.ndim != 2:
+            return super().forward(z, logits, noise, tau=tau, clamp=clamp)
+        return mixture_forward_fused(z, logits, noise, self.pool, tau=tau, clamp=clamp, workspace=workspace)
+
+    def backward(self, dout, cache, workspace=None):
+        if cache.weights.ndim != 2:
+            return super().backward(dout, cache)
+        return mixture_backward_fused(dout, cache, self.pool, workspace)
+
+
+class CompiledMixture(FusedMixture):
+    """:class:`FusedMixture` whose backward computes the selected candidate's derivative alone
+    (:func:`~smartmixed_np.fast.phase1.mixture_backward_compiled`): host arrays, Numba on."""
+
+    name = "compiled"
+
+    def backward(self, dout, cache, workspace=None):
+        if cache.weights.ndim != 2:
+            return ReferenceMixture.backward(self, dout, cache)
+        return mixture_backward_compiled(dout, cache, self.pool, workspace)
+
+
+def phase1_engine(pool: Sequence[Activation], hard: bool, noise_mode: str,
+                  backend: Backend) -> ReferenceMixture | FusedMixture | CompiledMixture:
+    """The training engine of a phase-1 layer: fused (compiled backward on host arrays with
+    Numba) for hard selection with shared or no noise over built-ins, else the reference."""
+    if not (hard and noise_mode in ("shared", "none") and all(has_kernel(a) for a in pool)):
+        return ReferenceMixture(pool, hard)
+    engine = CompiledMixture if _compiled_on(backend) else FusedMixture
+    return engine(pool, hard)
