@@ -74,6 +74,15 @@ def mixture_forward_fused(
 
 
 
+def _feature_major(dout: Any, cache: MixtureCache, workspace: Workspace | None) -> tuple:
+    """``(xp, stack, doutT, zT, dzT)``: the (K, N, B) candidate stack, the (N, B) views of
+    ``dout`` and ``z``, and the (N, B) buffer for ``dz``, as both backwards read them."""
+    xp = array_module(dout)
+    batch, width = dout.shape
+    dzT = get_buffer(workspace, xp, "dz", (width, batch), dout.dtype)
+    return xp, cache.candidates.transpose(0, 2, 1), dout.T, cache.z.T, dzT
+
+
 def _dlogits(stack: Any, doutT: Any, cache: MixtureCache) -> Any:
     """$d\\alpha = \\mathrm{softmax\\_backward}(dy, y)/\\tau$ with $dy_{nk} = \\sum_b dout_{bn} a_{kbn}$:
     one ``einsum`` over the (K, N, B) stack, a third of multiply-then-sum's time here."""
@@ -98,11 +107,8 @@ def mixture_backward_fused(
     Returns:
         ``dz`` (B, N) and ``dlogits`` (N, K).
     """
-    xp = array_module(dout)
-    batch, width = dout.shape
-    stack = cache.candidates.transpose(0, 2, 1)  # (K, N, B)
-    doutT, zT = dout.T, cache.z.T
-    dzT = get_buffer(workspace, xp, "dz", (width, batch), dout.dtype)
+    xp, stack, doutT, zT, dzT = _feature_major(dout, cache, workspace)
+    width, batch = dzT.shape
     work = get_buffer(workspace, xp, "work", tuple(stack.shape), dout.dtype)
     for k, activation in enumerate(pool):
         lo, hi = clamp_limits(activation, cache.clamp)
@@ -124,11 +130,7 @@ def mixture_backward_compiled(
     Returns:
         ``dz`` (B, N) and ``dlogits`` (N, K).
     """
-    xp = array_module(dout)
-    batch, width = dout.shape
-    stack = cache.candidates.transpose(0, 2, 1)  # (K, N, B)
-    doutT, zT = dout.T, cache.z.T
-    dzT = get_buffer(workspace, xp, "dz", (width, batch), dout.dtype)
+    _, stack, doutT, zT, dzT = _feature_major(dout, cache, workspace)
     table = compiled.candidate_table(tuple(pool), cache.clamp, dout.dtype) if compiled.applies(doutT, stack, dzT, zT) else None
     if table is None:
         return mixture_backward_fused(dout, cache, pool, workspace)
