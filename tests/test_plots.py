@@ -275,9 +275,12 @@ def test_write_run_figures_smartmixed(tmp_path):
         assert_png(path, min_side=120)
 
 
-def test_write_run_figures_reads_choices_in_neuron_order(tmp_path):
+def test_run_folders_choices_read_back_in_neuron_order(tmp_path):
+    """The figures read choices.csv through the run folder's reader, in the neurons' order."""
+    from smartmixed_np.experiments.runfolder import read_choices
+
     run_dir = write_run(tmp_path / "run", make_history(), {"model": "smartmixed"}, make_choices())
-    assert plots._choices_from_rows(plots._read_csv(run_dir / "choices.csv")) == make_choices()
+    assert read_choices(run_dir) == make_choices()
 
 
 def test_write_run_figures_baseline(tmp_path):

@@ -47,8 +47,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from ..core.activations import DEFAULT_POOL
 from ..fileio import atomic_writer
-from .runfolder import RunFolderError, _csv_rows, read_choices, read_history, read_metrics, read_model_description
-from .runfolder import _choices_from_rows as _choices_from_rows  # tests/test_plots.py checks the neuron order with it
+from .runfolder import RunFolderError, read_choices, read_history, read_metrics, read_model_description
 
 __all__ = [
     "ACTIVATION_COLORS",
@@ -762,11 +761,6 @@ def _lenient(read: Any, run_dir: Path, empty: Any) -> Any:
         return read(run_dir, required=False)
     except RunFolderError:
         return empty
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV file (``[]`` if absent); kept for tests/test_plots.py, figures read through runfolder."""
-    return _csv_rows(path, required=False) or []
 
 
 def write_run_figures(run_dir: str | os.PathLike, metrics: dict[str, Any] | None = None) -> list[Path]:
