@@ -1,6 +1,7 @@
 """The ``smartmixed`` command (also ``python -m smartmixed_np``).
 
-Subcommands: ``train``, ``sweep``, ``report``, ``evaluate``, ``demo``, ``archs``, ``activations``, ``bench``.
+Subcommands: ``train``, ``sweep``, ``report``, ``evaluate``, ``demo``, ``archs``, ``activations``, ``bench``,
+``export`` (ONNX), ``predict`` (a user's own files).
 A user error (a bad option, a missing or corrupt file, an unknown name) is one
 line on stderr and exit status 2, never a traceback. Option values are checked
 while parsing (bounded, ASCII numbers; paths the file system can take); activation
@@ -487,8 +488,64 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="few repeats, small sweep (a smoke test)")
     bench.add_argument("--data-dir", type=_path, metavar="DIR", help="MNIST folder for the epoch-throughput benchmark (default: $SMARTMIXED_DATA)")
     bench.add_argument("--device", type=_device, default="cpu", metavar="{cpu,gpu}", help="cpu or gpu (CuPy; PyTorch on CUDA when available)")
+    _add_export_and_predict(commands)
     parser.commands = commands.choices  # type: ignore[attr-defined]  # name -> subparser (see _explicit_options)
     return parser
+
+
+def _add_export_and_predict(commands: Any) -> None:
+    """The ``export`` and ``predict`` subcommands (ONNX export; predictions on a user's files)."""
+    from .experiments.export import DEFAULT_OPSET, MIN_OPSET
+
+    export = commands.add_parser(
+        "export",
+        help="write a run's model as an ONNX file (pip install 'smartmixed_np[onnx]')",
+        description="Write the model kept in a finished run folder as an ONNX graph: per layer MatMul and Add, "
+        "per activation group a Slice and the activation's own operator (Relu, Sigmoid, Tanh, LeakyRelu, Elu, "
+        "Selu), the clamp as Clip, then Concat. Input 'pixels' (batch, D), output 'logits' (batch, C), float32, "
+        "any batch size; the metadata hold the architecture, each neuron's activation, the dataset and the test "
+        "accuracy. A phase-1 model is exported as its argmax network. Needs the onnx package.",
+        epilog="Examples:\n"
+        "  smartmixed export runs/<run> --onnx model.onnx\n"
+        "  python -c \"import onnxruntime as ort; ort.InferenceSession('model.onnx')\"\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR", type=_path, help="a finished run folder written by `smartmixed train`")
+    export.add_argument("--onnx", required=True, type=_path, metavar="FILE", help="the ONNX file to write (atomically)")
+    export.add_argument(
+        "--opset", type=_integer(MIN_OPSET, 999, f"an ONNX opset number from {MIN_OPSET}"), default=DEFAULT_OPSET,
+        help=f"the ONNX operator set (default: {DEFAULT_OPSET}; from 20 on, gelu is the Gelu operator)",
+    )
+    export.add_argument(
+        "--import", dest="imports", action="append", type=_module, metavar="MODULE",
+        help="import MODULE (a module name or a .py file) first, if the run recorded it (repeatable)",
+    )
+
+    predict = commands.add_parser(
+        "predict",
+        help="predict the classes of your own images, IDX files or .npy arrays (CSV)",
+        description="Predict a class, with the probability of every class, for each example in INPUTS: IDX files, "
+        ".npy arrays of shape (N, 784), (N, 28, 28) or (28, 28), and PNG or JPEG images of any size (made "
+        "grayscale, resized to 28x28, scaled to [0, 1] as MNIST was; MNIST digits are white on black: use "
+        "--invert for dark digits on a light background). A folder stands for the files inside it. A file that "
+        "cannot be read is skipped with one line on stderr ('skipped FILE: reason'); the others go on.",
+        epilog="Output: CSV with columns file, index (within the file), predicted, p0 ... p9.\n"
+        "Exit status: 0 every input was read; 1 some were skipped (each named on stderr); 2 a usage error "
+        "(a bad option, an unusable run folder).\n"
+        "Examples:\n"
+        "  smartmixed predict runs/<run> digits/ --invert --out predictions.csv\n"
+        "  smartmixed predict runs/<run> t10k-images-idx3-ubyte.gz sample.npy\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument("run_dir", metavar="RUN_DIR", type=_path, help="a finished run folder written by `smartmixed train`")
+    predict.add_argument("inputs", nargs="+", type=_path, metavar="INPUT", help="IDX, .npy, PNG or JPEG files, or folders of them")
+    predict.add_argument("--out", type=_path, metavar="CSV", help="write the CSV there (atomically; default: standard output)")
+    predict.add_argument("--invert", action="store_true", help="invert the pixels (1 - x): for dark digits on a light background")
+    predict.add_argument("--device", type=_device, default="cpu", metavar="{cpu,gpu}", help="cpu or gpu")
+    predict.add_argument(
+        "--import", dest="imports", action="append", type=_module, metavar="MODULE",
+        help="import MODULE (a module name or a .py file) first, if the run recorded it (repeatable)",
+    )
 
 
 # ---------------------------------------------------------------------------- commands
@@ -819,9 +876,36 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .experiments.export import export_run, require_onnx
+
+    require_onnx()  # before anything else: the one line that says how to install it
+    _load_user_activations(args)
+    path = export_run(args.run_dir, args.onnx, opset=args.opset)
+    print(f"exported the model of {_escape(args.run_dir)} to {_escape(str(path))} (ONNX opset {args.opset}, float32; "
+          "input 'pixels' (batch, D), output 'logits' (batch, C))")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .experiments.predict import predict, predictions_csv, write_predictions
+
+    _load_user_activations(args)
+    result = predict(args.run_dir, args.inputs, invert=args.invert, device=args.device,
+                     on_skip=lambda file, reason: _error_line(f"skipped {_escape(file)}: {_escape(reason)}"))
+    if args.out:
+        write_predictions(result, args.out)
+        files = len(set(result.files))
+        print(f"{len(result.files)} predictions from {files} file{'s' if files != 1 else ''} written to {_escape(args.out)}"
+              + (f"; {len(result.skipped)} skipped" if result.skipped else ""))
+    else:
+        sys.stdout.write(predictions_csv(result))
+    return 1 if result.skipped else 0
+
+
 _COMMANDS = {
     "train": _train, "sweep": _sweep, "report": _report, "evaluate": _evaluate, "demo": _demo, "archs": _archs,
-    "activations": _activations, "bench": _bench,
+    "activations": _activations, "bench": _bench, "export": _export, "predict": _predict,
 }
 
 
