@@ -22,6 +22,8 @@ One call, :func:`run_benchmarks`, measures (CPU, float32, one process):
 * the same over a sweep of batch sizes and of hidden widths;
 * one epoch of MNIST (ours vs PyTorch, phase 2 and phase 1) in samples per second,
   when a data directory is given;
+* our phase-2 inference against ONNX Runtime on the exported graph, batch 1 and 128
+  (:func:`_onnx_inference`; skipped with the reason when onnxruntime is missing);
 * peak memory (tracemalloc, which sees NumPy's allocations) and the memory held
   after two successive windows of steps after warm-up: "no growth" when the
   second window adds nothing (a leak would add in every window).
@@ -55,6 +57,7 @@ import numpy as np
 
 from ..fast import compiled
 from ..backend import Backend, get_backend, to_host
+from ..errors import UserError
 from ..fileio import atomic_writer, write_json
 from ..nn.mlp import MLP
 from ..nn.optim import Adam
@@ -432,6 +435,62 @@ def _epoch_throughput(data_dir: str, sizes: Sequence[int], batch: int, seed: int
     return result
 
 
+# --------------------------------------------------------------------------- ONNX Runtime
+ONNX_BATCHES = (1, 128)
+
+
+def _onnx_inference(sizes: Sequence[int], seed: int, threads: int, repeats: int, warmup: int,
+                    settle_s: float = 0.0, batches: Sequence[int] = ONNX_BATCHES) -> dict[str, Any]:
+    """Our phase-2 network's inference against ONNX Runtime's on its exported graph (CPU, float32).
+
+    The network is ``phase2_contiguous`` (all six activations in every layer, clamp 10);
+    ONNX Runtime runs :func:`~smartmixed_np.experiments.export.build_onnx`'s graph with
+    the CPU provider and as many intra-op threads as our BLAS has. Per batch size:
+    ``ours_forward`` (logits, as ONNX Runtime returns), ``ours_predict`` (logits and
+    argmax) and ``onnxruntime``, interleaved by :func:`_interleaved`; the ratio is
+    ours_forward / onnxruntime (above 1: ours is slower). Skipped, with the reason,
+    when onnx or onnxruntime is missing.
+    """
+    try:
+        import onnxruntime
+        from .export import DEFAULT_OPSET, build_onnx, require_onnx
+
+        require_onnx()
+    except ImportError:
+        return {"skipped": "onnxruntime is not installed: pip install 'smartmixed_np[onnx]'"}
+    except UserError as err:  # onnx itself is missing
+        return {"skipped": str(err)}
+    model = _phase1_network(sizes, seed).freeze(contiguous=True)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(build_onnx(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    result: dict[str, Any] = {"sizes": list(sizes), "onnxruntime": onnxruntime.__version__, "opset": DEFAULT_OPSET,
+                              "provider": "CPUExecutionProvider", "intra_op_threads": threads}
+    rng = np.random.default_rng(seed + 3)
+    for batch in batches:
+        x = rng.random((batch, sizes[0]), dtype=np.float32)
+        contenders = {
+            "ours_forward": lambda: model.forward(x, train=False),
+            "ours_predict": lambda: model.predict(x),
+            "onnxruntime": lambda: session.run(None, {"pixels": x}),
+        }
+        times = _interleaved(contenders, repeats, warmup, settle_s=settle_s)
+        ours, theirs = model.forward(x), session.run(None, {"pixels": x})[0]
+        result[f"batch_{batch}"] = {
+            **times,
+            "ours_vs_onnxruntime_ratio": times["ours_forward"]["median_ms"] / times["onnxruntime"]["median_ms"],
+            "max_abs_logit_difference": float(np.abs(ours - theirs).max()),
+        }
+    return result
+
+
+def _onnx_ratios(onnx: dict[str, Any], batches: Sequence[int] = ONNX_BATCHES) -> dict[str, float | None]:
+    """``phase2_vs_onnxruntime_infer_batch{B}_ratio`` from :func:`_onnx_inference` (None when skipped)."""
+    return {f"phase2_vs_onnxruntime_infer_batch{b}_ratio": onnx.get(f"batch_{b}", {}).get("ours_vs_onnxruntime_ratio")
+            for b in batches}
+
+
 # --------------------------------------------------------------------------- memory
 def _memory(sizes: Sequence[int], batch: int, seed: int, steps: int) -> dict[str, Any]:
     """tracemalloc: NumPy memory held after warm-up vs after ``steps`` more steps, and peaks."""
@@ -597,7 +656,7 @@ def run_benchmarks(
 
     Returns:
         A dict: ``machine``, ``config``, ``main`` (step and infer timings per
-        contender), ``ratios`` (every key contains ``ratio``; None where PyTorch or
+        contender), ``onnx`` (ours against ONNX Runtime), ``ratios`` (every key contains ``ratio``; None where PyTorch or
         data are missing), ``batch_sweep``, ``width_sweep``, ``epoch``, ``memory``,
         ``targets`` (each target with its threshold, value and whether it is met).
     """
@@ -658,6 +717,12 @@ def run_benchmarks(
         report["memory"] = _memory(sizes, batch, seed, plan["memory_steps"])
     else:
         report["memory"] = {"skipped": f"tracemalloc sees host memory only; not measured on {dev.backend.name}"}
+    say("ONNX Runtime")
+    if dev.backend.name == "numpy":
+        report["onnx"] = _onnx_inference(sizes, seed, threads, plan["repeats"], plan["warmup"], plan["settle_s"])
+    else:
+        report["onnx"] = {"skipped": f"ONNX Runtime is compared on the CPU only, not on {dev.backend.name}"}
+    ratios.update(_onnx_ratios(report["onnx"]))
     report["ratios"] = ratios
     report["targets"] = _targets(ratios, report["memory"])
     report["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
