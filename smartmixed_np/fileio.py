@@ -152,6 +152,68 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(clean, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
+#: How deep a JSON file read by :func:`decode_json` may nest its arrays and objects.
+MAX_JSON_DEPTH = 64
+
+
+def decode_json(content: bytes, *, constants: bool = False) -> Any:
+    """Strict JSON from ``content``, the reader beside :func:`write_json`.
+
+    UTF-8, nesting at most :data:`MAX_JSON_DEPTH` deep (checked before parsing, so that
+    a hostile file is refused with a reason rather than by the parser's recursion
+    limit), and no ``NaN`` or infinities (the writer writes none) unless ``constants``
+    (for content that :func:`json.dumps` wrote, such as a checkpoint's metadata).
+
+    Raises:
+        ValueError: why the content is not such JSON, in one line (the caller adds the file).
+    """
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not UTF-8: {_one_line(err)}") from None
+    if _nesting_depth(text) > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} deep")
+    try:
+        return json.loads(text) if constants else json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError, as is a 5,000-digit number
+        raise ValueError(_one_line(err)[:200]) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-standard constant {name}")
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` outside strings, counted up to just past MAX_JSON_DEPTH."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:  # the common case, at C speed
+        return 0
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    return deepest
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def remove_stale_parts(folder: str | os.PathLike) -> list[Path]:
     """Delete the ``.<name>.*.part`` temporaries that a killed writer left in ``folder``.
 

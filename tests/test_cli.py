@@ -274,7 +274,7 @@ def test_evaluate_of_an_unfinished_run_says_how_to_resume(interrupted_run, capsy
     "content, reason",
     [
         (b"\xff\xfe{", "not UTF-8"),
-        (b"[" * 100_000, "nested too deeply"),
+        (b"[" * 100_000, "nested more than 64 deep"),
         (b"garbage", "not valid JSON"),
         (b"[1, 2]", "not a JSON object"),
         (b'{"dataset": 7}', "corrupt run configuration"),

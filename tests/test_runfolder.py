@@ -118,15 +118,13 @@ def test_the_csv_writers_write_what_they_always_wrote():
         "layer,neuron,activation\n0,0,relu\n0,1,tanh\n1,0,elu\n")
 
 
-def test_choices_are_read_in_neuron_order_as_plots_and_the_report_read_them(tmp_path):
-    from smartmixed_np.experiments import plots
+def test_choices_are_read_in_neuron_order_as_the_report_reads_them(tmp_path):
     from smartmixed_np.report.choices import _choices_by_layer
 
     tmp_path.joinpath("choices.csv").write_text(
         "layer,neuron,activation\n1,1,gelu\n0,2,elu\n1,0,relu\n0,0,tanh\n0,1,relu\n")
     expected = [["tanh", "relu", "elu"], ["relu", "gelu"]]
     assert runfolder.read_choices(tmp_path) == expected
-    assert plots._choices_from_rows(plots._read_csv(tmp_path / "choices.csv")) == expected
     assert _choices_by_layer(tmp_path) == expected
 
 
@@ -159,7 +157,7 @@ def _one_line_error(call, name):
     (b"garbage", "not valid JSON"),
     (b'{"loss": NaN}', "non-standard constant NaN"),
     (b'{"loss": -Infinity}', "non-standard constant -Infinity"),
-    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested more than 64 deep"),
     (b"[1, 2]", "not a JSON object"),
     (b'"text"', "not a JSON object"),
 ])
@@ -185,3 +183,31 @@ def test_a_json_file_past_the_bound_is_refused_before_parsing(tmp_path, monkeypa
 def test_a_hostile_csv_file_is_one_line_naming_it(tmp_path, read, name, content, reason):
     (tmp_path / name).write_bytes(content)
     assert reason in _one_line_error(lambda: read(tmp_path), name)
+
+
+@pytest.mark.parametrize("name", ["config.json", "metrics.json", "model.json", "history.csv", "choices.csv"])
+def test_a_fifo_or_folder_in_place_of_a_run_file_is_refused_at_once(tmp_path, name):
+    """Every reader opens regular files only: a FIFO would block a plain open() forever."""
+    import os
+    import signal
+
+    readers = {"config.json": runfolder.read_config, "metrics.json": runfolder.read_metrics,
+               "model.json": runfolder.read_model_description, "history.csv": runfolder.read_history,
+               "choices.csv": runfolder.read_choices}
+    def blocked(signum, frame):
+        raise TimeoutError(f"reading a FIFO {name} blocked")
+
+    os.mkfifo(tmp_path / name)
+    previous = signal.signal(signal.SIGALRM, blocked)  # a blocking open would hang: fail instead
+    signal.alarm(10)
+    try:
+        with pytest.raises(runfolder.RunFolderError, match="is a FIFO") as caught:
+            readers[name](tmp_path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert caught.value.kind == "unreadable" and "\n" not in str(caught.value)
+    os.unlink(tmp_path / name)
+    os.mkdir(tmp_path / name)
+    with pytest.raises(runfolder.RunFolderError, match="is a folder"):
+        readers[name](tmp_path)

@@ -43,7 +43,8 @@ import numpy as np
 
 from . import plugins
 from ..errors import CheckpointError
-from ..fileio import atomic_writer, open_regular_file, write_json
+from ..fileio import atomic_writer, decode_json, open_regular_file, write_json
+from . import runfolder
 from .runfolder import MODEL_ARRAYS, MODEL_JSON
 
 __all__ = ["save_arrays", "load_arrays", "save_model", "load_model", "MODEL_ARRAYS", "MODEL_JSON"]
@@ -56,8 +57,6 @@ DEFLATE_MAX_RATIO = 1032
 #: More members than this is not a checkpoint (a training checkpoint holds a few dozen).
 MAX_MEMBERS = 10_000
 #: Largest ``model.json`` (and its nesting depth) that is read.
-MAX_JSON_BYTES = 64 * 1024 * 1024
-MAX_JSON_DEPTH = 64
 #: Limits on a network described by ``model.json``, checked before any is built.
 MAX_LAYERS = 1024
 MAX_WIDTH = 2**31 - 1
@@ -118,7 +117,7 @@ def load_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]
         raise CheckpointError(f"{path}: not a smartmixed_np checkpoint (no metadata)")
     if meta_array.dtype != np.uint8 or meta_array.ndim != 1:
         raise CheckpointError(f"{path}: corrupt metadata (a {meta_array.dtype} array of shape {meta_array.shape}, not bytes)")
-    meta = _parse_json(path, meta_array.tobytes(), "corrupt metadata")
+    meta = _parse_json(path, meta_array.tobytes(), "corrupt metadata", constants=True)  # json.dumps wrote it
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: corrupt metadata (not a JSON object)")
     return arrays, meta
@@ -170,15 +169,12 @@ def load_model(path: str | Path, device: Any = "cpu") -> Any:
     backend = get_backend(device)  # a wrong device is the caller's error, not the file's
     if not os.path.lexists(json_path):
         raise CheckpointError(f"{json_path}: no such file (a saved model needs {MODEL_JSON} beside {MODEL_ARRAYS})")
-    with _open_regular_file(json_path, f"a model description ({MODEL_JSON})") as (file, size):
-        try:
-            # read(n) allocates n bytes at once: ask for what the file holds, not the limit.
-            content = file.read(min(size, MAX_JSON_BYTES) + 1)
-        except OSError as err:
-            raise CheckpointError(f"{json_path}: cannot read ({err.strerror or _one_line(err)})") from None
-    if len(content) > MAX_JSON_BYTES:
-        raise CheckpointError(f"{json_path}: corrupt model description (larger than {MAX_JSON_BYTES >> 20} MiB)")
-    description = _parse_json(json_path, content, "corrupt model description")
+    try:  # the run folder's own reader: regular files only, bounded, strict JSON
+        description = runfolder.read_model_description(folder)
+    except runfolder.RunFolderError as err:
+        problem = "corrupt model description" if err.kind == "corrupt" else "cannot read a model description"
+        reason = err.reason[len("not valid JSON ("):-1] if err.reason.startswith("not valid JSON (") else err.reason
+        raise CheckpointError(f"{json_path}: {problem} ({reason})") from None
     config, imports = _check_description(json_path, description)
     arrays, _ = load_arrays(arrays_path)
     _check_arrays(arrays_path, config, arrays)
@@ -204,49 +200,12 @@ def _open_regular_file(path: Path, what: str) -> Any:
     return open_regular_file(path, what, CheckpointError)
 
 
-def _parse_json(path: Path, content: bytes, problem: str) -> Any:
-    """Strictly decoded UTF-8 JSON of bounded nesting; CheckpointError naming ``path`` otherwise."""
+def _parse_json(path: Path, content: bytes, problem: str, constants: bool = False) -> Any:
+    """:func:`smartmixed_np.fileio.decode_json`, with a CheckpointError naming ``path`` and ``problem``."""
     try:
-        text = content.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise CheckpointError(f"{path}: {problem} (not UTF-8: {_one_line(err)})") from None
-    if _nesting_depth(text) > MAX_JSON_DEPTH:
-        raise CheckpointError(f"{path}: {problem} (JSON nested more than {MAX_JSON_DEPTH} deep)")
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError, as is a 5,000-digit number
-        raise CheckpointError(f"{path}: {problem} ({_one_line(err)})") from None
-
-
-def _nesting_depth(text: str) -> int:
-    """The deepest nesting of ``[``/``{`` outside strings, counted up to just past MAX_JSON_DEPTH.
-
-    Checked before parsing so that deep nesting is refused with a clear reason
-    rather than by the parser's recursion limit.
-    """
-    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:  # the common case, at C speed
-        return 0
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > MAX_JSON_DEPTH:
-                    return deepest
-        elif char in "]}":
-            depth -= 1
-    return deepest
+        return decode_json(content, constants=constants)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {problem} ({err})") from None
 
 
 def _one_line(error: BaseException) -> str:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import os
 import platform
 import sys
@@ -48,6 +47,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import UserError
+from ..fileio import decode_json, open_regular_file
 
 __all__ = [
     "CONFIG", "HISTORY", "METRICS", "CHOICES", "MODEL_ARRAYS", "MODEL_JSON", "CHECKPOINT", "FINISH_ORDER",
@@ -103,15 +103,25 @@ class RunFolderError(UserError, ValueError):
         self.path, self.reason, self.kind = path, reason, kind
 
 
+class _Refused(Exception):
+    """The one-line reason :func:`smartmixed_np.fileio.open_regular_file` gives, before it becomes a RunFolderError."""
+
+
 def _read_bytes(path: Path, required: bool) -> bytes | None:
-    """The bytes of ``path`` (at most :data:`MAX_FILE_BYTES`); None when it is absent and not required."""
+    """The bytes of ``path`` (at most :data:`MAX_FILE_BYTES`); None when it is absent and not required.
+
+    Opened as a regular file only (:func:`smartmixed_np.fileio.open_regular_file`): a FIFO,
+    a device or a folder in its place is refused at once instead of blocking the reader.
+    """
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        if required:
-            raise RunFolderError(path, "no such file", kind="missing") from None
-        return None
+        with open_regular_file(path, "a file", _Refused) as (file, size):
+            data = file.read(min(size, MAX_FILE_BYTES) + 1)
+    except _Refused as err:
+        missing = not os.path.lexists(path)
+        if missing and not required:
+            return None
+        reason = str(err)[len(str(path)):].lstrip(": ")
+        raise RunFolderError(path, reason, kind="missing" if missing else "unreadable") from None
     except OSError as err:
         raise RunFolderError(path, f"unreadable ({err.strerror or type(err).__name__})", kind="unreadable") from None
     if len(data) > MAX_FILE_BYTES:
@@ -136,26 +146,12 @@ def _load_json_object(path: Path, required: bool = True) -> dict[str, Any]:
     if data is None:
         return {}
     try:
-        value = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
-    except UnicodeDecodeError:
-        raise RunFolderError(path, "not valid JSON (not UTF-8 text)") from None
-    except RecursionError:
-        raise RunFolderError(path, "not valid JSON (nested too deeply)") from None
-    except _ConstantError as err:
-        raise RunFolderError(path, f"not valid JSON (non-standard constant {err})") from None
-    except ValueError as err:  # json.JSONDecodeError included
-        raise RunFolderError(path, f"not valid JSON ({str(err)[:80]})") from None
+        value = decode_json(data)
+    except ValueError as err:
+        raise RunFolderError(path, f"not valid JSON ({err})") from None
     if not isinstance(value, dict):
         raise RunFolderError(path, "not a JSON object")
     return value
-
-
-class _ConstantError(ValueError):
-    """NaN, Infinity or -Infinity in a JSON file: strict JSON (what the writers write) has none."""
-
-
-def _refuse_constant(name: str) -> Any:
-    raise _ConstantError(name)
 
 
 # ------------------------------------------------------------------ readers
@@ -168,7 +164,9 @@ def read_json(run_dir: str | os.PathLike, name: str, *, required: bool = True) -
     Raises:
         RunFolderError: absent (when required), unreadable, larger than
             :data:`MAX_FILE_BYTES`, not UTF-8, not valid strict JSON (``NaN`` and
-            infinities included), nested too deeply, or not an object.
+            infinities included), nested more than
+            :data:`smartmixed_np.fileio.MAX_JSON_DEPTH` deep, or not an object; a FIFO,
+            device or folder in its place.
     """
     return _load_json_object(Path(run_dir) / name, required)
 
