@@ -46,8 +46,8 @@ ELU_ALPHA = 1.0
 # The SELU constants (Klambauer et al., 2017), to the precision PyTorch uses.
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
-_GELU_C = math.sqrt(2.0 / math.pi)
-_GELU_K = 0.044715
+GELU_C = math.sqrt(2.0 / math.pi)  # GELU, tanh form: x * sigmoid(2 GELU_C (x + GELU_K x^3))
+GELU_K = 0.044715
 
 DEFAULT_POOL: tuple[str, ...] = ("relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu")
 
@@ -188,13 +188,13 @@ def gelu(x):
     evaluated as $x\\,\\sigma(2u)$ with the stable sigmoid: $1 + \\tanh(u)$ would
     cancel catastrophically for large negative $x$.
     """
-    return x * sigmoid(2 * _GELU_C * (x + _GELU_K * x * x * x))
+    return x * sigmoid(2 * GELU_C * (x + GELU_K * x * x * x))
 
 
 def gelu_derivative(x, y):
     """$f'(x) = s + 2x\\,s(1 - s)\\,c(1 + 3 \\cdot 0.044715 x^2)$ with $s = \\sigma(2u)$."""
-    s = sigmoid(2 * _GELU_C * (x + _GELU_K * x * x * x))
-    return s + 2 * x * s * (1 - s) * _GELU_C * (1 + 3 * _GELU_K * x * x)
+    s = sigmoid(2 * GELU_C * (x + GELU_K * x * x * x))
+    return s + 2 * x * s * (1 - s) * GELU_C * (1 + 3 * GELU_K * x * x)
 
 
 def silu(x):

@@ -6,6 +6,8 @@
 * :mod:`~smartmixed_np.experiments.sweep`: sweeps over architectures, models and seeds;
 * :mod:`~smartmixed_np.experiments.plots`: the run-folder figures;
 * :mod:`~smartmixed_np.experiments.bench`: the benchmarks;
+* :mod:`~smartmixed_np.experiments.export`, :mod:`~smartmixed_np.experiments.predict`:
+  the frozen network as an ONNX graph; predictions on a user's own files;
 * :mod:`~smartmixed_np.experiments.archs`, :mod:`~smartmixed_np.experiments.plugins`:
   the named architectures, a user's ``--import`` modules.
 

@@ -192,9 +192,9 @@ def _gelu(g: _Graph, x: str, out: str) -> str:
     if g.opset >= 20:
         return g.node("Gelu", [x], out, approximate="tanh")
     f32 = np.float32
-    cube = g.node("Mul", [g.node("Mul", [g.node("Mul", [g.constant(acts._GELU_K, f32), x], f"{out}.kx"), x], f"{out}.kxx"), x],
+    cube = g.node("Mul", [g.node("Mul", [g.node("Mul", [g.constant(acts.GELU_K, f32), x], f"{out}.kx"), x], f"{out}.kxx"), x],
                   f"{out}.kxxx")
-    inner = g.node("Mul", [g.constant(2 * acts._GELU_C, f32), g.node("Add", [x, cube], f"{out}.u")], f"{out}.2cu")
+    inner = g.node("Mul", [g.constant(2 * acts.GELU_C, f32), g.node("Add", [x, cube], f"{out}.u")], f"{out}.2cu")
     return g.node("Mul", [x, g.node("Sigmoid", [inner], f"{out}.sigmoid")], out)
 
 
