@@ -39,6 +39,7 @@ from ..backend import SeededRNG, get_backend, to_host
 from .checkpoint import load_arrays, save_arrays, save_model
 from ..errors import CheckpointError, UserError
 from ..fileio import WriteError, remove_stale_parts, write_json, write_text
+from ..core.estimators import DEFAULT_SAMPLES, ESTIMATORS
 from ..core.losses import softmax_cross_entropy
 from ..nn.mlp import MLP
 from ..nn.step import train_step
@@ -68,7 +69,9 @@ class TrainConfig:
     so that runs with different seeds share one train/validation split). Model: ``model`` ("smartmixed" or
     a candidate name), ``hidden`` widths or an ``arch`` ID, ``tau``, ``tau_final``
     (anneal exponentially over phase 1 when set), ``hard``, ``noise_mode``,
-    ``clamp``. Schedule: ``epochs``, ``transition_epoch``, ``phase2_init`` ("carry"
+    ``clamp``, ``estimator`` (phase 1's estimator of the logits' gradient: "st",
+    "reinmax", "gumbel_rao" or "score"; ignored by a baseline) and
+    ``estimator_samples`` (Gumbel-Rao's M). Schedule: ``epochs``, ``transition_epoch``, ``phase2_init`` ("carry"
     the phase-1 weights or start "fresh"), ``contiguous`` phase-2 groups.
     Optimisation: ``optimizer`` ("adam"/"sgd"), ``lr``, ``momentum``,
     ``weight_decay``, ``lr_schedule`` ("constant"/"cosine"), ``batch_size``,
@@ -101,6 +104,8 @@ class TrainConfig:
     hard: bool = True
     noise_mode: str = "shared"
     clamp: float | None = 10.0
+    estimator: str = "st"
+    estimator_samples: int = DEFAULT_SAMPLES
     phase2_init: str = "carry"
     contiguous: bool = True
     seed: int = 0
@@ -151,6 +156,12 @@ class TrainConfig:
         require(self.phase2_init in ("carry", "fresh"), f"--phase2-init must be carry or fresh, got {self.phase2_init!r}")
         require(self.noise_mode in NOISE_MODES, f"--noise must be one of {', '.join(NOISE_MODES)}, got {self.noise_mode!r}")
         require(self.dtype in ("float32", "float64"), f"--dtype must be float32 or float64, got {self.dtype!r}")
+        require(self.estimator in ESTIMATORS, f"--estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        require(isinstance(self.estimator_samples, int) and not isinstance(self.estimator_samples, bool) and self.estimator_samples >= 1,
+                f"--estimator-samples must be a positive integer, got {self.estimator_samples}")
+        if self.is_smartmixed and self.estimator != "st":
+            require(self.hard, f"--estimator {self.estimator} is for hard selection: drop --soft (a soft mixture has its exact gradient)")
+            require(self.noise_mode != "none", f"--estimator {self.estimator} needs a sampled selection: --noise shared or per_sample, not none")
         require(0 < self.val_fraction < 1, f"validation fraction must lie in (0, 1), got {self.val_fraction}")
         require(self.train_limit is None or self.train_limit >= 10, f"--train-limit must be at least 10, got {self.train_limit}")
         require(isinstance(self.seed, int) and self.seed >= 0, f"--seed must be a non-negative integer, got {self.seed}")
@@ -369,6 +380,8 @@ class _Run:
             device=self.backend,
             dtype=config.dtype,
             seed=config.seed,
+            estimator=config.estimator if config.is_smartmixed else "st",
+            estimator_samples=config.estimator_samples,
         )
         self.optimizer = self._make_optimizer()
         self.shuffle_rng = SeededRNG(np.random.SeedSequence([config.seed, 1]))
@@ -434,6 +447,7 @@ class _Run:
             "model_config": self.model.config(),
             "optimizer": {"step": optimizer_state["step"], "lr": optimizer_state["lr"]},
             "rng": {"shuffle": self.shuffle_rng.state, "model": self.model.rng_state(), "epoch_start_shuffle": self.epoch_start_shuffle},
+            "estimator": self.model.estimator_state(),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "accumulators": self.accumulators,
@@ -458,6 +472,7 @@ class _Run:
             self.optimizer.load_state_dict({**_section(arrays, "optim/"), **meta["optimizer"]})
             self.shuffle_rng.state = meta["rng"]["shuffle"]
             self.model.set_rng_state(meta["rng"]["model"])
+            self.model.set_estimator_state(meta.get("estimator", {}))  # absent before the estimators had state
             self.epoch_start_shuffle = meta["rng"]["epoch_start_shuffle"]
             self.epoch, self.step_in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
             self.accumulators = dict(meta["accumulators"])

@@ -31,6 +31,21 @@ Phase 1 (training passes; an evaluation pass runs the layer's frozen phase-2 lay
 * :class:`CompiledMixture`: the same forward; the backward by
   :func:`~smartmixed_np.fast.phase1.mixture_backward_compiled`. Host arrays.
 
+These three compute the straight-through gradient, the default estimator. The
+others (:mod:`smartmixed_np.core.estimators`) run the reference forward and their own
+backward, any array module, hard selection with Gumbel noise:
+
+* :class:`ReinMaxMixture`: :func:`~smartmixed_np.core.estimators.reinmax_backward`;
+* :class:`GumbelRaoMixture`: :func:`~smartmixed_np.core.estimators.gumbel_rao_backward`,
+  its M conditional draws taken from the layer's noise stream in the forward;
+* :class:`ScoreFunctionMixture`: :func:`~smartmixed_np.core.estimators.score_function_backward`,
+  which needs the batch's loss (``needs_loss``; the MLP passes it from the training
+  step) and keeps a :class:`~smartmixed_np.core.estimators.RunningBaseline`.
+
+Every phase-1 engine's ``backward`` takes ``loss`` (only the score function reads it),
+has ``needs_loss``, and ``state_dict``/``load_state_dict`` for what it learns across
+steps (only the score function's baseline).
+
 A compiled engine meets, now and then, arrays its loops cannot take (a float16
 input, a view that is not contiguous): it then runs the NumPy code it stands in
 for, which gives the same numbers, so its caches need no mark of which ran.
@@ -43,8 +58,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..backend import Backend, array_module
+from ..backend import Backend, array_module, backend_of, get_backend
 from ..core.activations import Activation
+from ..core.estimators import (
+    DEFAULT_SAMPLES, EstimatorCache, RunningBaseline, check_estimator, estimator_forward, gumbel_rao_backward,
+    reinmax_backward, score_function_backward,
+)
 from ..core.phase1 import MixtureCache, mixture_backward, mixture_forward
 from ..core.phase2 import FixedCache, Group, contiguous_order, fixed_backward, fixed_forward, make_groups
 from ..fast import compiled
@@ -62,6 +81,10 @@ __all__ = [
     "ReferenceMixture",
     "FusedMixture",
     "CompiledMixture",
+    "EstimatorMixture",
+    "ReinMaxMixture",
+    "GumbelRaoMixture",
+    "ScoreFunctionMixture",
     "phase1_engine",
 ]
 
@@ -220,9 +243,13 @@ def phase2_engine(choices: np.ndarray, pool: Sequence[Activation], groups: Seque
 # --------------------------------------------------------------------------- phase 1
 class ReferenceMixture:
     """The reference, :func:`~smartmixed_np.core.phase1.mixture_forward` /
-    :func:`~smartmixed_np.core.phase1.mixture_backward`, for every mode."""
+    :func:`~smartmixed_np.core.phase1.mixture_backward`, for every mode: the
+    straight-through estimator (``estimator = "st"``) in hard mode."""
 
     name = "reference"
+    estimator = "st"
+    #: whether ``backward`` needs the loss of the pass (only the score function's does)
+    needs_loss = False
 
     def __init__(self, pool: Sequence[Activation], hard: bool) -> None:
         self.pool = tuple(pool)
@@ -232,8 +259,15 @@ class ReferenceMixture:
                 workspace: Workspace | None = None) -> tuple[Any, MixtureCache]:
         return mixture_forward(z, logits, noise, self.pool, tau=tau, hard=self.hard, clamp=clamp)
 
-    def backward(self, dout: Any, cache: MixtureCache, workspace: Workspace | None = None) -> tuple[Any, Any]:
+    def backward(self, dout: Any, cache: MixtureCache, workspace: Workspace | None = None, loss: Any = None) -> tuple[Any, Any]:
         return mixture_backward(dout, cache, self.pool)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the engine learns across steps, JSON-able (nothing, but for the score function)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
 
 
 class FusedMixture(ReferenceMixture):
@@ -249,7 +283,7 @@ class FusedMixture(ReferenceMixture):
             return super().forward(z, logits, noise, tau=tau, clamp=clamp)
         return mixture_forward_fused(z, logits, noise, self.pool, tau=tau, clamp=clamp, workspace=workspace)
 
-    def backward(self, dout, cache, workspace=None):
+    def backward(self, dout, cache, workspace=None, loss=None):
         if cache.weights.ndim != 2:
             return super().backward(dout, cache)
         return mixture_backward_fused(dout, cache, self.pool, workspace)
@@ -261,16 +295,110 @@ class CompiledMixture(FusedMixture):
 
     name = "compiled"
 
-    def backward(self, dout, cache, workspace=None):
+    def backward(self, dout, cache, workspace=None, loss=None):
         if cache.weights.ndim != 2:
             return ReferenceMixture.backward(self, dout, cache)
         return mixture_backward_compiled(dout, cache, self.pool, workspace)
 
 
-def phase1_engine(pool: Sequence[Activation], hard: bool, noise_mode: str,
-                  backend: Backend) -> ReferenceMixture | FusedMixture | CompiledMixture:
-    """The training engine of a phase-1 layer: fused (compiled backward on host arrays with
-    Numba) for hard selection with shared or no noise over built-ins, else the reference."""
+class EstimatorMixture(ReferenceMixture):
+    """What the engines of the estimators other than straight-through share: the hard reference
+    forward, :func:`~smartmixed_np.core.estimators.estimator_forward`, whose cache keeps the
+    logits their backwards read. A subclass names its ``estimator`` and writes ``backward``."""
+
+    def __init__(self, pool: Sequence[Activation]) -> None:
+        super().__init__(pool, hard=True)
+
+    def forward(self, z, logits, noise, *, tau, clamp, workspace=None) -> tuple[Any, EstimatorCache]:
+        return estimator_forward(z, logits, noise, self.pool, tau=tau, clamp=clamp)
+
+    def backward(self, dout, cache, workspace=None, loss=None):
+        raise NotImplementedError
+
+
+class ReinMaxMixture(EstimatorMixture):
+    """The ReinMax backward, :func:`~smartmixed_np.core.estimators.reinmax_backward`."""
+
+    name = estimator = "reinmax"
+
+    def backward(self, dout, cache, workspace=None, loss=None):
+        return reinmax_backward(dout, cache, self.pool)
+
+
+class GumbelRaoMixture(EstimatorMixture):
+    """The hard reference forward, which also draws M x (the noise's shape) Exp(1) variates from the
+    layer's stream ``rng`` (after the noise itself), and the Gumbel-Rao backward
+    (:func:`~smartmixed_np.core.estimators.gumbel_rao_backward`) over those M conditional draws."""
+
+    name = estimator = "gumbel_rao"
+
+    def __init__(self, pool: Sequence[Activation], samples: int, rng: Any) -> None:
+        super().__init__(pool)
+        if rng is None:
+            raise ValueError("the gumbel_rao estimator draws from the layer's noise stream: give the layer an rng")
+        self.samples = int(samples)
+        self.rng = rng
+
+    def forward(self, z, logits, noise, *, tau, clamp, workspace=None):
+        shape = (self.samples,) + tuple(logits.shape if noise is None else noise.shape)
+        host = self.rng.generator.standard_exponential(size=shape).astype(logits.dtype, copy=False)
+        exponentials = _backend_of(logits).asarray(host)
+        return estimator_forward(z, logits, noise, self.pool, tau=tau, clamp=clamp, exponentials=exponentials)
+
+    def backward(self, dout, cache, workspace=None, loss=None):
+        return gumbel_rao_backward(dout, cache, self.pool)
+
+
+class ScoreFunctionMixture(EstimatorMixture):
+    """The score-function backward
+    (:func:`~smartmixed_np.core.estimators.score_function_backward`) with the baseline
+    ``baseline``, a :class:`~smartmixed_np.core.estimators.RunningBaseline` of the losses of
+    earlier passes: each backward reads it, then folds in its own loss."""
+
+    name = estimator = "score"
+    needs_loss = True
+
+    def __init__(self, pool: Sequence[Activation]) -> None:
+        super().__init__(pool)
+        self.baseline = RunningBaseline()
+
+    def backward(self, dout, cache, workspace=None, loss=None):
+        if loss is None:
+            raise ValueError("the score-function estimator needs the loss of the pass: model.backward(dlogits, loss=loss)")
+        grads = score_function_backward(dout, cache, self.pool, loss=loss, baseline=self.baseline.value)
+        self.baseline.update(loss)
+        return grads
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "baseline" in state:
+            self.baseline.load_state_dict(state["baseline"])
+
+
+def _backend_of(array: Any) -> Backend:
+    backend = backend_of(array)
+    return backend if backend is not None else get_backend("cpu")
+
+
+def phase1_engine(pool: Sequence[Activation], hard: bool, noise_mode: str, backend: Backend, *,
+                  estimator: str = "st", samples: int = DEFAULT_SAMPLES, rng: Any = None) -> ReferenceMixture:
+    """The training engine of a phase-1 layer.
+
+    Straight-through (``estimator="st"``): fused (compiled backward on host arrays with
+    Numba) for hard selection with shared or no noise over built-ins, else the reference.
+    Any other estimator (:data:`~smartmixed_np.core.estimators.ESTIMATORS`; hard selection
+    with Gumbel noise only, else ValueError): its reference engine, Gumbel-Rao with
+    ``samples`` draws from ``rng``, the layer's noise stream.
+    """
+    check_estimator(estimator, hard=hard, noise_mode=noise_mode, samples=samples)
+    if estimator == "reinmax":
+        return ReinMaxMixture(pool)
+    if estimator == "gumbel_rao":
+        return GumbelRaoMixture(pool, samples, rng)
+    if estimator == "score":
+        return ScoreFunctionMixture(pool)
     if not (hard and noise_mode in ("shared", "none") and all(has_kernel(a) for a in pool)):
         return ReferenceMixture(pool, hard)
     engine = CompiledMixture if _compiled_on(backend) else FusedMixture

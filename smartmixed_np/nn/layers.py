@@ -2,7 +2,8 @@
 
 * :class:`SmartMixedActivation`, phase 1: selection logits over a pool per neuron,
   a hard Gumbel-softmax with the straight-through gradient (the mathematics and its
-  reference code: :mod:`smartmixed_np.core.phase1`).
+  reference code: :mod:`smartmixed_np.core.phase1`), or another estimator of the
+  logits' gradient (:mod:`smartmixed_np.core.estimators`).
 * :class:`FixedMixedActivation`, phase 2: a frozen activation per neuron, applied
   group by group (:mod:`smartmixed_np.core.phase2`).
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from ..backend import Backend, SeededRNG, array_module, backend_of, get_backend, to_host
 from ..core.activations import Activation, resolve_pool
+from ..core.estimators import DEFAULT_SAMPLES
 from ..core.phase1 import NOISE_MODES, MixtureCache
 from ..core.phase2 import make_groups
 from ..fast.workspace import Workspace
@@ -144,10 +146,17 @@ class SmartMixedActivation:
         noise_mode: ``"shared"`` (one (N, K) draw per forward), ``"per_sample"``,
             or ``"none"`` (deterministic selection).
         rng: the layer's own noise stream. Required unless ``noise_mode="none"``.
+        estimator: how the backward estimates the logits' gradient: ``"st"``
+            (straight-through, the default), ``"reinmax"``, ``"gumbel_rao"`` or ``"score"``
+            (:mod:`smartmixed_np.core.estimators`; all but ``"st"`` need ``hard=True``
+            and Gumbel noise).
+        estimator_samples: Gumbel-Rao's number M of conditional draws (default 10),
+            drawn from ``rng``.
 
     State (all set here): ``logits`` and their gradient ``dlogits`` (written by
     :meth:`backward`); ``engine``, what runs training passes, chosen here by
-    :func:`~smartmixed_np.nn.engines.phase1_engine` (its ``name`` says which); and
+    :func:`~smartmixed_np.nn.engines.phase1_engine` from the mode and the estimator
+    (its ``name`` says which; the score function's also keeps its baseline); and
     ``_frozen_layer``, the phase-2 layer of the current argmax choices that
     evaluation passes run through (None until the first one; rebuilt when a choice
     changes). A pass's cache, a :class:`SmartMixedCache`, is returned by
@@ -164,6 +173,8 @@ class SmartMixedActivation:
         clamp: float | None = 10.0,
         noise_mode: str = "shared",
         rng: SeededRNG | None = None,
+        estimator: str = "st",
+        estimator_samples: int = DEFAULT_SAMPLES,
     ) -> None:
         self.pool = resolve_pool(pool)
         if logits.ndim != 2 or logits.shape[1] != len(self.pool):
@@ -181,7 +192,10 @@ class SmartMixedActivation:
         self.clamp = None if clamp is None else float(clamp)
         self.noise_mode = noise_mode
         self.rng = rng
-        self.engine = phase1_engine(self.pool, self.hard, noise_mode, _backend_of_array(logits))
+        self.estimator = estimator
+        self.estimator_samples = estimator_samples
+        self.engine = phase1_engine(self.pool, self.hard, noise_mode, _backend_of_array(logits),
+                                    estimator=estimator, samples=estimator_samples, rng=rng)
         self._frozen_layer: FixedMixedActivation | None = None
 
     @property
@@ -197,6 +211,19 @@ class SmartMixedActivation:
     @property
     def size(self) -> int:
         return int(self.logits.shape[0])
+
+    @property
+    def needs_loss(self) -> bool:
+        """Whether :meth:`backward` needs the pass's loss (the score-function estimator)."""
+        return self.engine.needs_loss
+
+    def estimator_state(self) -> dict[str, Any]:
+        """What the estimator learns across steps (the score function's baseline), JSON-able; else {}."""
+        return self.engine.state_dict()
+
+    def set_estimator_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`estimator_state`'s output."""
+        self.engine.load_state_dict(state)
 
     def draw_noise(self, batch_size: int) -> Any:
         """Gumbel noise for one forward: (N, K), (B, N, K), or None."""
@@ -224,12 +251,16 @@ class SmartMixedActivation:
         out, cache = self.engine.forward(z, self.logits, noise, tau=self.tau, clamp=self.clamp, workspace=workspace)
         return out, SmartMixedCache(mixture=cache)
 
-    def backward(self, dout: Any, cache: SmartMixedCache, workspace: Workspace | None = None) -> Any:
-        """Write ``dlogits`` (N, K) in place; return ``dz`` (B, N), for the cache of this layer's :meth:`forward`."""
+    def backward(self, dout: Any, cache: SmartMixedCache, workspace: Workspace | None = None, *, loss: Any = None) -> Any:
+        """Write ``dlogits`` (N, K) in place; return ``dz`` (B, N), for the cache of this layer's :meth:`forward`.
+
+        ``loss``: the pass's loss (0-d array or number), which the score-function
+        estimator needs (:attr:`needs_loss`) and the others ignore.
+        """
         if cache.frozen is not None:  # an evaluation pass: the logits get no gradient
             self.dlogits[...] = 0
             return cache.frozen.backward(dout, cache.fixed, workspace=workspace)
-        dz, dlogits = self.engine.backward(dout, cache.mixture, workspace)
+        dz, dlogits = self.engine.backward(dout, cache.mixture, workspace, loss=loss)
         self.dlogits[...] = dlogits
         return dz
 

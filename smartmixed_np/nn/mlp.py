@@ -39,6 +39,7 @@ import numpy as np
 
 from ..backend import Backend, SeededRNG, array_module, backend_of, get_backend, to_host
 from ..core.activations import resolve_pool
+from ..core.estimators import DEFAULT_SAMPLES, check_estimator
 from ..core.linear import Linear, init_linear
 from ..core.phase1 import NOISE_MODES, init_selection_logits
 from ..core.phase2 import contiguous_order
@@ -109,6 +110,11 @@ class MLP:
         device: ``"cpu"`` (default) or ``"gpu"``, or a Backend.
         dtype: ``"float32"`` (default) or ``"float64"`` (for gradient checks).
         seed: seeds the initialisation and every layer's noise stream.
+        estimator: the phase-1 layers' estimator of the logits' gradient: ``"st"``
+            (straight-through, the default), ``"reinmax"``, ``"gumbel_rao"`` or ``"score"``
+            (:mod:`smartmixed_np.core.estimators`; all but ``"st"`` need ``hard=True`` and
+            Gumbel noise). The score function needs the loss: ``backward(dlogits, loss=loss)``.
+        estimator_samples: Gumbel-Rao's number M of conditional draws (default 10).
 
     State besides the layers (all set here): ``phase``, 1 for a phase-1 SmartMixed
     network, 2 for a fixed (frozen or uniform) one; ``_tape``, the :class:`Tape` of the last
@@ -131,6 +137,8 @@ class MLP:
         device: str | Backend = "cpu",
         dtype: Any = "float32",
         seed: int = 0,
+        estimator: str = "st",
+        estimator_samples: int = DEFAULT_SAMPLES,
     ) -> None:
         self.sizes = _check_sizes(sizes)
         self.dtype = _check_dtype(dtype)
@@ -139,6 +147,7 @@ class MLP:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        check_estimator(estimator, samples=estimator_samples)  # the mode is checked by the phase-1 layers
         self.seed = int(seed)
         self.pool = resolve_pool(pool)
         hidden = self.sizes[1:-1]
@@ -160,6 +169,8 @@ class MLP:
                     clamp=clamp,
                     noise_mode=noise_mode,
                     rng=SeededRNG(streams[1 + i]),
+                    estimator=estimator,
+                    estimator_samples=estimator_samples,
                 )
                 for i, width in enumerate(hidden)
             ]
@@ -169,7 +180,8 @@ class MLP:
                 raise ValueError(f"activation lists {len(names)} names for {len(hidden)} hidden layers")
             self.phase = 2
             self.activations = [FixedMixedActivation.uniform(name, width, backend=self.backend) for name, width in zip(names, hidden)]
-        self.options = {"tau": tau, "hard": bool(hard), "clamp": clamp, "noise_mode": noise_mode}
+        self.options = {"tau": tau, "hard": bool(hard), "clamp": clamp, "noise_mode": noise_mode,
+                        "estimator": estimator, "estimator_samples": int(estimator_samples)}
         self._tape: Tape | None = None
         self._workspace_cache: dict[tuple, list[Workspace]] = {}
 
@@ -277,11 +289,13 @@ class MLP:
         """The Gumbel noise of the last forward pass, by hidden-layer index (empty if none)."""
         return dict(self._tape.noise) if self._tape is not None else {}
 
-    def backward(self, dlogits: Any, need_input_grad: bool = False) -> Any:
+    def backward(self, dlogits: Any, need_input_grad: bool = False, *, loss: Any = None) -> Any:
         """Backpropagate ``dlogits`` (B, C) through the last forward pass.
 
         Writes every gradient of :meth:`gradients` in place. Returns ``dx`` (B, D_in)
-        if ``need_input_grad``, else None.
+        if ``need_input_grad``, else None. ``loss``, the pass's loss (0-d array), goes to
+        the phase-1 layers whose estimator needs it (the score function's,
+        :attr:`needs_loss`); :func:`~smartmixed_np.nn.step.train_step` passes it.
 
         Raises:
             RuntimeError: no forward pass to differentiate (or it was already used).
@@ -300,11 +314,20 @@ class MLP:
         for i in range(last, -1, -1):
             linear_cache, act_cache = tape.caches[i]
             if i < last:
-                grad = self.activations[i].backward(grad, act_cache, workspace=workspaces[i])
+                act = self.activations[i]
+                if isinstance(act, SmartMixedActivation) and act.needs_loss:
+                    grad = act.backward(grad, act_cache, workspace=workspaces[i], loss=loss)
+                else:
+                    grad = act.backward(grad, act_cache, workspace=workspaces[i])
             # dx of layer i > 0 goes to a buffer; the input gradient is returned, so fresh.
             dx_out = workspaces[i].feature_major("dx", batch, self.sizes[i], self.dtype) if i > 0 else None
             grad = self.linears[i].backward(grad, linear_cache, need_dx=(i > 0 or need_input_grad), dx_out=dx_out)
         return grad
+
+    @property
+    def needs_loss(self) -> bool:
+        """Whether :meth:`backward` needs ``loss=`` (a phase-1 layer with the score-function estimator)."""
+        return any(isinstance(act, SmartMixedActivation) and act.needs_loss for act in self.activations)
 
     def _workspaces(self, batch: int) -> list[Workspace]:
         """One :class:`Workspace` per layer for this batch size (kept for a few sizes)."""
@@ -448,6 +471,8 @@ class MLP:
             common = dict(
                 pool=config["pool"], tau=config["tau"], hard=config["hard"], clamp=config["clamp"],
                 noise_mode=config["noise_mode"], dtype=config["dtype"], seed=config["seed"], device=device,
+                # model.json files written before the estimators were selectable trained straight-through
+                estimator=config.get("estimator", "st"), estimator_samples=config.get("estimator_samples", DEFAULT_SAMPLES),
             )
             if kind == "smartmixed":
                 return cls(config["sizes"], "smartmixed", **common)
@@ -500,6 +525,20 @@ class MLP:
         for name, target in params.items():
             target[...] = self.backend.asarray(to_host(state[name]), dtype=self.dtype)
 
+    def estimator_state(self) -> dict[str, dict]:
+        """What the phase-1 estimators learn across steps (the score function's baseline), by layer name (JSON-able)."""
+        states = {}
+        for i, act in enumerate(self.activations):
+            if isinstance(act, SmartMixedActivation) and act.estimator_state():
+                states[f"activations.{i}"] = act.estimator_state()
+        return states
+
+    def set_estimator_state(self, states: dict[str, dict]) -> None:
+        """Restore :meth:`estimator_state`'s output; layers it does not name keep theirs."""
+        for i, act in enumerate(self.activations):
+            if isinstance(act, SmartMixedActivation) and f"activations.{i}" in states:
+                act.set_estimator_state(states[f"activations.{i}"])
+
     def rng_state(self) -> dict[str, dict]:
         """The state of every noise stream, by layer name (JSON-able)."""
         return {
@@ -527,8 +566,10 @@ class MLP:
         for i, act in enumerate(self.activations):
             if isinstance(act, SmartMixedActivation):
                 moved = SmartMixedActivation(
-                    convert(act.logits), act.pool, tau=act.tau, hard=act.hard, clamp=act.clamp, noise_mode=act.noise_mode, rng=act.rng
+                    convert(act.logits), act.pool, tau=act.tau, hard=act.hard, clamp=act.clamp, noise_mode=act.noise_mode, rng=act.rng,
+                    estimator=act.estimator, estimator_samples=act.estimator_samples,
                 )
+                moved.set_estimator_state(act.estimator_state())
                 self.activations[i] = moved
             else:
                 self.activations[i] = act.to(backend)

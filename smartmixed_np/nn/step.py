@@ -7,7 +7,9 @@ taught, what is timed and what trains are the same five lines:
 1. forward: ``logits = model.forward(x, train=True)`` (phase 1 draws its Gumbel
    noise here), the network records what its backward needs;
 2. loss: softmax cross-entropy and its gradient ``dlogits`` (mean over the batch);
-3. backward: ``model.backward(dlogits)`` fills ``model.gradients()``;
+3. backward: ``model.backward(dlogits, loss=loss)`` fills ``model.gradients()`` (the
+   loss is read only by a phase-1 layer whose estimator is the score function,
+   :mod:`smartmixed_np.core.estimators`);
 4. clip: the global-norm factor $f = \\min(1, c / (\\lVert g \\rVert + \\epsilon))$
    (:func:`~smartmixed_np.nn.optim.clip_factor`), computed on the device;
 5. update: ``optimizer.step(grads, scale=f)``, which gives the numbers of
@@ -44,7 +46,7 @@ def train_step(model: Any, optimizer: Any, x: Any, y: Any, clip: float | None = 
     """
     logits = model.forward(x, train=train)
     loss, dlogits = softmax_cross_entropy(logits, y, check=False)
-    model.backward(dlogits)
+    model.backward(dlogits, loss=loss)
     grads = model.gradients() if grads is None else grads
     scale = clip_factor(grads, clip)[1] if clip is not None else None
     optimizer.step(grads, scale=scale)
