@@ -117,6 +117,7 @@ def _real(lowest: float, highest: float, description: str, *, none: bool = False
 
 
 _epochs = _integer(1, MAX_EPOCHS, f"a positive integer (at most {MAX_EPOCHS})")
+_estimator_samples = _integer(1, 10_000, "a positive integer (at most 10000)")
 _batch_size = _integer(1, MAX_BATCH, f"a positive integer (at most {MAX_BATCH})")
 _processes = _integer(1, MAX_PROCESSES, f"a positive integer (at most {MAX_PROCESSES})")
 _train_limit = _integer(10, MAX_EXAMPLES, f"an integer from 10 to {MAX_EXAMPLES}")
@@ -294,6 +295,7 @@ def _add_training_options(parser: argparse.ArgumentParser, *, single_run: bool) 
     ``--seed``, ``--out``, ``--resume``, ``--quiet`` (a sweep sets these per run).
     """
     from .core.activations import DEFAULT_POOL
+    from .core.estimators import DEFAULT_SAMPLES, ESTIMATORS
     from .core.phase1 import NOISE_MODES
 
     _add_data_options(parser)
@@ -313,6 +315,11 @@ def _add_training_options(parser: argparse.ArgumentParser, *, single_run: bool) 
     model.add_argument("--soft", action="store_true", help="soft mixture instead of hard straight-through selection")
     model.add_argument("--noise", choices=NOISE_MODES, default="shared", help="Gumbel noise: one draw per batch (shared), per sample, or none")
     model.add_argument("--clamp", type=_clamp, default=10.0, help="clamp of candidate outputs (default: 10; 'none' disables)")
+    model.add_argument("--estimator", choices=ESTIMATORS, default="st",
+                       help="phase 1's gradient estimator for the selection logits: st (straight-through, default), "
+                            "reinmax, gumbel_rao, score (REINFORCE with a running-mean baseline)")
+    model.add_argument("--estimator-samples", type=_estimator_samples, default=DEFAULT_SAMPLES, metavar="M",
+                       help=f"gumbel_rao: conditional Gumbel draws averaged per step (default: {DEFAULT_SAMPLES})")
     schedule = parser.add_argument_group("schedule")
     schedule.add_argument("--epochs", type=_epochs, default=400, help="total epochs (default: 400)" + ("; with --resume: train on to this many" if single_run else ""))
     schedule.add_argument("--transition-epoch", type=_epochs, default=50, help="epochs of phase 1 (default: 50)")
@@ -349,7 +356,8 @@ def _training_options(args: argparse.Namespace) -> dict[str, Any]:
         epochs=args.epochs, transition_epoch=args.transition_epoch, lr=args.lr, batch_size=args.batch_size,
         clip=args.clip, optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
         lr_schedule=args.lr_schedule, tau=args.tau, tau_final=args.tau_final, hard=not args.soft,
-        noise_mode=args.noise, clamp=args.clamp, phase2_init=args.phase2_init, contiguous=not args.masked_groups,
+        noise_mode=args.noise, clamp=args.clamp, estimator=args.estimator, estimator_samples=args.estimator_samples,
+        phase2_init=args.phase2_init, contiguous=not args.masked_groups,
         device=args.device, dtype=args.dtype,
     )
 
