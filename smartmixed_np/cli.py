@@ -1,7 +1,7 @@
 """The ``smartmixed`` command (also ``python -m smartmixed_np``).
 
 Subcommands: ``train``, ``sweep``, ``report``, ``evaluate``, ``demo``, ``archs``, ``activations``, ``bench``,
-``export`` (ONNX), ``predict`` (a user's own files).
+``export`` (ONNX), ``predict`` (a user's own files), ``gradcheck`` (a gradient-verification report).
 A user error (a bad option, a missing or corrupt file, an unknown name) is one
 line on stderr and exit status 2, never a traceback. Option values are checked
 while parsing (bounded, ASCII numbers; paths the file system can take); activation
@@ -497,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data-dir", type=_path, metavar="DIR", help="MNIST folder for the epoch-throughput benchmark (default: $SMARTMIXED_DATA)")
     bench.add_argument("--device", type=_device, default="cpu", metavar="{cpu,gpu}", help="cpu or gpu (CuPy; PyTorch on CUDA when available)")
     _add_export_and_predict(commands)
+    from .experiments.gradreport import add_gradcheck_parser
+
+    add_gradcheck_parser(commands)
     parser.commands = commands.choices  # type: ignore[attr-defined]  # name -> subparser (see _explicit_options)
     return parser
 
@@ -911,9 +914,16 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if result.skipped else 0
 
 
+def _gradcheck(args: argparse.Namespace) -> int:
+    from .experiments.gradreport import run_gradcheck
+
+    return run_gradcheck(args)
+
+
 _COMMANDS = {
     "train": _train, "sweep": _sweep, "report": _report, "evaluate": _evaluate, "demo": _demo, "archs": _archs,
     "activations": _activations, "bench": _bench, "export": _export, "predict": _predict,
+    "gradcheck": _gradcheck,
 }
 
 
