@@ -6,7 +6,8 @@ taught, what is timed and what trains are the same five lines:
 
 1. forward: ``logits = model.forward(x, train=True)`` (phase 1 draws its Gumbel
    noise here), the network records what its backward needs;
-2. loss: softmax cross-entropy and its gradient ``dlogits`` (mean over the batch);
+2. loss: softmax cross-entropy (or another loss of :data:`smartmixed_np.core.losses.LOSSES`,
+   such as the authors' double softmax) and its gradient ``dlogits`` (mean over the batch);
 3. backward: ``model.backward(dlogits, loss=loss)`` fills ``model.gradients()`` (the
    loss is read only by a phase-1 layer whose estimator is the score function,
    :mod:`smartmixed_np.core.estimators`);
@@ -18,16 +19,17 @@ taught, what is timed and what trains are the same five lines:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from ..core.losses import softmax_cross_entropy
+from ..core.losses import get_loss
 from ..core.optim import clip_factor
 
 __all__ = ["train_step"]
 
 
 def train_step(model: Any, optimizer: Any, x: Any, y: Any, clip: float | None = None, *,
-               grads: dict[str, Any] | None = None, train: bool = True) -> tuple[Any, Any]:
+               grads: dict[str, Any] | None = None, train: bool = True,
+               loss: str | Callable = "cross-entropy") -> tuple[Any, Any]:
     """Train ``model`` on one batch and return ``(loss, logits)``.
 
     Args:
@@ -39,15 +41,19 @@ def train_step(model: Any, optimizer: Any, x: Any, y: Any, clip: float | None = 
         grads: ``model.gradients()``, when the caller keeps it (the dict holds the
             same arrays from step to step; passing it saves building it again).
         train: the forward's mode (True: phase-1 layers draw Gumbel noise).
+        loss: the loss, by name (a key of :data:`~smartmixed_np.core.losses.LOSSES`:
+            ``"cross-entropy"``, the default, or ``"double-softmax"``) or as a function
+            ``(logits, labels, check=False) -> (loss, dlogits)``.
 
     Returns:
         ``(loss, logits)``: the batch's mean loss (0-d device array) and the
         (B, C) logits, for the caller's running accuracy.
     """
+    loss_fn = get_loss(loss) if isinstance(loss, str) else loss
     logits = model.forward(x, train=train)
-    loss, dlogits = softmax_cross_entropy(logits, y, check=False)
-    model.backward(dlogits, loss=loss)
+    value, dlogits = loss_fn(logits, y, check=False)
+    model.backward(dlogits, loss=value)
     grads = model.gradients() if grads is None else grads
     scale = clip_factor(grads, clip)[1] if clip is not None else None
     optimizer.step(grads, scale=scale)
-    return loss, logits
+    return value, logits
