@@ -296,7 +296,9 @@ def _add_training_options(parser: argparse.ArgumentParser, *, single_run: bool) 
     """
     from .core.activations import DEFAULT_POOL
     from .core.estimators import DEFAULT_SAMPLES, ESTIMATORS
-    from .core.phase1 import NOISE_MODES
+    from .core.losses import LOSSES
+    from .core.phase1 import CLAMP_GRADS, NOISE_MODES
+    from .experiments.train import PRESETS
 
     _add_data_options(parser)
     model = parser.add_argument_group("model")
@@ -323,7 +325,22 @@ def _add_training_options(parser: argparse.ArgumentParser, *, single_run: bool) 
     schedule = parser.add_argument_group("schedule")
     schedule.add_argument("--epochs", type=_epochs, default=400, help="total epochs (default: 400)" + ("; with --resume: train on to this many" if single_run else ""))
     schedule.add_argument("--transition-epoch", type=_epochs, default=50, help="epochs of phase 1 (default: 50)")
-    schedule.add_argument("--phase2-init", choices=("carry", "fresh"), default="carry", help="phase 2 starts from the phase-1 weights (carry) or fresh ones")
+    schedule.add_argument("--phase2-init", choices=("carry", "fresh"), default=None,
+                          help="phase 2 starts from the phase-1 weights (carry) or fresh ones (default: the preset's: carry, reference: fresh)")
+    fidelity = parser.add_argument_group("the authors' semantics (see the README's 'Differences from the authors' code')")
+    fidelity.add_argument("--preset", choices=tuple(PRESETS), default="ours",
+                          help="ours (default) or reference: the authors' code, i.e. --loss double-softmax --phase2-init fresh "
+                               "--phase2-clamp none --eval-noise --clamp-grad closed; options given with it win")
+    fidelity.add_argument("--loss", choices=tuple(LOSSES), default=None,
+                          help="cross-entropy on the logits (ours) or double-softmax (theirs: nn.Softmax, then nn.CrossEntropyLoss)")
+    fidelity.add_argument("--phase2-clamp", choices=("keep", "none"), default=None,
+                          help="phase 2 keeps the phase-1 clamp (ours) or has none (theirs)")
+    fidelity.add_argument("--eval-noise", action=argparse.BooleanOptionalAction, default=None,
+                          help="phase-1 validation (and its model selection) with Gumbel noise, as theirs, from a stream of its own "
+                               "(default: the preset's; --no-eval-noise turns it off)")
+    fidelity.add_argument("--clamp-grad", choices=CLAMP_GRADS, default=None,
+                          help="the clamp's gradient at exactly +-c: open (ours: zero) or closed (PyTorch's: passed); "
+                               "closed runs the reference engines")
     schedule.add_argument("--masked-groups", action="store_true", help="phase 2 with masked groups instead of contiguous slices")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
@@ -358,6 +375,8 @@ def _training_options(args: argparse.Namespace) -> dict[str, Any]:
         lr_schedule=args.lr_schedule, tau=args.tau, tau_final=args.tau_final, hard=not args.soft,
         noise_mode=args.noise, clamp=args.clamp, estimator=args.estimator, estimator_samples=args.estimator_samples,
         phase2_init=args.phase2_init, contiguous=not args.masked_groups,
+        preset=args.preset, loss=args.loss, phase2_clamp=args.phase2_clamp, eval_noise=args.eval_noise,
+        clamp_grad=args.clamp_grad,
         device=args.device, dtype=args.dtype,
     )
 

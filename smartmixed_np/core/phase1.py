@@ -53,6 +53,7 @@ from .activations import Activation
 
 __all__ = [
     "NOISE_MODES",
+    "CLAMP_GRADS",
     "MixtureCache",
     "gumbel_softmax_weights",
     "softmax_backward",
@@ -64,6 +65,10 @@ __all__ = [
 ]
 
 NOISE_MODES = ("shared", "per_sample", "none")
+#: The clamp's gradient at exactly +-c: "open" (ours: zero wherever the clamped output
+#: sits at an edge) or "closed" (PyTorch's clamp, the authors': it passes wherever the
+#: unclamped f(z) lies in the closed [-c, c], so at exactly +-c too; zero beyond).
+CLAMP_GRADS = ("open", "closed")
 
 
 @dataclass
@@ -125,13 +130,21 @@ def candidate_outputs(z: Any, pool: Sequence[Activation], clamp: float | None) -
     return stack
 
 
-def _candidate_derivatives(z: Any, candidates: Any, pool: Sequence[Activation], clamp: float | None) -> Any:
-    """$f'_k(z)$, zero where the clamp is active, stacked: (K, B, N)."""
+def _candidate_derivatives(z: Any, candidates: Any, pool: Sequence[Activation], clamp: float | None,
+                           clamp_grad: str = "open") -> Any:
+    """$f'_k(z)$, zero where the clamp is active, stacked: (K, B, N).
+
+    ``clamp_grad="open"``: zero where $|a_k| = c$ (the clamped output at an edge);
+    ``"closed"``: zero where $|f_k(z)| > c$ (the unclamped value, recomputed here),
+    so that a value exactly at $\\pm c$ passes its gradient, as PyTorch's clamp does.
+    """
     xp = array_module(z)
     stack = xp.empty_like(candidates)
     for k, activation in enumerate(pool):
         stack[k] = activation.derivative(z, candidates[k])
-    if clamp is not None:
+        if clamp is not None and clamp_grad == "closed":
+            stack[k] *= xp.abs(activation.forward(z)) <= clamp
+    if clamp is not None and clamp_grad != "closed":
         stack *= xp.abs(candidates) < clamp
     return stack
 
@@ -189,7 +202,8 @@ def mixture_forward(
     return out, MixtureCache(z, candidates, weights, selected, noise, tau, clamp)
 
 
-def mixture_backward(dout: Any, cache: MixtureCache, pool: Sequence[Activation]) -> tuple[Any, Any]:
+def mixture_backward(dout: Any, cache: MixtureCache, pool: Sequence[Activation], *,
+                     clamp_grad: str = "open") -> tuple[Any, Any]:
     """Gradients of the phase-1 layer.
 
     With $D_k = f'_k(z)$ (zero where clamped) and $w$ the forward weights (the
@@ -204,12 +218,14 @@ def mixture_backward(dout: Any, cache: MixtureCache, pool: Sequence[Activation])
         dout: (B, N) upstream gradient.
         cache: from :func:`mixture_forward`.
         pool: the same candidates as the forward.
+        clamp_grad: the clamp's gradient at exactly $\\pm c$ (:data:`CLAMP_GRADS`):
+            ``"open"`` (ours, zero there) or ``"closed"`` (PyTorch's, passed there).
 
     Returns:
         ``dz`` (B, N) and ``dlogits`` (N, K).
     """
     xp = array_module(dout)
-    derivatives = _candidate_derivatives(cache.z, cache.candidates, pool, cache.clamp)
+    derivatives = _candidate_derivatives(cache.z, cache.candidates, pool, cache.clamp, clamp_grad)
     if cache.selected is not None:
         dz = dout * _gather_selected(derivatives, cache.selected)
     else:

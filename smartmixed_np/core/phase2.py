@@ -165,9 +165,21 @@ def fixed_forward(z: Any, groups: Sequence[Group]) -> tuple[Any, FixedCache]:
     return a, FixedCache(z=z, a=a)
 
 
-def _group_derivative(xp: Any, group: Group, z: Any, a: Any) -> Any:
-    """$f'(z)$ on one group, zero where the clamp was active."""
+def _group_derivative(xp: Any, group: Group, z: Any, a: Any, clamp_grad: str = "open") -> Any:
+    """$f'(z)$ on one group, zero where the clamp was active.
+
+    ``clamp_grad="open"``: zero where the output ``a`` sits at a clamp edge;
+    ``"closed"`` (PyTorch's clamp): zero only where the unclamped $f(z)$, recomputed
+    here, lies beyond it, so that a value exactly at the edge passes its gradient.
+    """
     d = group.activation.derivative(z, a)
+    if clamp_grad == "closed" and (group.lo is not None or group.hi is not None):
+        raw = group.activation.forward(z)
+        if group.lo is not None:
+            d = d * (raw >= group.lo)
+        if group.hi is not None:
+            d = d * (raw <= group.hi)
+        return d
     if group.lo is not None:
         d = d * (a > group.lo)
     if group.hi is not None:
@@ -175,13 +187,16 @@ def _group_derivative(xp: Any, group: Group, z: Any, a: Any) -> Any:
     return d
 
 
-def fixed_backward(da: Any, cache: FixedCache, groups: Sequence[Group]) -> Any:
+def fixed_backward(da: Any, cache: FixedCache, groups: Sequence[Group], *, clamp_grad: str = "open") -> Any:
     """$dz_{:,n} = da_{:,n} \\cdot f'_{c_n}(z_{:,n})$ (zero where clamped).
 
     Args:
         da: (B, N) upstream gradient.
         cache: from :func:`fixed_forward`.
         groups: the same groups as the forward.
+        clamp_grad: the clamp's gradient at exactly its edge: ``"open"`` (ours, zero
+            there) or ``"closed"`` (PyTorch's, passed there);
+            :data:`smartmixed_np.core.phase1.CLAMP_GRADS`.
 
     Returns:
         ``dz`` (B, N).
@@ -191,9 +206,9 @@ def fixed_backward(da: Any, cache: FixedCache, groups: Sequence[Group]) -> Any:
     xp = array_module(da)
     z, a = cache.z, cache.a
     if _covers_layer(groups):
-        return da * _group_derivative(xp, groups[0], z, a)
+        return da * _group_derivative(xp, groups[0], z, a, clamp_grad)
     dz = xp.empty_like(da)
     for group in groups:
         cols = group.columns
-        dz[:, cols] = da[:, cols] * _group_derivative(xp, group, z[:, cols], a[:, cols])
+        dz[:, cols] = da[:, cols] * _group_derivative(xp, group, z[:, cols], a[:, cols], clamp_grad)
     return dz

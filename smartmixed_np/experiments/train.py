@@ -40,7 +40,9 @@ from .checkpoint import load_arrays, save_arrays, save_model
 from ..errors import CheckpointError, UserError
 from ..fileio import WriteError, remove_stale_parts, write_json, write_text
 from ..core.estimators import DEFAULT_SAMPLES, ESTIMATORS
-from ..core.losses import softmax_cross_entropy
+from ..core.losses import LOSSES, get_loss
+from ..core.phase1 import CLAMP_GRADS
+from ..nn.layers import SmartMixedActivation
 from ..nn.mlp import MLP
 from ..nn.step import train_step
 from ..nn.optim import SGD, Adam
@@ -77,6 +79,14 @@ class TrainConfig:
     ``weight_decay``, ``lr_schedule`` ("constant"/"cosine"), ``batch_size``,
     ``clip`` (global gradient norm; None for none). Run: ``seed``, ``device``,
     ``dtype``, ``eval_batch_size``, ``out``, ``quiet``, ``progress``.
+
+    The authors' semantics (:data:`PRESETS`): ``preset`` ("ours", the default, or
+    "reference") fills each of ``loss`` ("cross-entropy" or "double-softmax"),
+    ``phase2_init``, ``phase2_clamp`` ("keep" the phase-1 clamp in phase 2, or
+    "none"), ``eval_noise`` (phase-1 validation with Gumbel noise, from a stream of its
+    own) and ``clamp_grad`` ("open" or "closed") that is left None; an option given
+    explicitly wins over the preset. The values are resolved once, at construction,
+    and recorded resolved (with the preset's name) in config.json.
     """
 
     dataset: str = "mnist"
@@ -106,7 +116,12 @@ class TrainConfig:
     clamp: float | None = 10.0
     estimator: str = "st"
     estimator_samples: int = DEFAULT_SAMPLES
-    phase2_init: str = "carry"
+    preset: str = "ours"
+    loss: str | None = None
+    phase2_clamp: str | None = None
+    eval_noise: bool | None = None
+    clamp_grad: str | None = None
+    phase2_init: str | None = None
     contiguous: bool = True
     seed: int = 0
     device: str = "cpu"
@@ -126,6 +141,9 @@ class TrainConfig:
         if self.pool is not None:
             self.pool = tuple(str(name).strip().lower() for name in self.pool)
         self.imports = tuple(str(spec) for spec in self.imports)
+        for name, value in PRESETS.get(self.preset, PRESETS["ours"]).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
     @property
     def is_smartmixed(self) -> bool:
@@ -154,6 +172,13 @@ class TrainConfig:
         require(self.optimizer in ("adam", "sgd"), f"--optimizer must be adam or sgd, got {self.optimizer!r}")
         require(self.lr_schedule in ("constant", "cosine"), f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
         require(self.phase2_init in ("carry", "fresh"), f"--phase2-init must be carry or fresh, got {self.phase2_init!r}")
+        require(self.preset in PRESETS, f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        require(self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        require(self.phase2_clamp in ("keep", "none"), f"--phase2-clamp must be keep or none, got {self.phase2_clamp!r}")
+        require(isinstance(self.eval_noise, bool), f"eval_noise must be true or false, got {self.eval_noise!r}")
+        require(self.clamp_grad in CLAMP_GRADS, f"--clamp-grad must be one of {', '.join(CLAMP_GRADS)}, got {self.clamp_grad!r}")
+        if self.is_smartmixed and self.clamp_grad == "closed":
+            require(self.estimator == "st", f"--clamp-grad closed is implemented for --estimator st only, not {self.estimator}")
         require(self.noise_mode in NOISE_MODES, f"--noise must be one of {', '.join(NOISE_MODES)}, got {self.noise_mode!r}")
         require(self.dtype in ("float32", "float64"), f"--dtype must be float32 or float64, got {self.dtype!r}")
         require(self.estimator in ESTIMATORS, f"--estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
@@ -218,6 +243,15 @@ class TrainConfig:
 MIN_TAU = 1e-4
 MAX_WIDTH = 1 << 20
 
+#: What each ``--preset`` sets, for the options left unset: ours, and the authors'
+#: (omidvaramin/SmartMixed: nn.Softmax into nn.CrossEntropyLoss; phase 2 a new network,
+#: fresh weights, no clamp; Gumbel noise in evaluation too; PyTorch's clamp gradient).
+PRESETS: dict[str, dict[str, Any]] = {
+    "ours": {"loss": "cross-entropy", "phase2_init": "carry", "phase2_clamp": "keep", "eval_noise": False, "clamp_grad": "open"},
+    "reference": {"loss": "double-softmax", "phase2_init": "fresh", "phase2_clamp": "none", "eval_noise": True,
+                  "clamp_grad": "closed"},
+}
+
 
 def estimate_memory(config: TrainConfig, input_dim: int = 784, num_classes: int = 10, examples: int = 70_000) -> int:
     """Bytes a training run needs, roughly, before anything is allocated.
@@ -276,24 +310,35 @@ class RunResult:
 
 
 # ------------------------------------------------------------------------ evaluation
-def evaluate(model: MLP, x: Any, labels: Any, batch_size: int = 2048) -> dict[str, Any]:
+def evaluate(model: MLP, x: Any, labels: Any, batch_size: int = 2048, *, loss: str = "cross-entropy",
+             noise_rng: SeededRNG | None = None) -> dict[str, Any]:
     """Mean loss, accuracy and predictions of ``model`` (evaluation mode) on a dataset.
 
     Args:
         model: the network. x: (n, D) device array. labels: (n,) device ints.
+        batch_size: examples per forward pass.
+        loss: the loss reported, by name (:data:`~smartmixed_np.core.losses.LOSSES`).
+        noise_rng: a noisy evaluation (the authors'): every phase-1 layer selects by
+            Gumbel noise drawn from this stream, one draw per batch (per its noise
+            mode), instead of by its argmax. None (ours): the argmax network.
 
     Returns:
         ``{"loss": float, "accuracy": float, "predictions": host int64 (n,)}``.
     """
     xp = model.backend.xp
+    loss_fn = get_loss(loss)
     n = int(x.shape[0])
     loss_sum = xp.zeros((), dtype=np.float64)
     predictions = []
     for start in range(0, n, batch_size):
         xb, yb = x[start : start + batch_size], labels[start : start + batch_size]
-        logits = model.forward(xb, train=False)
-        loss, _ = softmax_cross_entropy(logits, yb, check=False)
-        loss_sum += loss * int(xb.shape[0])
+        noise = None
+        if noise_rng is not None:
+            noise = {i: act.draw_noise(int(xb.shape[0]), noise_rng) for i, act in enumerate(model.activations)
+                     if isinstance(act, SmartMixedActivation)}
+        logits = model.forward(xb, train=False, noise=noise)
+        value, _ = loss_fn(logits, yb, check=False)
+        loss_sum += value * int(xb.shape[0])
         predictions.append(xp.argmax(logits, axis=1))
     model.clear_tape()  # evaluation passes are never backpropagated
     predicted = to_host(xp.concatenate(predictions)) if predictions else np.zeros(0, dtype=np.int64)
@@ -382,9 +427,12 @@ class _Run:
             seed=config.seed,
             estimator=config.estimator if config.is_smartmixed else "st",
             estimator_samples=config.estimator_samples,
+            clamp_grad=config.clamp_grad if config.is_smartmixed else "open",
         )
         self.optimizer = self._make_optimizer()
         self.shuffle_rng = SeededRNG(np.random.SeedSequence([config.seed, 1]))
+        #: --eval-noise's stream: apart from training's, so that the training is the same with or without it
+        self.eval_noise_rng = SeededRNG(np.random.SeedSequence([config.seed, 2]))
         self.epoch = 0  # completed epochs
         self.step_in_epoch = 0  # completed steps of the epoch in progress
         self.epoch_start_shuffle: dict | None = None
@@ -431,7 +479,8 @@ class _Run:
         if self.best_phase1.state:
             self.model.load_state_dict(self.best_phase1.state)
         reinit = self.config.seed if self.config.phase2_init == "fresh" else None
-        self.model = self.model.freeze(contiguous=self.config.contiguous, reinit_seed=reinit)
+        self.model = self.model.freeze(contiguous=self.config.contiguous, reinit_seed=reinit,
+                                       keep_clamp=self.config.phase2_clamp == "keep")
         self.optimizer = self._make_optimizer()
 
     # -- checkpoints -------------------------------------------------------------
@@ -446,7 +495,8 @@ class _Run:
             "config": self.config.to_json(),
             "model_config": self.model.config(),
             "optimizer": {"step": optimizer_state["step"], "lr": optimizer_state["lr"]},
-            "rng": {"shuffle": self.shuffle_rng.state, "model": self.model.rng_state(), "epoch_start_shuffle": self.epoch_start_shuffle},
+            "rng": {"shuffle": self.shuffle_rng.state, "model": self.model.rng_state(), "epoch_start_shuffle": self.epoch_start_shuffle,
+                    "eval_noise": self.eval_noise_rng.state},
             "estimator": self.model.estimator_state(),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
@@ -474,6 +524,8 @@ class _Run:
             self.model.set_rng_state(meta["rng"]["model"])
             self.model.set_estimator_state(meta.get("estimator", {}))  # absent before the estimators had state
             self.epoch_start_shuffle = meta["rng"]["epoch_start_shuffle"]
+            if "eval_noise" in meta["rng"]:  # absent before --eval-noise, whose stream was then never drawn from
+                self.eval_noise_rng.state = meta["rng"]["eval_noise"]
             self.epoch, self.step_in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
             self.accumulators = dict(meta["accumulators"])
             self.history = list(meta["history"])
@@ -779,7 +831,7 @@ def _train_loop(run: _Run, on_step: Callable | None, interrupt: dict) -> None:
                 run.at_boundary = False
                 index = order[step * config.batch_size : (step + 1) * config.batch_size]
                 xb, yb = run.x_train[index], run.y_train[index]
-                loss, logits = train_step(run.model, run.optimizer, xb, yb, config.clip)
+                loss, logits = train_step(run.model, run.optimizer, xb, yb, config.clip, loss=config.loss)
                 batch = int(xb.shape[0])
                 loss_sum += loss * batch
                 correct += xp.sum(xp.argmax(logits, axis=1) == yb)
@@ -808,7 +860,9 @@ def _train_loop(run: _Run, on_step: Callable | None, interrupt: dict) -> None:
         run.at_boundary = False  # the end-of-epoch bookkeeping, until its checkpoint is written
         train_loss = run.accumulators["loss_sum"] / max(seen, 1)
         train_acc = run.accumulators["correct"] / max(seen, 1)
-        val = evaluate(run.model, run.x_val, run.y_val, config.eval_batch_size)
+        noisy = config.eval_noise and run.model.phase == 1
+        val = evaluate(run.model, run.x_val, run.y_val, config.eval_batch_size, loss=config.loss,
+                       noise_rng=run.eval_noise_rng if noisy else None)
         row: dict[str, Any] = {
             "epoch": epoch, "phase": phase, "time_s": round(time.perf_counter() - started, 4),
             "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"], "val_acc": val["accuracy"],
@@ -874,8 +928,8 @@ def _finish(run: _Run, interrupt: dict | None = None) -> dict[str, Any]:
     model = best.model(run.backend)
     selected_phase = 2 if best is run.best and config.is_smartmixed else (1 if config.is_smartmixed else None)
 
-    val = evaluate(model, run.x_val, run.y_val, config.eval_batch_size)
-    test = evaluate(model, run.x_test, run.y_test, config.eval_batch_size)
+    val = evaluate(model, run.x_val, run.y_val, config.eval_batch_size, loss=config.loss)
+    test = evaluate(model, run.x_test, run.y_test, config.eval_batch_size, loss=config.loss)
     y_test = to_host(run.y_test)
     confusion = confusion_matrix(y_test, test["predictions"], run.data.num_classes)
     per_class = per_class_accuracy(confusion).tolist()
@@ -896,7 +950,7 @@ def _finish(run: _Run, interrupt: dict | None = None) -> dict[str, Any]:
     }
     if config.is_smartmixed and run.best_phase1.state:
         phase1 = run.best_phase1.model(run.backend)
-        phase1_test = evaluate(phase1, run.x_test, run.y_test, config.eval_batch_size)
+        phase1_test = evaluate(phase1, run.x_test, run.y_test, config.eval_batch_size, loss=config.loss)
         metrics["phase1"] = {
             "epoch": run.best_phase1.epoch, "val_loss": run.best_phase1.val_loss, "val_accuracy": run.best_phase1.val_accuracy,
             "test_loss": phase1_test["loss"], "test_accuracy": phase1_test["accuracy"],

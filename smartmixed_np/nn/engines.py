@@ -42,6 +42,11 @@ backward, any array module, hard selection with Gumbel noise:
   which needs the batch's loss (``needs_loss``; the MLP passes it from the training
   step) and keeps a :class:`~smartmixed_np.core.estimators.RunningBaseline`.
 
+The clamp's gradient at exactly its edge (``clamp_grad``, :data:`~smartmixed_np.core.phase1.CLAMP_GRADS`):
+the fast paths compute ours, ``"open"``; the authors' ``"closed"`` (PyTorch's clamp) is
+computed by the reference engines alone, which both choosers take for it wherever a
+clamp applies (a layer without one has no edge, and keeps its fast path).
+
 Every phase-1 engine's ``backward`` takes ``loss`` (only the score function reads it),
 has ``needs_loss``, and ``state_dict``/``load_state_dict`` for what it learns across
 steps (only the score function's baseline).
@@ -64,7 +69,7 @@ from ..core.estimators import (
     DEFAULT_SAMPLES, EstimatorCache, RunningBaseline, check_estimator, estimator_forward, gumbel_rao_backward,
     reinmax_backward, score_function_backward,
 )
-from ..core.phase1 import MixtureCache, mixture_backward, mixture_forward
+from ..core.phase1 import CLAMP_GRADS, MixtureCache, mixture_backward, mixture_forward
 from ..core.phase2 import FixedCache, Group, contiguous_order, fixed_backward, fixed_forward, make_groups
 from ..fast import compiled
 from ..fast.kernels import has_kernel
@@ -89,6 +94,11 @@ __all__ = [
 ]
 
 
+def _check_clamp_grad(clamp_grad: str) -> None:
+    if clamp_grad not in CLAMP_GRADS:
+        raise ValueError(f"clamp_grad must be one of {', '.join(CLAMP_GRADS)}, got {clamp_grad!r}")
+
+
 def _compiled_on(backend: Backend) -> bool:
     """The compiled loops apply to this backend's arrays: host NumPy, Numba on."""
     return backend.name == "numpy" and compiled.enabled()
@@ -107,19 +117,21 @@ class GroupedCache:
 
 class ReferenceGroups:
     """The reference, :func:`~smartmixed_np.core.phase2.fixed_forward` /
-    :func:`~smartmixed_np.core.phase2.fixed_backward`, over ``groups``. The workspace is
-    not used: every pass returns fresh arrays."""
+    :func:`~smartmixed_np.core.phase2.fixed_backward`, over ``groups``, with the clamp's
+    gradient ``clamp_grad`` ("open" or "closed"). The workspace is not used: every pass
+    returns fresh arrays."""
 
     name = "reference"
 
-    def __init__(self, groups: Sequence[Group]) -> None:
+    def __init__(self, groups: Sequence[Group], clamp_grad: str = "open") -> None:
         self.groups = list(groups)
+        self.clamp_grad = clamp_grad
 
     def forward(self, z: Any, workspace: Workspace | None = None) -> tuple[Any, FixedCache]:
         return fixed_forward(z, self.groups)
 
     def backward(self, da: Any, cache: FixedCache, workspace: Workspace | None = None) -> Any:
-        return fixed_backward(da, cache, self.groups)
+        return fixed_backward(da, cache, self.groups, clamp_grad=self.clamp_grad)
 
 
 class FusedGroups:
@@ -231,11 +243,14 @@ class CompiledGroups:
 
 
 def phase2_engine(choices: np.ndarray, pool: Sequence[Activation], groups: Sequence[Group], backend: Backend,
-                  clamp: float | None) -> ReferenceGroups | FusedGroups | CompiledGroups:
+                  clamp: float | None, clamp_grad: str = "open") -> ReferenceGroups | FusedGroups | CompiledGroups:
     """The engine of a phase-2 layer: compiled on host arrays with Numba, fused where every
-    activation is a built-in, else the reference."""
-    if not all(has_kernel(group.activation) for group in groups):
-        return ReferenceGroups(groups)
+    activation is a built-in, else the reference. ``clamp_grad="closed"`` (the authors'
+    clamp gradient) takes the reference wherever a group is clamped on some side."""
+    _check_clamp_grad(clamp_grad)
+    closed = clamp_grad == "closed" and any(group.lo is not None or group.hi is not None for group in groups)
+    if closed or not all(has_kernel(group.activation) for group in groups):
+        return ReferenceGroups(groups, clamp_grad)
     engine = CompiledGroups if _compiled_on(backend) else FusedGroups
     return engine(choices, pool, groups, backend, clamp)
 
@@ -244,23 +259,25 @@ def phase2_engine(choices: np.ndarray, pool: Sequence[Activation], groups: Seque
 class ReferenceMixture:
     """The reference, :func:`~smartmixed_np.core.phase1.mixture_forward` /
     :func:`~smartmixed_np.core.phase1.mixture_backward`, for every mode: the
-    straight-through estimator (``estimator = "st"``) in hard mode."""
+    straight-through estimator (``estimator = "st"``) in hard mode, with the clamp's
+    gradient ``clamp_grad`` ("open" or "closed")."""
 
     name = "reference"
     estimator = "st"
     #: whether ``backward`` needs the loss of the pass (only the score function's does)
     needs_loss = False
 
-    def __init__(self, pool: Sequence[Activation], hard: bool) -> None:
+    def __init__(self, pool: Sequence[Activation], hard: bool, clamp_grad: str = "open") -> None:
         self.pool = tuple(pool)
         self.hard = hard
+        self.clamp_grad = clamp_grad
 
     def forward(self, z: Any, logits: Any, noise: Any, *, tau: float, clamp: float | None,
                 workspace: Workspace | None = None) -> tuple[Any, MixtureCache]:
         return mixture_forward(z, logits, noise, self.pool, tau=tau, hard=self.hard, clamp=clamp)
 
     def backward(self, dout: Any, cache: MixtureCache, workspace: Workspace | None = None, loss: Any = None) -> tuple[Any, Any]:
-        return mixture_backward(dout, cache, self.pool)
+        return mixture_backward(dout, cache, self.pool, clamp_grad=self.clamp_grad)
 
     def state_dict(self) -> dict[str, Any]:
         """What the engine learns across steps, JSON-able (nothing, but for the score function)."""
@@ -383,7 +400,8 @@ def _backend_of(array: Any) -> Backend:
 
 
 def phase1_engine(pool: Sequence[Activation], hard: bool, noise_mode: str, backend: Backend, *,
-                  estimator: str = "st", samples: int = DEFAULT_SAMPLES, rng: Any = None) -> ReferenceMixture:
+                  estimator: str = "st", samples: int = DEFAULT_SAMPLES, rng: Any = None,
+                  clamp_grad: str = "open", clamp: float | None = 10.0) -> ReferenceMixture:
     """The training engine of a phase-1 layer.
 
     Straight-through (``estimator="st"``): fused (compiled backward on host arrays with
@@ -391,8 +409,15 @@ def phase1_engine(pool: Sequence[Activation], hard: bool, noise_mode: str, backe
     Any other estimator (:data:`~smartmixed_np.core.estimators.ESTIMATORS`; hard selection
     with Gumbel noise only, else ValueError): its reference engine, Gumbel-Rao with
     ``samples`` draws from ``rng``, the layer's noise stream.
+    ``clamp_grad="closed"`` (the authors' clamp gradient; straight-through only, else
+    ValueError) takes the reference engine when the layer has a ``clamp``.
     """
     check_estimator(estimator, hard=hard, noise_mode=noise_mode, samples=samples)
+    _check_clamp_grad(clamp_grad)
+    if clamp_grad == "closed" and estimator != "st":
+        raise ValueError(f"the closed clamp gradient is implemented for the st estimator only, not {estimator}")
+    if clamp_grad == "closed" and clamp is not None:
+        return ReferenceMixture(pool, hard, clamp_grad)
     if estimator == "reinmax":
         return ReinMaxMixture(pool)
     if estimator == "gumbel_rao":

@@ -22,7 +22,7 @@ import numpy as np
 from ..backend import Backend, SeededRNG, array_module, backend_of, get_backend, to_host
 from ..core.activations import Activation, resolve_pool
 from ..core.estimators import DEFAULT_SAMPLES
-from ..core.phase1 import NOISE_MODES, MixtureCache
+from ..core.phase1 import NOISE_MODES, MixtureCache, mixture_forward
 from ..core.phase2 import make_groups
 from ..fast.workspace import Workspace
 from .engines import phase1_engine, phase2_engine
@@ -41,6 +41,9 @@ class FixedMixedActivation:
         order: (N,) the original index of each current neuron (identity if None):
             lets :meth:`original_choices` report choices in the original order.
         backend: where the layer's index arrays live.
+        clamp_grad: the clamp's gradient at exactly its edge: ``"open"`` (ours, the
+            default: zero there) or ``"closed"`` (PyTorch's clamp, the authors': passed
+            there; the reference engine runs it).
 
     State (all set here; a pass records nothing on the layer, its cache is returned):
         groups: the :class:`~smartmixed_np.core.phase2.Group` per activation, addressing
@@ -59,6 +62,7 @@ class FixedMixedActivation:
         clamp: float | None = None,
         order: Any = None,
         backend: Backend | str = "cpu",
+        clamp_grad: str = "open",
     ) -> None:
         self.pool = resolve_pool(pool)
         self.choices = np.asarray(to_host(choices), dtype=np.int64).copy()
@@ -72,7 +76,8 @@ class FixedMixedActivation:
         self.clamp = None if clamp is None else float(clamp)
         self.backend = get_backend(backend)
         self.groups = make_groups(self.choices, self.pool, self.backend, contiguous=self.contiguous, clamp=self.clamp)
-        self.engine = phase2_engine(self.choices, self.pool, self.groups, self.backend, self.clamp)
+        self.clamp_grad = clamp_grad
+        self.engine = phase2_engine(self.choices, self.pool, self.groups, self.backend, self.clamp, clamp_grad)
 
     @classmethod
     def uniform(cls, activation: str | Activation, size: int, *, backend: Backend | str = "cpu") -> "FixedMixedActivation":
@@ -86,7 +91,8 @@ class FixedMixedActivation:
     def to(self, backend: Backend | str) -> "FixedMixedActivation":
         """The same layer with its index arrays on ``backend``."""
         return FixedMixedActivation(
-            self.choices, self.pool, contiguous=self.contiguous, clamp=self.clamp, order=self.order, backend=backend
+            self.choices, self.pool, contiguous=self.contiguous, clamp=self.clamp, order=self.order, backend=backend,
+            clamp_grad=self.clamp_grad,
         )
 
     def forward(self, z: Any, workspace: Workspace | None = None) -> tuple[Any, Any]:
@@ -152,6 +158,9 @@ class SmartMixedActivation:
             and Gumbel noise).
         estimator_samples: Gumbel-Rao's number M of conditional draws (default 10),
             drawn from ``rng``.
+        clamp_grad: the clamp's gradient at exactly $\\pm c$: ``"open"`` (ours, the
+            default: zero there) or ``"closed"`` (PyTorch's clamp, the authors': passed
+            there; the reference engine runs it, straight-through only).
 
     State (all set here): ``logits`` and their gradient ``dlogits`` (written by
     :meth:`backward`); ``engine``, what runs training passes, chosen here by
@@ -175,6 +184,7 @@ class SmartMixedActivation:
         rng: SeededRNG | None = None,
         estimator: str = "st",
         estimator_samples: int = DEFAULT_SAMPLES,
+        clamp_grad: str = "open",
     ) -> None:
         self.pool = resolve_pool(pool)
         if logits.ndim != 2 or logits.shape[1] != len(self.pool):
@@ -194,8 +204,10 @@ class SmartMixedActivation:
         self.rng = rng
         self.estimator = estimator
         self.estimator_samples = estimator_samples
+        self.clamp_grad = clamp_grad
         self.engine = phase1_engine(self.pool, self.hard, noise_mode, _backend_of_array(logits),
-                                    estimator=estimator, samples=estimator_samples, rng=rng)
+                                    estimator=estimator, samples=estimator_samples, rng=rng,
+                                    clamp_grad=clamp_grad, clamp=self.clamp)
         self._frozen_layer: FixedMixedActivation | None = None
 
     @property
@@ -225,23 +237,30 @@ class SmartMixedActivation:
         """Restore :meth:`estimator_state`'s output."""
         self.engine.load_state_dict(state)
 
-    def draw_noise(self, batch_size: int) -> Any:
-        """Gumbel noise for one forward: (N, K), (B, N, K), or None."""
+    def draw_noise(self, batch_size: int, rng: SeededRNG | None = None) -> Any:
+        """Gumbel noise for one forward: (N, K), (B, N, K), or None; from the layer's
+        stream, or from ``rng`` when given (a noisy evaluation's own stream)."""
         if self.noise_mode == "none":
             return None
         shape = tuple(self.logits.shape) if self.noise_mode == "shared" else (batch_size,) + tuple(self.logits.shape)
         backend = _backend_of_array(self.logits)
-        return self.rng.gumbel(shape, self.logits.dtype, backend)
+        return (self.rng if rng is None else rng).gumbel(shape, self.logits.dtype, backend)
 
     def forward(self, z: Any, train: bool, noise: Any = None, workspace: Workspace | None = None) -> tuple[Any, SmartMixedCache]:
         """(B, N) -> (B, N), and the cache for :meth:`backward`.
 
         Training draws fresh noise unless ``noise`` is given (replay). Evaluation
         applies each neuron's argmax choice, without noise, through the phase-2
-        code path (so evaluation and the frozen network agree exactly). With a
+        code path (so evaluation and the frozen network agree exactly); an evaluation
+        given ``noise`` (the authors' noisy evaluation) selects by it as a hard
+        training pass would, by the reference forward, which draws nothing from the
+        layer's streams (its cache is a training pass's). With a
         ``workspace``, the output and the cache live in its buffers and are
         overwritten by the next forward given the same workspace.
         """
+        if not train and noise is not None:
+            out, cache = mixture_forward(z, self.logits, noise, self.pool, tau=self.tau, hard=self.hard, clamp=self.clamp)
+            return out, SmartMixedCache(mixture=cache)
         if not train:
             frozen = self._frozen()
             out, fixed_cache = frozen.forward(z, workspace=workspace)
@@ -271,7 +290,8 @@ class SmartMixedActivation:
         kept = self._frozen_layer
         backend = _backend_of_array(self.logits)
         if kept is None or not np.array_equal(kept.choices, choices) or kept.clamp != self.clamp or kept.backend is not backend:
-            kept = self._frozen_layer = FixedMixedActivation(choices, self.pool, contiguous=False, clamp=self.clamp, backend=backend)
+            kept = self._frozen_layer = FixedMixedActivation(choices, self.pool, contiguous=False, clamp=self.clamp, backend=backend,
+                                                             clamp_grad=self.clamp_grad)
         return kept
 
     def choices(self) -> np.ndarray:

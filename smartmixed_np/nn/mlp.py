@@ -41,7 +41,7 @@ from ..backend import Backend, SeededRNG, array_module, backend_of, get_backend,
 from ..core.activations import resolve_pool
 from ..core.estimators import DEFAULT_SAMPLES, check_estimator
 from ..core.linear import Linear, init_linear
-from ..core.phase1 import NOISE_MODES, init_selection_logits
+from ..core.phase1 import CLAMP_GRADS, NOISE_MODES, init_selection_logits
 from ..core.phase2 import contiguous_order
 from ..fast.workspace import Workspace
 from .layers import FixedMixedActivation, SmartMixedActivation
@@ -115,6 +115,10 @@ class MLP:
             (:mod:`smartmixed_np.core.estimators`; all but ``"st"`` need ``hard=True`` and
             Gumbel noise). The score function needs the loss: ``backward(dlogits, loss=loss)``.
         estimator_samples: Gumbel-Rao's number M of conditional draws (default 10).
+        clamp_grad: the clamp's gradient at exactly +-c, in phase 1 and in the phase-2
+            layers that :meth:`freeze` makes: ``"open"`` (ours, the default: zero there)
+            or ``"closed"`` (PyTorch's clamp, the authors': passed there; run by the
+            reference engines, straight-through only).
 
     State besides the layers (all set here): ``phase``, 1 for a phase-1 SmartMixed
     network, 2 for a fixed (frozen or uniform) one; ``_tape``, the :class:`Tape` of the last
@@ -139,6 +143,7 @@ class MLP:
         seed: int = 0,
         estimator: str = "st",
         estimator_samples: int = DEFAULT_SAMPLES,
+        clamp_grad: str = "open",
     ) -> None:
         self.sizes = _check_sizes(sizes)
         self.dtype = _check_dtype(dtype)
@@ -148,6 +153,8 @@ class MLP:
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         check_estimator(estimator, samples=estimator_samples)  # the mode is checked by the phase-1 layers
+        if clamp_grad not in CLAMP_GRADS:
+            raise ValueError(f"clamp_grad must be one of {', '.join(CLAMP_GRADS)}, got {clamp_grad!r}")
         self.seed = int(seed)
         self.pool = resolve_pool(pool)
         hidden = self.sizes[1:-1]
@@ -171,6 +178,7 @@ class MLP:
                     rng=SeededRNG(streams[1 + i]),
                     estimator=estimator,
                     estimator_samples=estimator_samples,
+                    clamp_grad=clamp_grad,
                 )
                 for i, width in enumerate(hidden)
             ]
@@ -181,7 +189,7 @@ class MLP:
             self.phase = 2
             self.activations = [FixedMixedActivation.uniform(name, width, backend=self.backend) for name, width in zip(names, hidden)]
         self.options = {"tau": tau, "hard": bool(hard), "clamp": clamp, "noise_mode": noise_mode,
-                        "estimator": estimator, "estimator_samples": int(estimator_samples)}
+                        "estimator": estimator, "estimator_samples": int(estimator_samples), "clamp_grad": clamp_grad}
         self._tape: Tape | None = None
         self._workspace_cache: dict[tuple, list[Workspace]] = {}
 
@@ -244,7 +252,9 @@ class MLP:
             x: (B, D_in) inputs on the model's device.
             train: phase-1 layers sample Gumbel noise (True) or use their argmax (False).
             noise: replay: {hidden layer index: noise} as returned by
-                :attr:`last_noise`; layers not named draw fresh noise.
+                :attr:`last_noise`; layers not named draw fresh noise. In an evaluation
+                pass (``train=False``), the phase-1 layers it names select by that
+                noise (a noisy evaluation, the authors'), the others by their argmax.
 
         Returns:
             (B, C) logits.
@@ -258,11 +268,10 @@ class MLP:
             ws = workspaces[i]
             z, linear_cache = linear.forward(h, out=ws.feature_major("z", x.shape[0], linear.out_features, self.dtype))
             if isinstance(act, SmartMixedActivation):
-                layer_noise = None
-                if train:
-                    layer_noise = noise.get(i) if noise else None
-                    if layer_noise is None:
-                        layer_noise = act.draw_noise(x.shape[0])
+                layer_noise = noise.get(i) if noise else None
+                if train and layer_noise is None:
+                    layer_noise = act.draw_noise(x.shape[0])
+                if layer_noise is not None:
                     tape.noise[i] = layer_noise
                 h, act_cache = act.forward(z, train, noise=layer_noise, workspace=ws)
             else:
@@ -370,7 +379,7 @@ class MLP:
             shares.append({name: count / len(names) for name, count in counts.items()})
         return shares
 
-    def freeze(self, contiguous: bool = True, reinit_seed: int | None = None) -> "MLP":
+    def freeze(self, contiguous: bool = True, reinit_seed: int | None = None, keep_clamp: bool = True) -> "MLP":
         """A phase-2 network: each neuron keeps its argmax choice, weights copied.
 
         Args:
@@ -379,6 +388,8 @@ class MLP:
                 ``W_{i+1}`` are permuted together, which leaves the function unchanged.
             reinit_seed: if given, the phase-2 weights are freshly initialised from
                 this seed instead of copied (the published code's behaviour).
+            keep_clamp: the phase-2 layers keep the phase-1 clamp (ours, so that
+                freezing preserves the function), or have none (the published code's).
 
         Returns:
             A new :class:`MLP` with ``kind == "fixed"``; ``self`` is unchanged.
@@ -404,7 +415,8 @@ class MLP:
                 weights[i + 1] = (xp.ascontiguousarray(W_next[:, idx]), b_next)
             activations.append(
                 FixedMixedActivation(
-                    choices[order], self.pool, contiguous=contiguous, clamp=act.clamp, order=order, backend=self.backend
+                    choices[order], self.pool, contiguous=contiguous, clamp=act.clamp if keep_clamp else None, order=order,
+                    backend=self.backend, clamp_grad=act.clamp_grad,
                 )
             )
         frozen.linears = [Linear(W, b) for W, b in weights]
@@ -436,15 +448,18 @@ class MLP:
         """A JSON-able description from which :meth:`from_config` rebuilds the architecture.
 
         Phase-2 layers list their pool, each neuron's choice (current order), the
-        permutation to the original order, the clamp and the grouping mode.
+        permutation to the original order, the clamp and the grouping mode. The clamp's
+        gradient is named only when it is the authors' ("closed"): a network of ours is
+        described as it was before that option existed.
         """
+        options = {k: v for k, v in self.options.items() if not (k == "clamp_grad" and v == "open")}
         config: dict[str, Any] = {
             "sizes": list(self.sizes),
             "kind": _KINDS[self.phase],
             "pool": [a.name for a in self.pool],
             "dtype": self.dtype.name,
             "seed": self.seed,
-            **self.options,
+            **options,
         }
         if self.phase == 2:
             config["layers"] = [
@@ -473,6 +488,7 @@ class MLP:
                 noise_mode=config["noise_mode"], dtype=config["dtype"], seed=config["seed"], device=device,
                 # model.json files written before the estimators were selectable trained straight-through
                 estimator=config.get("estimator", "st"), estimator_samples=config.get("estimator_samples", DEFAULT_SAMPLES),
+                clamp_grad=config.get("clamp_grad", "open"),  # files written before it was an option: ours
             )
             if kind == "smartmixed":
                 return cls(config["sizes"], "smartmixed", **common)
@@ -490,6 +506,7 @@ class MLP:
                     FixedMixedActivation(
                         np.asarray(layer["choices"], dtype=np.int64), layer["pool"], contiguous=layer["contiguous"],
                         clamp=layer["clamp"], order=np.asarray(layer["order"], dtype=np.int64), backend=model.backend,
+                        clamp_grad=common["clamp_grad"],
                     )
                 )
             model.activations = activations
@@ -567,7 +584,7 @@ class MLP:
             if isinstance(act, SmartMixedActivation):
                 moved = SmartMixedActivation(
                     convert(act.logits), act.pool, tau=act.tau, hard=act.hard, clamp=act.clamp, noise_mode=act.noise_mode, rng=act.rng,
-                    estimator=act.estimator, estimator_samples=act.estimator_samples,
+                    estimator=act.estimator, estimator_samples=act.estimator_samples, clamp_grad=act.clamp_grad,
                 )
                 moved.set_estimator_state(act.estimator_state())
                 self.activations[i] = moved
