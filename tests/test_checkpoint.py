@@ -564,8 +564,9 @@ def test_fuzz_load_model_returns_the_saved_network_or_one_line(base, json_mutati
             hostile.assert_one_line_naming(value, arrays_path, json_path)
             return
         config = json.loads(json_path.read_bytes())["config"]
+        defaults = MLP([2, 2, 2]).config()  # what a key the file lacks is read as (older files lack newer keys)
         for key, got in value.config().items():
-            assert got == config[key], key
+            assert got == (config[key] if key in config else defaults[key]), key
         with np.load(arrays_path) as archive:
             for name, parameter in value.state_dict().items():
                 np.testing.assert_array_equal(parameter, archive[name].astype(parameter.dtype))
