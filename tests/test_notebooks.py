@@ -51,6 +51,7 @@ EXPECTED = [
     "05_phase2_fast",
     "06_gpu_cupy",
     "07_reproduce_mnist",
+    "08_straight_through_quality",
 ]
 CELL_TIMEOUT = 300  # seconds per cell; quick mode needs a few
 REBUILD = "rebuild with `python tutorials/execute.py NN` (tutorials/README.md)"
