@@ -1,7 +1,8 @@
 """The ``smartmixed`` command (also ``python -m smartmixed_np``).
 
 Subcommands: ``train``, ``sweep``, ``report``, ``evaluate``, ``demo``, ``archs``, ``activations``, ``bench``,
-``export`` (ONNX), ``predict`` (a user's own files), ``gradcheck`` (a gradient-verification report).
+``export`` (ONNX), ``predict`` (a user's own files), ``gradcheck`` (a gradient-verification report),
+``study-estimators`` (phase 1's gradient estimators against the exact gradient).
 A user error (a bad option, a missing or corrupt file, an unknown name) is one
 line on stderr and exit status 2, never a traceback. Option values are checked
 while parsing (bounded, ASCII numbers; paths the file system can take); activation
@@ -516,9 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data-dir", type=_path, metavar="DIR", help="MNIST folder for the epoch-throughput benchmark (default: $SMARTMIXED_DATA)")
     bench.add_argument("--device", type=_device, default="cpu", metavar="{cpu,gpu}", help="cpu or gpu (CuPy; PyTorch on CUDA when available)")
     _add_export_and_predict(commands)
+    from .experiments.estimator_study import add_study_parser
     from .experiments.gradreport import add_gradcheck_parser
 
     add_gradcheck_parser(commands)
+    add_study_parser(commands)
     parser.commands = commands.choices  # type: ignore[attr-defined]  # name -> subparser (see _explicit_options)
     return parser
 
@@ -939,10 +942,16 @@ def _gradcheck(args: argparse.Namespace) -> int:
     return run_gradcheck(args)
 
 
+def _study_estimators(args: argparse.Namespace) -> int:
+    from .experiments.estimator_study import run_study_command
+
+    return run_study_command(args)
+
+
 _COMMANDS = {
     "train": _train, "sweep": _sweep, "report": _report, "evaluate": _evaluate, "demo": _demo, "archs": _archs,
     "activations": _activations, "bench": _bench, "export": _export, "predict": _predict,
-    "gradcheck": _gradcheck,
+    "gradcheck": _gradcheck, "study-estimators": _study_estimators,
 }
 
 

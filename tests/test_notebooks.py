@@ -177,7 +177,7 @@ def _images(nb: nbformat.NotebookNode) -> int:
     )
 
 
-def test_the_seven_tutorials_are_present():
+def test_the_eight_tutorials_are_present():
     assert [p.stem for p in NOTEBOOKS] == EXPECTED
     assert [p.stem for p in SOURCES] == EXPECTED
 
