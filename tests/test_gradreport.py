@@ -120,7 +120,7 @@ class _TauDropped:
         return dz, dlogits * self.tau
 
 
-def _unmasked_derivatives(z, candidates, pool, clamp):
+def _unmasked_derivatives(z, candidates, pool, clamp, clamp_grad="open"):
     """core.phase1._candidate_derivatives with the clamp mask dropped."""
     stack = np.empty_like(candidates)
     for k, activation in enumerate(pool):
