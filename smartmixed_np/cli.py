@@ -21,9 +21,10 @@ import sys
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from . import __version__
+from . import options
 from .errors import UserError
 
 __all__ = ["main", "build_parser", "plain_formula"]
@@ -68,14 +69,8 @@ DEVICES = ("cpu", "gpu")
 #: What backend.get_backend accepts besides cpu/gpu (see backend._ALIASES).
 DEVICE_ALIASES = ("numpy", "np", "cupy", "cuda", "cp")
 
-_INT_TEXT = re.compile(r"\+?[0-9]{1,30}")
-_FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})(?:[eE][+-]?[0-9]{1,3})?")
+_INT_TEXT, _FLOAT_TEXT, _show = options.INT_TEXT, options.FLOAT_TEXT, options.show
 _NAME_TEXT = re.compile(r"[^\s,]{1,64}")
-
-
-def _show(text: str, limit: int = 40) -> str:
-    """``repr`` of a user's value, shortened; control and undecodable characters escaped."""
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _escape(text: str) -> str:
@@ -84,38 +79,7 @@ def _escape(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _integer(lowest: int, highest: int, description: str) -> Callable[[str], int]:
-    """An argparse type: an ASCII decimal integer in ``[lowest, highest]``."""
-
-    def parse(text: str) -> int:
-        stripped = text.strip()
-        if not _INT_TEXT.fullmatch(stripped) or not lowest <= int(stripped) <= highest:
-            raise argparse.ArgumentTypeError(f"expected {description}, got {_show(text)}")
-        return int(stripped)
-
-    return parse
-
-
-def _real(lowest: float, highest: float, description: str, *, none: bool = False) -> Callable[[str], float | None]:
-    """An argparse type: an ASCII decimal number in ``[lowest, highest]`` (finite).
-
-    With ``none``, the words ``none``/``off`` and ``0`` mean "disabled" (None).
-    """
-
-    def parse(text: str) -> float | None:
-        stripped = text.strip()
-        if none and stripped.lower() in ("none", "off"):
-            return None
-        if _FLOAT_TEXT.fullmatch(stripped):
-            value = float(stripped)
-            if none and value == 0:
-                return None
-            if math.isfinite(value) and lowest <= value <= highest:
-                return value
-        raise argparse.ArgumentTypeError(f"expected {description}, got {_show(text)}")
-
-    return parse
-
+_integer, _real = options.integer, options.real
 
 _epochs = _integer(1, MAX_EPOCHS, f"a positive integer (at most {MAX_EPOCHS})")
 _estimator_samples = _integer(1, 10_000, "a positive integer (at most 10000)")

@@ -214,6 +214,35 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+class NpyHeaderError(ValueError):
+    """A ``.npy`` header that :func:`read_npy_header` refuses; ``str(err)`` is a phrase such
+    as ``"a corrupt .npy header (...)"``, for the caller to put after the file's name."""
+
+
+def read_npy_header(file: BinaryIO) -> tuple[tuple[int, ...], bool, Any]:
+    """``(shape, fortran_order, dtype)`` from the header of the ``.npy`` data at ``file``'s position.
+
+    Reads the header only (the data are left unread), so that a caller can check the
+    claimed shape and dtype against the file's size and its own rules before allocating.
+
+    Raises:
+        NpyHeaderError: a header that does not parse (it is a Python literal: any odd text
+            lands here), or format version 3.0 (only for structured dtypes with non-ASCII
+            field names, which nothing here writes).
+    """
+    import numpy as np
+
+    try:
+        version = np.lib.format.read_magic(file)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(file)
+        if version == (2, 0):
+            return np.lib.format.read_array_header_2_0(file)
+    except Exception as err:  # noqa: BLE001 - ValueError, SyntaxError, tokenize.TokenError, MemoryError, ...
+        raise NpyHeaderError(f"a corrupt .npy header ({_one_line(err)[:200]})") from None
+    raise NpyHeaderError(f".npy format version {version[0]}.{version[1]}, not supported")
+
+
 def remove_stale_parts(folder: str | os.PathLike) -> list[Path]:
     """Delete the ``.<name>.*.part`` temporaries that a killed writer left in ``folder``.
 

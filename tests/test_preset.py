@@ -19,22 +19,10 @@ from smartmixed_np.nn.layers import FixedMixedActivation, SmartMixedActivation
 from smartmixed_np.nn.mlp import MLP
 from smartmixed_np.nn.optim import Adam
 from smartmixed_np.nn.step import train_step
+from tiny_runs import strip_times as _strip_times, tiny
 
 REFERENCE = {"loss": "double-softmax", "phase2_init": "fresh", "phase2_clamp": "none", "eval_noise": True, "clamp_grad": "closed"}
 OURS = {"loss": "cross-entropy", "phase2_init": "carry", "phase2_clamp": "keep", "eval_noise": False, "clamp_grad": "open"}
-
-
-def tiny(tmp_path, name="run", **options):
-    settings = dict(
-        dataset="synth-digits", train_limit=320, hidden=(16, 8), epochs=4, transition_epoch=2, lr=1e-2,
-        batch_size=32, seed=3, quiet=True, progress=False, out=str(tmp_path / name),
-    )
-    settings.update(options)
-    return TrainConfig(**settings)
-
-
-def _strip_times(history):
-    return [{k: v for k, v in row.items() if k != "time_s"} for row in history]
 
 
 def _same_bits(dir_a, dir_b):

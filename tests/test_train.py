@@ -16,19 +16,7 @@ import pytest
 from smartmixed_np.experiments.checkpoint import load_arrays, load_model
 from smartmixed_np.errors import UserError
 from smartmixed_np.experiments.train import CHECKPOINT, ConfigError, TrainConfig, evaluate, history_from_csv, train
-
-
-def tiny(tmp_path, name="run", **options):
-    settings = dict(
-        dataset="synth-digits", train_limit=320, hidden=(16, 8), epochs=4, transition_epoch=2, lr=1e-2,
-        batch_size=32, seed=3, quiet=True, progress=False, out=str(tmp_path / name),
-    )
-    settings.update(options)
-    return TrainConfig(**settings)
-
-
-def _strip_times(history):
-    return [{k: v for k, v in row.items() if k != "time_s"} for row in history]
+from tiny_runs import strip_times as _strip_times, tiny
 
 
 def test_run_folder_holds_everything(tmp_path):

@@ -52,6 +52,7 @@ __all__ = [
     "check_vjp_per_coordinate",
     "check_directional",
     "check_model_gradients",
+    "straight_through_offsets",
     "ModelGradcheckResult",
     "ParameterCheck",
 ]
@@ -426,19 +427,28 @@ def _surrogate_logits(model: Any, x: Any, noise: dict, offsets: dict) -> Any:
     return linear_forward(h, model.linears[-1].W, model.linears[-1].b)[0]
 
 
-def _straight_through_offsets(model: Any, layers: list[int], noise: dict) -> dict:
-    """$C = \\mathrm{onehot}(s) - y$ per hard layer, at the model's current logits and the given noise."""
+def straight_through_offsets(model: Any, layers: Sequence[int], noise: dict,
+                             logits: dict[int, Any] | None = None) -> tuple[dict, dict]:
+    """$C = \\mathrm{onehot}(s) - y$ and the selection $s$ per hard layer ``i`` in ``layers``.
+
+    At the given Gumbel ``noise`` (by layer) and the layer's logits, or ``logits[i]`` where
+    given. $C$ held constant makes :func:`~smartmixed_np.core.phase1.straight_through_surrogate`
+    equal to the hard forward there, with the straight-through gradient as its exact gradient.
+
+    Returns:
+        ``(offsets, selected)``, by layer index: (N, K) or (B, N, K) offsets; (N,) or (B, N) ints.
+    """
     from .phase1 import gumbel_softmax_weights
 
-    offsets = {}
+    offsets, selected = {}, {}
     for i in layers:
         act = model.activations[i]
-        weights = gumbel_softmax_weights(act.logits, noise.get(i), act.tau)
+        weights = gumbel_softmax_weights(act.logits if logits is None else logits[i], noise.get(i), act.tau)
         xp = array_module(weights)
-        selected = xp.argmax(weights, axis=-1)
-        onehot = (xp.arange(weights.shape[-1]) == selected[..., None]).astype(weights.dtype)
+        selected[i] = xp.argmax(weights, axis=-1)
+        onehot = (xp.arange(weights.shape[-1]) == selected[i][..., None]).astype(weights.dtype)
         offsets[i] = onehot - weights
-    return offsets
+    return offsets, selected
 
 
 def check_model_gradients(
@@ -512,7 +522,7 @@ def check_model_gradients(
     names = _check_names(params, grads)
 
     hard = _hard_layers(probe, train)
-    offsets = _straight_through_offsets(probe, hard, noise) if surrogate else {}
+    offsets = straight_through_offsets(probe, hard, noise)[0] if surrogate else {}
     notes = []
     if hard and surrogate:
         layers = ", ".join(f"activations.{i}" for i in hard)

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import struct
-import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -43,7 +42,7 @@ import numpy as np
 
 from . import plugins
 from ..errors import CheckpointError
-from ..fileio import atomic_writer, decode_json, open_regular_file, write_json
+from ..fileio import NpyHeaderError, atomic_writer, decode_json, open_regular_file, read_npy_header, write_json
 from . import runfolder
 from .runfolder import MODEL_ARRAYS, MODEL_JSON
 
@@ -280,17 +279,9 @@ def _read_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, na
     """One ``.npy`` member as an array, its header checked against the member's size before allocating."""
     with archive.open(info) as member:
         try:
-            version = np.lib.format.read_magic(member)
-            if version == (1, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(member)
-            elif version == (2, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member)
-            else:  # 3.0 exists only for structured dtypes with non-ASCII field names
-                raise CheckpointError(f"{path}: array {name!r} has .npy format version {version}, not supported")
-        except (ValueError, SyntaxError, tokenize.TokenError, TypeError, KeyError, MemoryError, RecursionError) as err:
-            # read_array_header evaluates a Python literal (and retokenizes it when that
-            # fails, hence TokenError): whatever odd text a header holds lands here.
-            raise CheckpointError(f"{path}: array {name!r} has a corrupt .npy header ({_one_line(err)[:200]})") from None
+            shape, fortran_order, dtype = read_npy_header(member)
+        except NpyHeaderError as err:
+            raise CheckpointError(f"{path}: array {name!r} has {err}") from None
         if dtype.hasobject:
             raise CheckpointError(f"{path}: contains pickled Python objects; refusing to load it")
         if dtype.kind not in "fiub" or dtype.names is not None or dtype.subdtype is not None:

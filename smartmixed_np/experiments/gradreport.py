@@ -61,13 +61,14 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from .. import options
 from ..backend import to_host
 from ..core.activations import Activation, clamp_limits, get_activation, resolve_pool
-from ..core.gradcheck import relative_error
+from ..core.gradcheck import relative_error, straight_through_offsets
 from ..core.linear import linear_forward
 from ..core.losses import softmax_cross_entropy
 from ..core.phase1 import NOISE_MODES, gumbel_softmax_weights, mixture_forward, straight_through_surrogate
@@ -578,14 +579,8 @@ def _prepare(model: MLP, x: Any, labels: Any) -> _Point:
 
 def _straight_through_offsets(probe: MLP, params: dict, noise: dict) -> tuple[dict, dict]:
     """$C = \\mathrm{onehot}(s) - y$ and $s$ for each hard phase-1 layer, at ``params``' logits and ``noise``."""
-    offsets, selected = {}, {}
-    for i, act in enumerate(probe.activations):
-        if _selects(act) and act.hard:
-            weights = gumbel_softmax_weights(params[f"activations.{i}.logits"], noise.get(i), act.tau)
-            choice = np.argmax(weights, axis=-1)
-            offsets[i] = np.eye(weights.shape[-1], dtype=weights.dtype)[choice] - weights
-            selected[i] = choice
-    return offsets, selected
+    hard = [i for i, act in enumerate(probe.activations) if _selects(act) and act.hard]
+    return straight_through_offsets(probe, hard, noise, {i: params[f"activations.{i}.logits"] for i in hard})
 
 
 def _kink_states(names: np.ndarray, raw: np.ndarray, z: np.ndarray, clamp_lo: np.ndarray, clamp_hi: np.ndarray) -> np.ndarray:
@@ -1550,35 +1545,14 @@ def _markdown(result: GradcheckReport, figures: Sequence[str], level: int = 1) -
 
 
 # --------------------------------------------------------------------------- command line
-_INT_TEXT = re.compile(r"\+?[0-9]{1,9}")
-_FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})(?:[eE][+-]?[0-9]{1,3})?")
+_INT_TEXT = options.INT_TEXT
 _NAME_TEXT = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
 #: The largest network the command builds: per-coordinate checks of more are slow anyway.
 MAX_WIDTH = 1024
 MAX_BATCH = 4096
 
 
-def _integer(lowest: int, highest: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        stripped = text.strip()
-        if not _INT_TEXT.fullmatch(stripped) or not lowest <= int(stripped) <= highest:
-            raise argparse.ArgumentTypeError(f"expected an integer from {lowest} to {highest}, got {text[:40]!r}")
-        return int(stripped)
-
-    return parse
-
-
-def _real(lowest: float, highest: float, *, none: bool = False) -> Callable[[str], float | None]:
-    def parse(text: str) -> float | None:
-        stripped = text.strip()
-        if none and stripped.lower() in ("none", "off"):
-            return None
-        if _FLOAT_TEXT.fullmatch(stripped) and lowest <= float(stripped) <= highest:
-            return float(stripped)
-        extra = ", or none" if none else ""
-        raise argparse.ArgumentTypeError(f"expected a number from {lowest:g} to {highest:g}{extra}, got {text[:40]!r}")
-
-    return parse
+_integer, _real = options.integer, options.real
 
 
 def _hidden(text: str) -> tuple[int, ...]:

@@ -43,7 +43,7 @@ import numpy as np
 from ..backend import to_host
 from ..data.idx import IDX_DTYPES, read_idx
 from ..errors import UserError
-from ..fileio import open_regular_file, write_text
+from ..fileio import NpyHeaderError, open_regular_file, read_npy_header, write_text
 from ..nn.mlp import MLP
 
 __all__ = ["InputError", "Predictions", "predict", "read_inputs", "expand_inputs", "predictions_csv", "write_predictions"]
@@ -134,17 +134,9 @@ def _as_pixels(array: np.ndarray, input_dim: int) -> np.ndarray:
 def _read_npy(file: Any, size: int) -> np.ndarray:
     """An ``.npy`` array, after checking that its header's claim fits in the file (no pickle)."""
     try:
-        version = np.lib.format.read_magic(file)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(file)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(file)
-        else:
-            raise InputError(f".npy format version {version[0]}.{version[1]}, not supported")
-    except InputError:
-        raise
-    except Exception as err:  # noqa: BLE001 - the header is a Python literal: any odd text lands here
-        raise InputError(f"a corrupt .npy header ({_reason(err)[:120]})") from None
+        shape, _, dtype = read_npy_header(file)
+    except NpyHeaderError as err:
+        raise InputError(str(err)) from None
     if dtype.hasobject:
         raise InputError("holds Python objects (pickle); refusing to load it")
     claimed = math.prod(shape) * dtype.itemsize
