@@ -93,6 +93,8 @@ _clip = _real(1e-12, 1e12, "a positive number from 1e-12 to 1e12, or none", none
 _clamp = _real(1e-3, 1e6, "a positive number from 0.001 to 1e6, or none", none=True)
 _momentum = _real(0.0, 1.0, "a number from 0 to 1")
 _weight_decay = _real(0.0, 100.0, "a number from 0 to 100")
+_switch_threshold = _real(0.0, 0.99, "a share from 0 to 0.99")
+_switch_patience = _integer(1, MAX_EPOCHS, f"a positive integer (at most {MAX_EPOCHS})")
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -263,7 +265,7 @@ def _add_training_options(parser: argparse.ArgumentParser, *, single_run: bool) 
     from .core.estimators import DEFAULT_SAMPLES, ESTIMATORS
     from .core.losses import LOSSES
     from .core.phase1 import CLAMP_GRADS, NOISE_MODES
-    from .experiments.train import PRESETS
+    from .experiments.train import PRESETS, SWITCHES
 
     _add_data_options(parser)
     model = parser.add_argument_group("model")
@@ -290,6 +292,14 @@ def _add_training_options(parser: argparse.ArgumentParser, *, single_run: bool) 
     schedule = parser.add_argument_group("schedule")
     schedule.add_argument("--epochs", type=_epochs, default=400, help="total epochs (default: 400)" + ("; with --resume: train on to this many" if single_run else ""))
     schedule.add_argument("--transition-epoch", type=_epochs, default=50, help="epochs of phase 1 (default: 50)")
+    schedule.add_argument("--switch", choices=SWITCHES, default="fixed",
+                          help="when phase 1 ends: fixed (after --transition-epoch epochs, default) or adaptive (once at most "
+                               "--switch-threshold of the hidden neurons changed their choice in --switch-patience epochs in a row; "
+                               "--transition-epoch is then the latest end)")
+    schedule.add_argument("--switch-threshold", type=_switch_threshold, default=0.01, metavar="SHARE",
+                          help="adaptive switch: the share of choices that may still change per epoch (default: 0.01)")
+    schedule.add_argument("--switch-patience", type=_switch_patience, default=2, metavar="N",
+                          help="adaptive switch: epochs in a row at or below the threshold (default: 2)")
     schedule.add_argument("--phase2-init", choices=("carry", "fresh"), default=None,
                           help="phase 2 starts from the phase-1 weights (carry) or fresh ones (default: the preset's: carry, reference: fresh)")
     fidelity = parser.add_argument_group("the authors' semantics (see the README's 'Differences from the authors' code')")
@@ -340,6 +350,7 @@ def _training_options(args: argparse.Namespace) -> dict[str, Any]:
         lr_schedule=args.lr_schedule, tau=args.tau, tau_final=args.tau_final, hard=not args.soft,
         noise_mode=args.noise, clamp=args.clamp, estimator=args.estimator, estimator_samples=args.estimator_samples,
         phase2_init=args.phase2_init, contiguous=not args.masked_groups,
+        switch=args.switch, switch_threshold=args.switch_threshold, switch_patience=args.switch_patience,
         preset=args.preset, loss=args.loss, phase2_clamp=args.phase2_clamp, eval_noise=args.eval_noise,
         clamp_grad=args.clamp_grad,
         device=args.device, dtype=args.dtype,

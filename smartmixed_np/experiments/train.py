@@ -74,7 +74,10 @@ class TrainConfig:
     ``clamp``, ``estimator`` (phase 1's estimator of the logits' gradient: "st",
     "reinmax", "gumbel_rao" or "score"; ignored by a baseline) and
     ``estimator_samples`` (Gumbel-Rao's M). Schedule: ``epochs``, ``transition_epoch``, ``phase2_init`` ("carry"
-    the phase-1 weights or start "fresh"), ``contiguous`` phase-2 groups.
+    the phase-1 weights or start "fresh"), ``contiguous`` phase-2 groups. ``switch``: "fixed" (phase 1
+    for exactly ``transition_epoch`` epochs, the paper's) or "adaptive" (phase 1 ends after the first
+    epoch that closes ``switch_patience`` epochs in a row in which at most ``switch_threshold`` of the
+    hidden neurons changed their argmax choice; ``transition_epoch`` is then the latest end).
     Optimisation: ``optimizer`` ("adam"/"sgd"), ``lr``, ``momentum``,
     ``weight_decay``, ``lr_schedule`` ("constant"/"cosine"), ``batch_size``,
     ``clip`` (global gradient norm; None for none). Run: ``seed``, ``device``,
@@ -122,6 +125,9 @@ class TrainConfig:
     eval_noise: bool | None = None
     clamp_grad: str | None = None
     phase2_init: str | None = None
+    switch: str = "fixed"
+    switch_threshold: float = 0.01
+    switch_patience: int = 2
     contiguous: bool = True
     seed: int = 0
     device: str = "cpu"
@@ -170,6 +176,11 @@ class TrainConfig:
                 f"--tau-final must be a number of at least {MIN_TAU:g}, got {self.tau_final}")
         require(self.clamp is None or self.clamp > 0, f"--clamp must be positive, got {self.clamp}")
         require(self.optimizer in ("adam", "sgd"), f"--optimizer must be adam or sgd, got {self.optimizer!r}")
+        require(self.switch in SWITCHES, f"--switch must be one of {', '.join(SWITCHES)}, got {self.switch!r}")
+        require(isinstance(self.switch_threshold, (int, float)) and 0 <= self.switch_threshold < 1,
+                f"--switch-threshold must lie in [0, 1), got {self.switch_threshold}")
+        require(isinstance(self.switch_patience, int) and not isinstance(self.switch_patience, bool) and self.switch_patience >= 1,
+                f"--switch-patience must be a positive integer, got {self.switch_patience}")
         require(self.lr_schedule in ("constant", "cosine"), f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
         require(self.phase2_init in ("carry", "fresh"), f"--phase2-init must be carry or fresh, got {self.phase2_init!r}")
         require(self.preset in PRESETS, f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
@@ -241,6 +252,8 @@ class TrainConfig:
 
 
 MIN_TAU = 1e-4
+#: ``--switch``: when phase 1 ends (see :class:`TrainConfig` and :class:`_Switch`).
+SWITCHES = ("fixed", "adaptive")
 MAX_WIDTH = 1 << 20
 
 #: What each ``--preset`` sets, for the options left unset: ours, and the authors'
@@ -386,6 +399,56 @@ class _Best:
         return {"epoch": self.epoch, "val_loss": self.val_loss, "val_accuracy": self.val_accuracy, "config": self.config}
 
 
+@dataclass
+class _Switch:
+    """When phase 1 ends: the adaptive switch's state (``--switch adaptive``).
+
+    After each phase-1 epoch, :meth:`observe` compares every hidden neuron's argmax
+    choice with the one at the end of the epoch before (the initial logits' before
+    the first) and counts the epochs in a row in which the share that changed was at
+    most ``threshold``; when the count reaches ``patience``, phase 1 ends with that
+    epoch (``ended``). ``transition_epoch`` stays the latest end either way, and
+    ``--switch fixed`` ends it exactly there.
+    """
+
+    threshold: float
+    patience: int
+    #: the last phase-1 epoch once decided, else None
+    ended: int | None = None
+    #: epochs in a row with at most ``threshold`` of the choices changed
+    calm: int = 0
+    #: per hidden layer, (N,) argmax choices at the end of the last epoch observed
+    choices: list[np.ndarray] = field(default_factory=list)
+
+    def changed_share(self, choices: list[np.ndarray]) -> float:
+        """The share of hidden neurons whose choice differs from :attr:`choices` (1.0 with none yet)."""
+        if len(self.choices) != len(choices):
+            return 1.0
+        changed = sum(int(np.count_nonzero(old != new)) for old, new in zip(self.choices, choices))
+        return changed / max(sum(int(c.size) for c in choices), 1)
+
+    def observe(self, epoch: int, choices: list[np.ndarray], adaptive: bool) -> float:
+        """Record the choices at the end of phase-1 epoch ``epoch``; return the share changed."""
+        share = self.changed_share(choices)
+        self.choices = [np.asarray(c, dtype=np.int64).copy() for c in choices]
+        self.calm = self.calm + 1 if share <= self.threshold else 0
+        if adaptive and self.ended is None and self.calm >= self.patience:
+            self.ended = epoch
+        return share
+
+    def meta(self) -> dict[str, Any]:
+        return {"ended": self.ended, "calm": self.calm}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f"L{i}": c for i, c in enumerate(self.choices)}
+
+    def load(self, meta: dict[str, Any] | None, arrays: dict[str, np.ndarray]) -> None:
+        meta = meta or {}  # absent before the adaptive switch: nothing observed yet
+        self.ended = None if meta.get("ended") is None else int(meta["ended"])
+        self.calm = int(meta.get("calm", 0))
+        self.choices = [np.asarray(arrays[f"L{i}"], dtype=np.int64) for i in range(len(arrays))]
+
+
 class _Run:
     """The mutable state of one training run; :func:`train` drives it."""
 
@@ -440,6 +503,9 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.best_phase1 = _Best()
         self.best = _Best()
+        self.switch = _Switch(config.switch_threshold, config.switch_patience)
+        if config.is_smartmixed:
+            self.switch.choices = [np.asarray(c, dtype=np.int64).copy() for c in self.model.choices()]
         self.stopped: str | None = None
         self.elapsed = 0.0
         #: True while the state is that of a step boundary (what a checkpoint may hold);
@@ -461,7 +527,13 @@ class _Run:
     def phase_of(self, epoch: int) -> int:
         if not self.config.is_smartmixed:
             return 2
-        return 1 if epoch <= self.config.transition_epoch else 2
+        return 1 if epoch <= self.phase1_epochs else 2
+
+    @property
+    def phase1_epochs(self) -> int:
+        """Phase 1's length: ``transition_epoch``, or fewer once the adaptive switch has ended it."""
+        ended = self.switch.ended
+        return self.config.transition_epoch if ended is None else min(ended, self.config.transition_epoch)
 
     def lr_at(self, epoch: int) -> float:
         if self.config.lr_schedule == "cosine":
@@ -490,6 +562,7 @@ class _Run:
         arrays.update({f"optim/{k}": v for k, v in optimizer_state.items() if isinstance(v, np.ndarray)})
         arrays.update({f"best/{k}": v for k, v in self.best.state.items()})
         arrays.update({f"best_phase1/{k}": v for k, v in self.best_phase1.state.items()})
+        arrays.update({f"switch/{k}": v for k, v in self.switch.arrays().items()})
         meta = {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_json(),
@@ -504,6 +577,7 @@ class _Run:
             "history": self.history,
             "best": self.best.meta(),
             "best_phase1": self.best_phase1.meta(),
+            "switch": self.switch.meta(),
             "stopped": self.stopped,
             "elapsed": self.elapsed,
             "environment": self.environment,
@@ -533,6 +607,7 @@ class _Run:
                 info = meta[key]
                 best.epoch, best.val_loss, best.val_accuracy = info["epoch"], info["val_loss"], info["val_accuracy"]
                 best.config, best.state = info["config"], _section(arrays, f"{key}/")
+            self.switch.load(meta.get("switch"), _section(arrays, "switch/"))
             self.stopped = meta.get("stopped")
             self.elapsed = float(meta.get("elapsed", 0.0))
             self.saved_at = (self.epoch, self.step_in_epoch)
@@ -869,6 +944,7 @@ def _train_loop(run: _Run, on_step: Callable | None, interrupt: dict) -> None:
             "lr": run.optimizer.lr, "tau": tau,
         }
         if run.model.phase == 1:
+            row["changed"] = run.switch.observe(epoch, run.model.choices(), adaptive=config.switch == "adaptive")
             for layer, shares in enumerate(run.model.choice_shares()):
                 for name, share in shares.items():
                     row[f"share.L{layer}.{name}"] = share
@@ -896,6 +972,8 @@ def _epoch_line(run: _Run, row: dict[str, Any]) -> None:
         + f"  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
         + f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['time_s']:.1f}s"
     )
+    if "changed" in row and config.switch == "adaptive":
+        text += f"  changed {row['changed']:.1%}" + ("  (phase 1 ends)" if run.switch.ended == row["epoch"] else "")
     if run.model.phase == 1:
         shares = run.model.choice_shares()
         top = [max(layer, key=layer.get) for layer in shares]
@@ -940,6 +1018,7 @@ def _finish(run: _Run, interrupt: dict | None = None) -> dict[str, Any]:
         "seed": config.seed,
         "epochs_run": run.epoch,
         "transition_epoch": config.transition_epoch if config.is_smartmixed else None,
+        "phase1_epochs": run.phase1_epochs if config.is_smartmixed else None,
         "selected": {"phase": selected_phase, "epoch": best.epoch},
         "best_epoch": {"phase1": run.best_phase1.epoch or None, "phase2": run.best.epoch or None},
         "val": {"loss": val["loss"], "accuracy": val["accuracy"]},
