@@ -296,8 +296,8 @@ def _add_training_options(parser: argparse.ArgumentParser, *, single_run: bool) 
                           help="when phase 1 ends: fixed (after --transition-epoch epochs, default) or adaptive (once at most "
                                "--switch-threshold of the hidden neurons changed their choice in --switch-patience epochs in a row; "
                                "--transition-epoch is then the latest end)")
-    schedule.add_argument("--switch-threshold", type=_switch_threshold, default=0.01, metavar="SHARE",
-                          help="adaptive switch: the share of choices that may still change per epoch (default: 0.01)")
+    schedule.add_argument("--switch-threshold", type=_switch_threshold, default=0.1, metavar="SHARE",
+                          help="adaptive switch: the share of hidden neurons whose choice may still change per epoch (default: 0.1)")
     schedule.add_argument("--switch-patience", type=_switch_patience, default=2, metavar="N",
                           help="adaptive switch: epochs in a row at or below the threshold (default: 2)")
     schedule.add_argument("--phase2-init", choices=("carry", "fresh"), default=None,

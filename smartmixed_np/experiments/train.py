@@ -126,7 +126,7 @@ class TrainConfig:
     clamp_grad: str | None = None
     phase2_init: str | None = None
     switch: str = "fixed"
-    switch_threshold: float = 0.01
+    switch_threshold: float = 0.1
     switch_patience: int = 2
     contiguous: bool = True
     seed: int = 0
