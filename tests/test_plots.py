@@ -223,6 +223,30 @@ def test_plot_comparison(tmp_path):
     assert_png(plots.plot_comparison(runs, tmp_path / "comparison.png"))
 
 
+def _recipe_run(epochs, switch, peak, seed):
+    rng = np.random.default_rng(seed)
+    history = [{"epoch": e, "phase": 1 if e <= switch else 2, "val_acc": peak - 0.3 / e + 0.002 * rng.standard_normal()}
+               for e in range(1, epochs + 1)]
+    return {"history": history, "test_accuracy": peak - 0.001 * seed}
+
+
+def test_plot_recipes_draws_seeds_of_unequal_lengths_on_a_log_axis(tmp_path):
+    recipes = {
+        "400 epochs": [_recipe_run(400, 50, 0.965, s) for s in range(3)],
+        "fast": [_recipe_run(40, 12 + s, 0.968, s) for s in range(2)] + [_recipe_run(33, 20, 0.966, 9)],
+    }
+    image = assert_png(plots.plot_recipes(recipes, tmp_path / "recipes.png", target=0.963))
+    assert image.shape[1] > image.shape[0]
+    assert_png(plots.plot_recipes({"short": [_recipe_run(5, 2, 0.9, 0)]}, tmp_path / "short.png"))
+
+
+@pytest.mark.parametrize("recipes", [{}, {"none": []}])
+def test_plot_recipes_refuses_nothing_to_plot(tmp_path, recipes):
+    with pytest.raises(ValueError, match="nothing to plot"):
+        plots.plot_recipes(recipes, tmp_path / "empty.png")
+    assert not (tmp_path / "empty.png").exists()
+
+
 def test_figures_can_be_drawn_from_threads(tmp_path):
     errors = []
 

@@ -68,6 +68,7 @@ __all__ = [
     "plot_share_evolution",
     "plot_choice_map",
     "plot_comparison",
+    "plot_recipes",
     "write_run_figures",
 ]
 
@@ -751,6 +752,106 @@ def plot_comparison(
     ax_bar.grid(True, axis="y", alpha=0.3)
     ax_bar.set_axisbelow(True)
     fig.suptitle(title or "Run comparison", fontsize=13)
+    return save_png(fig, path, dpi)
+
+
+def plot_recipes(
+    recipes: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | os.PathLike,
+    title: str | None = None,
+    *,
+    target: float | None = None,
+    dpi: int = DPI,
+) -> Path:
+    """Training recipes side by side, each over its seeds.
+
+    Left: validation accuracy per epoch, the mean over a recipe's seeds as a line and
+    their range shaded, a dashed tick of the recipe's colour where each seed's phase 2
+    starts; the epoch axis is logarithmic when the longest recipe runs over 100
+    epochs (a 40-epoch recipe beside a 400-epoch one). Right: each seed's test accuracy
+    as a dot and their mean as a line, per recipe; ``target`` draws a horizontal line
+    (for example, a recipe's mean less a tolerance).
+
+    Args:
+        recipes: ``{label: [{"history": [...], "test_accuracy": float}, ...]}``, one
+            entry per seed, in the order to show; histories are a run's rows
+            (``epoch``, ``phase``, ``val_acc``). Seeds may have run different lengths:
+            the mean at an epoch is over the seeds that reached it.
+        path: where the PNG goes.
+        title: figure title.
+        target: a test accuracy to mark, or None.
+    """
+    if not recipes or not all(recipes.values()):
+        raise ValueError("recipes is empty, or a recipe has no runs: nothing to plot")
+    labels = list(recipes)
+    palette = ["#1f4e9c", "#d95f02", "#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#a6761d", "#666666"]
+    colors = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
+    fig = new_figure(12.0, 4.8)
+    ax_curve, ax_bar = fig.subplots(1, 2, width_ratios=[1.8, 1.0])
+    longest, floor, ceiling = 1, math.inf, -math.inf
+    for label in labels:
+        runs = recipes[label]
+        span = max(len(run.get("history") or []) for run in runs)
+        longest = max(longest, span)
+        grid = np.full((len(runs), span), np.nan)
+        for i, run in enumerate(runs):
+            values = _column(list(run.get("history") or []), "val_acc")
+            grid[i, : values.size] = values
+        epochs = np.arange(1, span + 1)
+        with np.errstate(all="ignore"):
+            reached = np.isfinite(grid).any(axis=0)
+            mean = np.where(reached, np.nanmean(np.where(np.isfinite(grid), grid, np.nan), axis=0), np.nan)
+            low, high = np.nanmin(grid, axis=0), np.nanmax(grid, axis=0)
+        ax_curve.plot(epochs, mean, color=colors[label], linewidth=1.6, label=f"{label} ({len(runs)} seeds)")
+        if np.isfinite(mean).any():  # the view starts at epoch 5's mean: the first epochs' climb would flatten the rest
+            floor = min(floor, float(mean[min(4, span - 1)]) if np.isfinite(mean[min(4, span - 1)]) else float(np.nanmin(mean)))
+            ceiling = max(ceiling, float(np.nanmax(high)))
+        ax_curve.fill_between(epochs, low, high, color=colors[label], alpha=0.18, linewidth=0)
+        for run in runs:
+            history = list(run.get("history") or [])
+            boundary = _phase_boundary(history, _epochs(history), None)
+            if boundary is not None:
+                ax_curve.axvline(boundary, ymin=0.92, ymax=1.0, color=colors[label], linestyle="--", linewidth=1.2)
+    if longest > 100:
+        ax_curve.set_xscale("log")
+        ax_curve.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    else:
+        _integer_epochs(ax_curve, np.arange(1, longest + 1, dtype=np.float64))
+    if math.isfinite(floor) and ceiling > floor:
+        ax_curve.set_ylim(floor - 0.05 * (ceiling - floor), ceiling + 0.12 * (ceiling - floor))
+    ax_curve.plot([], [], "--", color="0.35", label="phase 2 starts (a tick at the top per seed)")
+    ax_curve.set_title("Validation accuracy (mean over seeds, range shaded)")
+    ax_curve.set_xlabel("epoch" + (" (log scale)" if longest > 100 else ""))
+    ax_curve.set_ylabel("validation accuracy")
+    percent_ticks(ax_curve.yaxis)
+    ax_curve.grid(True, alpha=0.3, which="both")
+    ax_curve.legend(loc="lower right", fontsize=9, framealpha=0.9)
+
+    tests = {label: np.array([_num(run.get("test_accuracy")) for run in recipes[label]]) for label in labels}
+    means = {label: float(np.nanmean(v)) if np.isfinite(v).any() else math.nan for label, v in tests.items()}
+    finite = np.concatenate([v[np.isfinite(v)] for v in tests.values()] + [np.array([target] if target is not None else [])])
+    for x, label in enumerate(labels):
+        if math.isfinite(means[label]):
+            ax_bar.hlines(means[label], x - 0.3, x + 0.3, color=colors[label], linewidth=2.5)
+            ax_bar.annotate(f"{100 * means[label]:.2f}%", (x + 0.3, means[label]), xytext=(4, 0), textcoords="offset points",
+                            ha="left", va="center", fontsize=10, fontweight="bold", color=colors[label])
+        values = tests[label]
+        ax_bar.scatter(np.full(values.size, x) + np.linspace(-0.12, 0.12, values.size), values, color=colors[label], zorder=3, s=22)
+    if target is not None:
+        ax_bar.axhline(target, color="0.25", linestyle=":", linewidth=1.3, label=f"target {100 * target:.2f}%")
+        ax_bar.legend(loc="lower right", fontsize=9)
+    if finite.size:
+        spread = max(float(np.ptp(finite)), 0.002)
+        ax_bar.set_ylim(float(finite.min()) - 1.5 * spread, float(finite.max()) + 1.0 * spread)
+    ax_bar.set_xticks(range(len(labels)), labels, rotation=15 if max(map(len, labels)) > 14 else 0)
+    percent_ticks(ax_bar.yaxis)
+    ax_bar.set_ylabel("test accuracy")
+    ax_bar.set_xlim(-0.6, len(labels) - 0.4 + 0.35)
+    ax_bar.set_title("Test accuracy (dots: seeds; line: mean)")
+    ax_bar.spines[["top", "right"]].set_visible(False)
+    ax_bar.grid(True, axis="y", alpha=0.3)
+    ax_bar.set_axisbelow(True)
+    fig.suptitle(title or "Recipes compared", fontsize=13)
     return save_png(fig, path, dpi)
 
 
