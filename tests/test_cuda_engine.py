@@ -1,0 +1,537 @@
+"""The CUDA kernel engine (smartmixed_np/fast/cuda.py) and its wiring in nn/engines.py and nn/optim.py.
+
+Here, without CuPy: the one table that both the CUDA C and the NumPy twins are generated from,
+its twins against core/activations (bitwise, clamp edges included); the switch; the fallback
+(a fake array module whose kernels fail to build, or return wrong numbers: one warning, the
+plain path); the CPU always plain; and the Python glue of every kernel call, run end to end
+against an *emulating* fake array module whose kernels are written here from their contracts.
+
+With a GPU (``pytest.importorskip("cupy")`` and a device; skipped otherwise): every kernel against
+the reference on CuPy arrays, values and gradients, float32 and float64; the self-check; training
+steps with the kernels on against the plain path; no host synchronisation inside a step.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+import types
+import warnings
+
+import numpy as np
+import pytest
+
+from smartmixed_np.backend import Backend, BackendUnavailableError, SeededRNG, get_backend, to_host
+from smartmixed_np.core.activations import clamp_limits, get_activation, resolve_pool
+from smartmixed_np.core.optim import adam_update_reference
+from smartmixed_np.core.phase1 import mixture_backward, mixture_forward
+from smartmixed_np.core.phase2 import fixed_backward, fixed_forward, make_groups
+from smartmixed_np.fast import cuda
+from smartmixed_np.nn.engines import phase1_engine, phase2_engine
+from smartmixed_np.nn.layers import FixedMixedActivation, SmartMixedActivation
+from smartmixed_np.nn.optim import Adam
+
+POOL = resolve_pool(None)
+FLOATS = (np.float32, np.float64)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_switch():
+    """Every test starts with the switch following the environment and no kernels built."""
+    cuda.enable(None)
+    cuda.reset()
+    yield
+    cuda.enable(None)
+    cuda.reset()
+
+
+def _z(dtype, rng, size=4000, scale=6.0):
+    """Random pre-activations with the kinks, signed zeros, large values and tiny ones among them."""
+    z = (rng.standard_normal(size) * scale).astype(dtype)
+    z[:8] = [0.0, -0.0, 40.0, -40.0, 1e-30, -1e-30, 700.0 if dtype == np.float64 else 80.0, -700.0 if dtype == np.float64 else -80.0]
+    return z
+
+
+# --------------------------------------------------------------------------- the one table
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("name", [spec.name for spec in cuda.ACTIVATION_SPECS])
+def test_numpy_twin_is_the_reference_bitwise(name, dtype):
+    activation = get_activation(name)
+    twin = cuda.numpy_twin(name)
+    z = _z(dtype, np.random.default_rng(1))
+    a = activation.forward(z)
+    assert twin.forward(z).dtype == z.dtype and twin.derivative(z, a).dtype == z.dtype
+    np.testing.assert_array_equal(twin.forward(z), a)
+    np.testing.assert_array_equal(twin.derivative(z, a), activation.derivative(z, a))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("clamp", [None, 0.5, 1.0, 1.5, 10.0])
+@pytest.mark.parametrize("name", [spec.name for spec in cuda.ACTIVATION_SPECS])
+def test_clamped_twin_is_the_phase2_reference_at_the_clamp_edges(name, clamp, dtype):
+    """clip(f(z)) and da f'(z) [lo < a < hi] (the open gradient) as fixed_forward/fixed_backward
+    compute them, with inputs whose output lies exactly at an edge (their gradient is zero)."""
+    activation = get_activation(name)
+    rng = np.random.default_rng(2)
+    z = _z(dtype, rng, size=600, scale=3.0)
+    if clamp is not None:  # inputs at which relu, leaky_relu, elu give exactly +-clamp
+        z[8:12] = [clamp, -clamp / 0.01, 2 * clamp, -2 * clamp]
+    z = z.reshape(60, 10)
+    da = rng.standard_normal(z.shape).astype(dtype)
+    groups = make_groups(np.zeros(10, dtype=np.int64), [activation], get_backend("cpu"), contiguous=True, clamp=clamp)
+    a_ref, cache = fixed_forward(z, groups)
+    dz_ref = fixed_backward(da, cache, groups)
+    lo, hi = clamp_limits(activation, clamp)
+    lo, hi = (-math.inf if lo is None else lo), (math.inf if hi is None else hi)
+    twin = cuda.numpy_twin(name)
+    a = twin.clamped_forward(z, lo, hi)
+    np.testing.assert_array_equal(a, a_ref)
+    np.testing.assert_array_equal(twin.clamped_backward(da, z, a, lo, hi), dz_ref)
+    if clamp is not None and hi < math.inf:
+        at_edge = a_ref == hi
+        assert not np.any(twin.clamped_backward(da, z, a, lo, hi)[at_edge])
+
+
+def test_c_and_numpy_twins_come_from_one_table():
+    """The compiled preamble is regenerated from the table as it stands, each spec's C is in it,
+    and a change planted in one spec changes both its C and its NumPy twin."""
+    assert cuda._PREAMBLE == cuda._preamble()
+    for spec in cuda.ACTIVATION_SPECS:
+        assert f"case {spec.code}: {{ {cuda.render_c(spec.forward, 'f')} break; }}" in cuda._PREAMBLE
+        assert f"case {spec.code}: {{ {cuda.render_c(spec.derivative, 'd')} break; }}" in cuda._PREAMBLE
+    assert sorted(s.code for s in cuda.ACTIVATION_SPECS) == list(range(len(cuda.ACTIVATION_SPECS)))
+    # no kernel carries an activation formula of its own: they all go through the preamble's functions
+    for kind, args in cuda._KERNEL_SPECS.values():
+        operation = args[2]
+        assert "tanh" not in operation and "expm1" not in operation
+    tanh = next(s for s in cuda.ACTIVATION_SPECS if s.name == "tanh")
+    planted = dataclasses.replace(tanh, derivative="1 - a * a * a")
+    assert cuda.render_c(planted.derivative, "d") != cuda.render_c(tanh.derivative, "d")
+    twin = cuda._numpy_function(planted.derivative, ["z", "a"])
+    z = np.linspace(-2, 2, 9)
+    assert not np.array_equal(twin(z, np.tanh(z)), get_activation("tanh").derivative(z, np.tanh(z)))
+
+
+def test_c_rendering_rounds_every_constant_to_the_dtype():
+    c = cuda.render_c("where(z > 0, z, z * LEAKY_SLOPE)", "f")
+    assert c == "f = ((z > ((Real)0.0)) ? z : (z * ((Real)0.01)));"
+    assert cuda.render_c("e = exp(-abs(z))\ne / (1 + e)", "f") == (
+        "const Real e = exp((-fabs(z))); f = (e / (((Real)1.0) + e));")
+    assert "_sm_inf<Real>()" in cuda.render_c(cuda.CLAMP_BACKWARD, "d")
+
+
+@pytest.mark.parametrize("formula", ["sin(z)", "z ** 2", "z if z else a", "where(z, a)", "f(z)\nz = 1", "x.y", "True"])
+def test_the_expression_language_refuses_what_it_does_not_know(formula):
+    with pytest.raises((ValueError, SyntaxError)):
+        cuda.render_c(formula, "f")
+
+
+def test_codes_only_for_the_six_registered_builtins():
+    assert [cuda.activation_code(a) for a in POOL] == [0, 1, 2, 3, 4, 5]
+    assert not cuda.has_code(get_activation("gelu"))
+    with pytest.raises(ValueError):
+        cuda.activation_code(get_activation("softplus"))
+
+
+# --------------------------------------------------------------------------- fake array modules
+def _params(text):
+    """Names of a kernel's parameters, in order ("raw T x, int32 K" -> ["x", "K"])."""
+    return [part.split()[-1] for part in text.split(",") if part.strip()]
+
+
+class _FakeXP(types.SimpleNamespace):
+    """numpy, plus kernel factories given by the test, and a counter of kernels built."""
+
+    def __init__(self, elementwise, reduction):
+        super().__init__(ElementwiseKernel=elementwise, ReductionKernel=reduction, built=[])
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def _fake_backend(xp, name="fake-gpu"):
+    return Backend(name=name, device="gpu", xp=xp, array_type=np.ndarray, _to_device=lambda a: np.array(a),
+                   _to_host=lambda a: np.array(a))
+
+
+def _raising_xp():
+    xp = None
+
+    def elementwise(*args, **kwargs):
+        xp.built.append(kwargs.get("name"))
+        raise RuntimeError("nvrtc: error: planted compile failure")
+
+    xp = _FakeXP(elementwise, elementwise)
+    return xp
+
+
+def _wrong_xp():
+    """Kernels that build and run, and write 42 into every output."""
+    xp = None
+
+    class Wrong:
+        def __init__(self, in_params, out_params, *rest, name="", **kwargs):
+            xp.built.append(name)
+            self.nin = len(_params(in_params))
+
+        def __call__(self, *args, size=None, axis=None):
+            if axis is not None:  # a reduction: the broadcast shape without the axis
+                shape = np.broadcast_shapes(*(np.shape(a) for a in args))
+                return np.full(shape[:axis] + shape[axis + 1:], 42.0, dtype=args[0].dtype)
+            for out in args[self.nin:]:
+                out[...] = 42
+            return args[-1]
+
+    xp = _FakeXP(Wrong, Wrong)
+    return xp
+
+
+def _layer_engines(backend):
+    choices = np.array([0, 1, 2, 3, 4, 5, 0, 2], dtype=np.int64)
+    groups = make_groups(choices, POOL, backend, contiguous=False, clamp=10.0)
+    return (phase2_engine(choices, POOL, groups, backend, 10.0), phase1_engine(POOL, True, "shared", backend),
+            cuda.kernels_for(backend))
+
+
+@pytest.mark.parametrize("make_xp, why", [(_raising_xp, "planted compile failure"), (_wrong_xp, "differs from the reference")])
+def test_a_kernel_that_fails_or_disagrees_falls_back_with_one_warning(make_xp, why):
+    cuda.enable(True)
+    backend = _fake_backend(make_xp())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        phase2, phase1, kernels = _layer_engines(backend)
+        again = _layer_engines(backend)  # a second network: checked already, no second warning
+    ours = [w for w in caught if issubclass(w.category, cuda.CudaKernelWarning)]
+    assert len(ours) == 1, [str(w.message) for w in caught]
+    message = str(ours[0].message)
+    assert "\n" not in message and "phase2_forward" in message and why in message
+    assert phase2.name == again[0].name == "fused" and phase1.name == again[1].name == "fused"
+    assert not any(kernels.usable(family) for family in cuda.Kernels.FAMILIES)
+    assert "plain" in cuda.status()
+
+
+def test_switched_off_the_kernels_are_never_built(monkeypatch):
+    xp = _wrong_xp()
+    backend = _fake_backend(xp)
+    monkeypatch.setenv(cuda.KERNELS_ENV, "0")
+    phase2, phase1, kernels = _layer_engines(backend)
+    assert kernels is None and phase2.name == "fused" and phase1.name == "fused" and xp.built == []
+    cuda.enable(True)
+    assert cuda.enabled()
+    cuda.enable(False)
+    monkeypatch.setenv(cuda.KERNELS_ENV, "1")
+    assert not cuda.enabled() and cuda.kernels_for(backend) is None and xp.built == []
+    cuda.enable(None)
+    assert cuda.enabled() and "on" in cuda.status()
+    monkeypatch.setenv(cuda.KERNELS_ENV, "off")
+    assert not cuda.enabled() and cuda.status().startswith("off")
+
+
+@pytest.mark.parametrize("device", ["cpu", "strict"])
+def test_the_cpu_takes_the_plain_path_whatever_the_switch_says(device, monkeypatch):
+    monkeypatch.setenv(cuda.KERNELS_ENV, "1")
+    cuda.enable(True)
+    backend = get_backend(device)
+    layer = FixedMixedActivation(np.array([0, 3, 1, 0]), clamp=10.0, backend=backend)
+    assert layer.engine.name in ("fused", "compiled")
+    logits = backend.asarray(np.zeros((4, len(POOL)), dtype=np.float32))
+    act = SmartMixedActivation(logits, rng=SeededRNG(0))
+    assert act.engine.name in ("fused", "compiled")
+    assert Adam({"w": backend.asarray(np.ones(3, dtype=np.float32))}).cuda is None
+    assert cuda.kernels_for(backend) is None
+
+
+# --------------------------------------------------------------------------- the glue, end to end on an emulation
+def _coded(function, code, *arrays):
+    """``function(*arrays)`` of each neuron's own activation (``code`` broadcast against the arrays)."""
+    shape = np.broadcast_shapes(*(np.shape(a) for a in (code,) + arrays))
+    out = np.zeros(shape, dtype=arrays[0].dtype)
+    for spec in cuda.ACTIVATION_SPECS:
+        twin = cuda.numpy_twin(spec.name)
+        with np.errstate(all="ignore"):
+            value = getattr(twin, function)(*(np.broadcast_to(a, shape) for a in arrays))
+        out = np.where(np.broadcast_to(code, shape) == spec.code, value, out)
+    return out
+
+
+def _emulated(name, args):
+    """Each kernel's contract, written here in NumPy from its docstring (not from its C)."""
+    if name == "phase2_forward":
+        z, code, lo, hi, a = args
+        a[...] = _coded("clamped_forward", code, z, lo, hi)
+    elif name == "phase2_backward":
+        da, z, a, code, lo, hi, dz = args
+        dz[...] = _coded("clamped_backward", code, da, z, a, lo, hi)
+    elif name == "phase1_weights":
+        logits, noise, has_noise, count, tau, weights, selected = args
+        s = (logits + noise if has_noise else logits) / tau
+        e = np.exp(s - s.max(axis=1, keepdims=True))
+        weights[...] = e / e.sum(axis=1, keepdims=True)
+        selected[...] = weights.argmax(axis=1)
+    elif name == "phase1_forward":
+        z, sel, codes, lo, hi, out = args
+        out[...] = _coded("clamped_forward", codes[sel], z, lo[sel], hi[sel])
+    elif name == "phase1_dz":
+        dout, z, a, sel, codes, lo, hi, dz = args
+        dz[...] = _coded("clamped_backward", codes[sel], dout, z, a, lo[sel], hi[sel])
+    elif name == "phase1_dlogits":
+        dy, weights, count, width, tau, dlogits = args
+        dyT = dy.reshape(count, width).T
+        dlogits[...] = weights * (dyT - (weights * dyT).sum(axis=1, keepdims=True)) / tau
+    elif name == "adam":
+        g, scale, beta1, omb1, beta2, omb2, r, eps, step, wd, p, m, v = args
+        g = g * scale[0] + (wd * p if wd else 0)
+        m[...] = m * beta1 + g * omb1
+        v[...] = v * beta2 + (g * g) * omb2
+        p[...] = p - (m / (np.sqrt(v) * r + eps)) * step
+    else:  # pragma: no cover - a kernel this emulation does not know
+        raise AssertionError(name)
+
+
+def _emulating_xp():
+    xp = None
+
+    class Emulated:
+        def __init__(self, in_params, out_params, operation, *rest, name="", preamble="", options=()):
+            xp.built.append(name)
+            assert name.startswith("smartmixed_") and "--fmad=false" in options and "_sm_forward" in preamble
+            self.name, self.nin, self.nout = name[len("smartmixed_"):], len(_params(in_params)), len(_params(out_params))
+
+        def __call__(self, *args, size=None, axis=None):
+            if self.name == "phase1_dy":
+                dout, z, code, lo, hi = args
+                assert axis == 1 and code.shape == lo.shape == hi.shape and code.shape[1:] == (1, 1)
+                return (dout * _coded("clamped_forward", code, z, lo, hi)).sum(axis=1)
+            assert len(args) == self.nin + self.nout, f"{self.name}: {len(args)} arguments for {self.nin} in + {self.nout} out"
+            _emulated(self.name, args)
+            return args[-1]
+
+    xp = _FakeXP(Emulated, Emulated)
+    return xp
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_the_engines_glue_runs_every_kernel_as_its_contract_says(dtype):
+    """On the emulating fake GPU the self-check passes silently, the engines are the kernels', and
+    a masked phase-2 layer, a phase-1 layer (noise and none) and Adam give the reference's numbers."""
+    cuda.enable(True)
+    backend = _fake_backend(_emulating_xp())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cuda.CudaKernelWarning)
+        phase2, phase1, kernels = _layer_engines(backend)
+    assert phase2.name == "cuda" and phase1.name == "cuda" and kernels.usable("adam")
+    rng = np.random.default_rng(3)
+    choices = np.array([0, 1, 2, 3, 4, 5, 0, 2, 5, 5], dtype=np.int64)
+    groups = make_groups(choices, POOL, backend, contiguous=False, clamp=1.5)
+    engine = phase2_engine(choices, POOL, groups, backend, 1.5)
+    assert engine.name == "cuda"
+    zT = rng.normal(0, 2.5, (10, 16)).astype(dtype)  # feature-major, as the networks keep it
+    z, da = zT.T, rng.normal(0, 1, (16, 10)).astype(dtype)
+    a, cache = engine.forward(z)
+    a_ref, cache_ref = fixed_forward(z, groups)
+    np.testing.assert_array_equal(a, a_ref)
+    assert a.T.flags.c_contiguous
+    np.testing.assert_array_equal(engine.backward(da, cache), fixed_backward(da, cache_ref, groups))
+
+    mixture = phase1_engine(POOL, True, "shared", backend)
+    logits = rng.normal(0, 1, (10, len(POOL))).astype(dtype)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for noise in (rng.gumbel(size=(10, len(POOL))).astype(dtype), None):
+        out, mcache = mixture.forward(z, logits, noise, tau=0.7, clamp=1.5)
+        out_ref, mcache_ref = mixture_forward(z, logits, noise, POOL, tau=0.7, hard=True, clamp=1.5)
+        assert isinstance(mcache, cuda.KernelMixtureCache) and mcache.candidates is None
+        np.testing.assert_array_equal(mcache.selected, mcache_ref.selected)
+        np.testing.assert_array_equal(out, out_ref)
+        dz, dlogits = mixture.backward(da, mcache)
+        dz_ref, dlogits_ref = mixture_backward(da, mcache_ref, POOL)
+        np.testing.assert_array_equal(dz, dz_ref)
+        np.testing.assert_allclose(dlogits, dlogits_ref, rtol=rtol, atol=rtol)
+    per_sample = rng.gumbel(size=(16, 10, len(POOL))).astype(dtype)  # a replay: the plain engine's
+    out, mcache = mixture.forward(z, logits, per_sample, tau=0.7, clamp=1.5)
+    assert not isinstance(mcache, cuda.KernelMixtureCache)
+
+    p, g, m, v = (rng.normal(0, 1, 7).astype(dtype) for _ in range(4))
+    v = np.abs(v)
+    mine, ref = [x.copy() for x in (p, g, m, v)], [x.copy() for x in (p, g, m, v)]
+    settings = dict(beta1=0.9, beta2=0.999, eps=1e-8, step_size=1e-3, inv_sqrt_bc2=1.2, weight_decay=0.1)
+    cuda.adam_update(kernels, *mine, scale=np.asarray(0.5, dtype=dtype), **settings)
+    adam_update_reference(*ref, scratch=np.empty_like(p), scale=np.asarray(0.5, dtype=dtype), **settings)
+    for got, want in zip(mine, ref):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_device_gumbel_draws_from_the_device_and_keeps_the_host_state():
+    class RandomState:
+        def __init__(self, seed):
+            self.generator = np.random.default_rng(seed)
+
+        def gumbel(self, size, dtype):
+            return self.generator.gumbel(size=size).astype(dtype)
+
+    xp = _FakeXP(None, None)
+    xp.random = types.SimpleNamespace(RandomState=RandomState)
+    backend = _fake_backend(xp)
+    host = SeededRNG(5)
+    stream = cuda.DeviceGumbel(host, backend)
+    noise = stream.gumbel((3, 6), np.float32, backend)
+    assert noise.shape == (3, 6) and noise.dtype == np.float32
+    state = host.state
+    assert stream.state == state and stream.generator is host.generator
+    stream.gumbel((3, 6), np.float32, backend)
+    assert host.state == state  # device draws leave the host stream alone
+    assert copy.deepcopy(stream).state == state
+    assert stream.gumbel((2, 2), np.float64, get_backend("cpu")).dtype == np.float64  # another backend: the host's
+
+
+# --------------------------------------------------------------------------- on a GPU
+@pytest.fixture(scope="module")
+def gpu():
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: the GPU tests run on a machine with one")
+    try:
+        backend = get_backend("gpu")
+    except BackendUnavailableError as err:
+        pytest.skip(f"no usable CUDA device: {err}")
+    return backend, cupy
+
+
+@pytest.fixture
+def kernels(gpu):
+    return cuda.Kernels(gpu[0])
+
+
+def _close(got, want, dtype, kind="elementwise"):
+    rtol, atol = cuda.TOLERANCES[kind][np.dtype(dtype)]
+    np.testing.assert_allclose(to_host(got), to_host(want), rtol=rtol, atol=atol)
+
+
+def test_gpu_self_check_passes(kernels):
+    assert cuda.self_check(kernels) == {}
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("clamp", [None, 1.5, 10.0])
+@pytest.mark.parametrize("contiguous", [False, True])
+def test_gpu_phase2_kernels_are_the_reference(kernels, gpu, dtype, clamp, contiguous):
+    backend = gpu[0]
+    rng = np.random.default_rng(4)
+    choices = np.sort(rng.integers(0, len(POOL), 300)) if contiguous else rng.integers(0, len(POOL), 300)
+    groups = make_groups(choices, POOL, backend, contiguous=contiguous, clamp=clamp)
+    table = kernels.neuron_table(choices, POOL, clamp, dtype)
+    z = backend.asarray(_z(dtype, rng, size=64 * 300, scale=4.0).reshape(300, 64)).T  # feature-major
+    da = backend.asarray(rng.standard_normal((64, 300)).astype(dtype))
+    a_ref, cache = fixed_forward(z, groups)
+    a = cuda.coded_forward(kernels, z, table)
+    _close(a, a_ref, dtype)
+    _close(cuda.coded_backward(kernels, da, z, a_ref, table), fixed_backward(da, cache, groups), dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("with_noise", [True, False])
+def test_gpu_phase1_kernels_are_the_reference(kernels, gpu, dtype, with_noise):
+    backend = gpu[0]
+    rng = np.random.default_rng(5)
+    batch, width = 128, 257
+    z = backend.asarray(rng.normal(0, 4, (width, batch)).astype(dtype)).T
+    dout = backend.asarray(rng.normal(0, 1, (batch, width)).astype(dtype))
+    logits = backend.asarray(rng.normal(0, 1, (width, len(POOL))).astype(dtype))
+    noise = backend.asarray(rng.gumbel(size=(width, len(POOL))).astype(dtype)) if with_noise else None
+    table = kernels.candidate_table(POOL, 10.0, dtype)
+    out_ref, cache_ref = mixture_forward(z, logits, noise, POOL, tau=0.3, hard=True, clamp=10.0)
+    out, cache = cuda.phase1_forward(kernels, z, logits, noise, table, tau=0.3, clamp=10.0)
+    np.testing.assert_array_equal(to_host(cache.selected), to_host(cache_ref.selected))
+    _close(cache.weights, cache_ref.weights, dtype, "reduction")
+    _close(out, out_ref, dtype)
+    dz_ref, dlogits_ref = mixture_backward(dout, cache_ref, POOL)
+    dz, dlogits = cuda.phase1_backward(kernels, dout, cache)
+    _close(dz, dz_ref, dtype)
+    _close(dlogits, dlogits_ref, dtype, "reduction")
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("scale", ["device", None, 0.25])
+def test_gpu_adam_kernel_is_the_reference(kernels, gpu, dtype, scale):
+    backend = gpu[0]
+    rng = np.random.default_rng(6)
+    host = [rng.normal(0, 1, (129, 65)).astype(dtype) for _ in range(3)] + [rng.uniform(0, 1, (129, 65)).astype(dtype)]
+    mine, ref = [backend.asarray(h) for h in host], [backend.asarray(h) for h in host]
+    factor = backend.asarray(np.asarray(0.6, dtype=dtype)) if scale == "device" else scale
+    settings = dict(beta1=0.9, beta2=0.999, eps=1e-8, step_size=1e-3 / (1 - 0.9**5),
+                    inv_sqrt_bc2=1 / math.sqrt(1 - 0.999**5), weight_decay=0.0 if scale else 0.01)
+    cuda.adam_update(kernels, *mine, scale=factor, **settings)
+    adam_update_reference(*ref, scratch=backend.xp.empty_like(ref[0]), scale=factor, **settings)
+    for got, want in zip(mine, ref):
+        _close(got, want, dtype)
+
+
+def _train(device, kernels_on, dtype, steps, activation="smartmixed"):
+    from smartmixed_np.nn.mlp import MLP
+    from smartmixed_np.nn.step import train_step
+
+    cuda.enable(kernels_on)
+    cuda.reset()
+    model = MLP([20, 33, 17, 5], activation, seed=3, device=device, dtype=dtype)
+    optimizer = Adam(model.parameters(), lr=1e-2)
+    backend = model.backend
+    rng = np.random.default_rng(7)
+    x = backend.asarray(rng.standard_normal((64, 20)).astype(dtype))
+    y = backend.asarray(rng.integers(0, 5, 64))
+    losses = [float(train_step(model, optimizer, x, y, clip=1.0)[0]) for _ in range(steps)]
+    return model, optimizer, losses
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gpu_training_steps_with_the_kernels_follow_the_plain_path(gpu, dtype):
+    model, optimizer, losses = _train("gpu", True, dtype, 6)
+    assert all(act.engine.name == "cuda" for act in model.activations if hasattr(act, "engine"))
+    assert optimizer.cuda is not None
+    plain_model, plain_optimizer, plain = _train("gpu", False, dtype, 6)
+    assert plain_optimizer.cuda is None
+    assert all(act.engine.name != "cuda" for act in plain_model.activations if hasattr(act, "engine"))
+    np.testing.assert_allclose(losses, plain, rtol=1e-4 if dtype == "float32" else 1e-10)
+    for name, p in model.parameters().items():
+        np.testing.assert_allclose(to_host(p), to_host(plain_model.parameters()[name]),
+                                   rtol=1e-3 if dtype == "float32" else 1e-9, atol=1e-5 if dtype == "float32" else 1e-12)
+
+
+_SPIN = r"""
+extern "C" __global__ void smartmixed_spin(long long cycles) {
+    const long long start = clock64();
+    while (clock64() - start < cycles) { }
+}
+"""
+
+
+@pytest.mark.parametrize("activation", ["smartmixed", "relu"])
+def test_gpu_a_step_with_the_kernels_never_waits_for_the_device(gpu, activation):
+    """Queue half a second of device work, then take a step: if the step returned while that work
+    is still running, nothing in it waited for the GPU (phase 1 draws its noise on the device here:
+    the host stream's copy to the device is outside what the kernels can change)."""
+    from smartmixed_np.nn.mlp import MLP
+    from smartmixed_np.nn.step import train_step
+
+    backend, cupy = gpu
+    cuda.enable(True)
+    cuda.reset()
+    model = MLP([20, 33, 17, 5], activation, seed=3, device="gpu")
+    for act in model.activations:
+        if isinstance(act, SmartMixedActivation):
+            act.rng = cuda.DeviceGumbel(act.rng, backend)
+    optimizer = Adam(model.parameters(), lr=1e-2)
+    rng = np.random.default_rng(8)
+    x = backend.asarray(rng.standard_normal((64, 20)).astype(np.float32))
+    y = backend.asarray(rng.integers(0, 5, 64))
+    grads = model.gradients()
+    for _ in range(3):  # compile and fill the memory pool
+        train_step(model, optimizer, x, y, clip=1.0, grads=grads)
+    backend.synchronize()
+    spin = cupy.RawKernel(_SPIN, "smartmixed_spin")
+    rate_khz = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["clockRate"]
+    spin((1,), (1,), (np.int64(rate_khz * 1000 // 2),))  # about half a second
+    start = time.perf_counter()
+    train_step(model, optimizer, x, y, clip=1.0, grads=grads)
+    host_time = time.perf_counter() - start
+    still_busy = not cupy.cuda.get_current_stream().done
+    backend.synchronize()
+    assert still_busy, f"the step waited for the device (it took {host_time:.3f} s on the host)"
