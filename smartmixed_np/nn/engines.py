@@ -20,6 +20,9 @@ Phase 2 (one frozen activation per neuron):
   :class:`GroupedCache`. NumPy or CuPy.
 * :class:`CompiledGroups`: the compiled group loops (:mod:`smartmixed_np.fast.compiled`):
   every group in one pass, each neuron's row read where it lies. Host arrays.
+* :class:`CudaGroups`: the CUDA kernels (:mod:`smartmixed_np.fast.cuda`), one launch each
+  way for the whole layer, each neuron's activation read from its code. CuPy, with the
+  kernels switched on (``SMARTMIXED_CUDA_KERNELS=1``) and self-checked; off by default.
 
 Phase 1 (training passes; an evaluation pass runs the layer's frozen phase-2 layer):
 
@@ -30,6 +33,9 @@ Phase 1 (training passes; an evaluation pass runs the layer's frozen phase-2 lay
   no noise, built-ins.
 * :class:`CompiledMixture`: the same forward; the backward by
   :func:`~smartmixed_np.fast.phase1.mixture_backward_compiled`. Host arrays.
+* :class:`CudaMixture`: :func:`~smartmixed_np.fast.cuda.phase1_forward` and
+  :func:`~smartmixed_np.fast.cuda.phase1_backward`, two launches forward, two and a
+  reduction backward. CuPy, kernels switched on and self-checked, as for :class:`CudaGroups`.
 
 These three compute the straight-through gradient, the default estimator. The
 others (:mod:`smartmixed_np.core.estimators`) run the reference forward and their own
@@ -71,7 +77,7 @@ from ..core.estimators import (
 )
 from ..core.phase1 import CLAMP_GRADS, MixtureCache, mixture_backward, mixture_forward
 from ..core.phase2 import FixedCache, Group, contiguous_order, fixed_backward, fixed_forward, make_groups
-from ..fast import compiled
+from ..fast import compiled, cuda
 from ..fast.kernels import has_kernel
 from ..fast.phase1 import mixture_backward_compiled, mixture_backward_fused, mixture_forward_fused
 from ..fast.phase2 import grouped_backward_fused, grouped_forward_fused
@@ -82,10 +88,12 @@ __all__ = [
     "ReferenceGroups",
     "FusedGroups",
     "CompiledGroups",
+    "CudaGroups",
     "phase2_engine",
     "ReferenceMixture",
     "FusedMixture",
     "CompiledMixture",
+    "CudaMixture",
     "EstimatorMixture",
     "ReinMaxMixture",
     "GumbelRaoMixture",
@@ -102,6 +110,14 @@ def _check_clamp_grad(clamp_grad: str) -> None:
 def _compiled_on(backend: Backend) -> bool:
     """The compiled loops apply to this backend's arrays: host NumPy, Numba on."""
     return backend.name == "numpy" and compiled.enabled()
+
+
+def _cuda_kernels(backend: Backend, family: str) -> cuda.Kernels | None:
+    """The CUDA kernels of ``family`` ("phase2", "phase1") for this backend: a GPU backend, the
+    kernels switched on and ``family`` self-checked (:func:`smartmixed_np.fast.cuda.kernels_for`);
+    else None, and the plain engines run (always on the CPU, whatever the switch says)."""
+    kernels = cuda.kernels_for(backend)
+    return kernels if kernels is not None and kernels.usable(family) else None
 
 
 # --------------------------------------------------------------------------- phase 2
@@ -242,15 +258,66 @@ class CompiledGroups:
         return compiled.grouped_backward(daT, aT, self.table(da.dtype), dzT, zT=np.ascontiguousarray(zT)).T
 
 
+class CudaGroups:
+    """Stands in for :class:`FusedGroups` (and so for the reference) on a GPU with the CUDA kernels
+    on: :func:`~smartmixed_np.fast.cuda.coded_forward` / :func:`~smartmixed_np.fast.cuda.coded_backward`,
+    one launch each way over the whole (B, N) layer, neuron n's activation and clamp read from its
+    code and limits: no groups, no permutation, masked or contiguous alike. Its cache is a
+    :class:`~smartmixed_np.core.phase2.FixedCache`, neurons in their own order.
+
+    Arrays of a dtype other than float32/float64 run ``plain``, the :class:`FusedGroups` it stands in for.
+
+    State: ``kernels`` (:class:`~smartmixed_np.fast.cuda.Kernels`); ``plain``; ``tables``, the
+    layer's :class:`~smartmixed_np.fast.cuda.NeuronTable` by dtype, built the first time a dtype is seen.
+    """
+
+    name = "cuda"
+
+    def __init__(self, choices: np.ndarray, pool: Sequence[Activation], groups: Sequence[Group],
+                 backend: Backend, clamp: float | None, kernels: cuda.Kernels) -> None:
+        self.groups = list(groups)
+        self.kernels = kernels
+        self.choices = np.asarray(choices, dtype=np.int64).copy()
+        self.pool = tuple(pool)
+        self.clamp = clamp
+        self.plain = FusedGroups(choices, pool, groups, backend, clamp)
+        self.tables: dict[Any, cuda.NeuronTable] = {}
+
+    def table(self, dtype: Any) -> cuda.NeuronTable:
+        """The layer's codes and limits on the device, in ``dtype`` (built once per dtype)."""
+        dtype = np.dtype(dtype)
+        table = self.tables.get(dtype)
+        if table is None:
+            table = self.tables[dtype] = self.kernels.neuron_table(self.choices, self.pool, self.clamp, dtype)
+        return table
+
+    def forward(self, z: Any, workspace: Workspace | None = None) -> tuple[Any, FixedCache | GroupedCache]:
+        if z.dtype not in cuda.FLOATS:
+            return self.plain.forward(z, workspace)
+        a = cuda.coded_forward(self.kernels, z, self.table(z.dtype), workspace)
+        return a, FixedCache(z=z, a=a)
+
+    def backward(self, da: Any, cache: FixedCache | GroupedCache, workspace: Workspace | None = None) -> Any:
+        if isinstance(cache, GroupedCache):
+            return self.plain.backward(da, cache, workspace)
+        if da.dtype not in cuda.FLOATS:
+            return fixed_backward(da, cache, self.groups)
+        return cuda.coded_backward(self.kernels, da, cache.z, cache.a, self.table(da.dtype), workspace)
+
+
 def phase2_engine(choices: np.ndarray, pool: Sequence[Activation], groups: Sequence[Group], backend: Backend,
-                  clamp: float | None, clamp_grad: str = "open") -> ReferenceGroups | FusedGroups | CompiledGroups:
-    """The engine of a phase-2 layer: compiled on host arrays with Numba, fused where every
-    activation is a built-in, else the reference. ``clamp_grad="closed"`` (the authors'
-    clamp gradient) takes the reference wherever a group is clamped on some side."""
+                  clamp: float | None, clamp_grad: str = "open") -> ReferenceGroups | FusedGroups | CompiledGroups | CudaGroups:
+    """The engine of a phase-2 layer: compiled on host arrays with Numba, the CUDA kernels on a
+    GPU when they are switched on, fused where every activation is a built-in, else the
+    reference. ``clamp_grad="closed"`` (the authors' clamp gradient) takes the reference
+    wherever a group is clamped on some side."""
     _check_clamp_grad(clamp_grad)
     closed = clamp_grad == "closed" and any(group.lo is not None or group.hi is not None for group in groups)
     if closed or not all(has_kernel(group.activation) for group in groups):
         return ReferenceGroups(groups, clamp_grad)
+    kernels = _cuda_kernels(backend, "phase2")
+    if kernels is not None and all(cuda.has_code(group.activation) for group in groups):
+        return CudaGroups(choices, pool, groups, backend, clamp, kernels)
     engine = CompiledGroups if _compiled_on(backend) else FusedGroups
     return engine(choices, pool, groups, backend, clamp)
 
@@ -316,6 +383,35 @@ class CompiledMixture(FusedMixture):
         if cache.weights.ndim != 2:
             return ReferenceMixture.backward(self, dout, cache)
         return mixture_backward_compiled(dout, cache, self.pool, workspace)
+
+
+class CudaMixture(FusedMixture):
+    """Stands in for :class:`FusedMixture` on a GPU with the CUDA kernels on:
+    :func:`~smartmixed_np.fast.cuda.phase1_forward` / :func:`~smartmixed_np.fast.cuda.phase1_backward`.
+    Its cache is a :class:`~smartmixed_np.fast.cuda.KernelMixtureCache` (no candidate stack).
+    Per-sample noise given to a pass (a replay) and dtypes other than float32/float64 run
+    :class:`FusedMixture`. State: ``kernels``; ``tables``, the pool's codes and limits by (clamp, dtype)."""
+
+    name = "cuda"
+
+    def __init__(self, pool: Sequence[Activation], hard: bool, kernels: cuda.Kernels) -> None:
+        super().__init__(pool, hard)
+        self.kernels = kernels
+        self.tables: dict[tuple, cuda.NeuronTable] = {}
+
+    def forward(self, z, logits, noise, *, tau, clamp, workspace=None):
+        if (noise is not None and noise.ndim != 2) or z.dtype not in cuda.FLOATS:
+            return super().forward(z, logits, noise, tau=tau, clamp=clamp, workspace=workspace)
+        key = (clamp, np.dtype(z.dtype))
+        table = self.tables.get(key)
+        if table is None:
+            table = self.tables[key] = self.kernels.candidate_table(self.pool, clamp, z.dtype)
+        return cuda.phase1_forward(self.kernels, z, logits, noise, table, tau=tau, clamp=clamp, workspace=workspace)
+
+    def backward(self, dout, cache, workspace=None, loss=None):
+        if isinstance(cache, cuda.KernelMixtureCache):
+            return cuda.phase1_backward(self.kernels, dout, cache, workspace)
+        return super().backward(dout, cache, workspace)
 
 
 class EstimatorMixture(ReferenceMixture):
@@ -405,7 +501,8 @@ def phase1_engine(pool: Sequence[Activation], hard: bool, noise_mode: str, backe
     """The training engine of a phase-1 layer.
 
     Straight-through (``estimator="st"``): fused (compiled backward on host arrays with
-    Numba) for hard selection with shared or no noise over built-ins, else the reference.
+    Numba; the CUDA kernels on a GPU when switched on) for hard selection with shared or no
+    noise over built-ins, else the reference.
     Any other estimator (:data:`~smartmixed_np.core.estimators.ESTIMATORS`; hard selection
     with Gumbel noise only, else ValueError): its reference engine, Gumbel-Rao with
     ``samples`` draws from ``rng``, the layer's noise stream.
@@ -426,5 +523,8 @@ def phase1_engine(pool: Sequence[Activation], hard: bool, noise_mode: str, backe
         return ScoreFunctionMixture(pool)
     if not (hard and noise_mode in ("shared", "none") and all(has_kernel(a) for a in pool)):
         return ReferenceMixture(pool, hard)
+    kernels = _cuda_kernels(backend, "phase1")
+    if kernels is not None and all(cuda.has_code(a) for a in pool):
+        return CudaMixture(pool, hard, kernels)
     engine = CompiledMixture if _compiled_on(backend) else FusedMixture
     return engine(pool, hard)
