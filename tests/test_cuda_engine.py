@@ -16,9 +16,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
+import subprocess
 import time
 import types
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -535,3 +538,38 @@ def test_gpu_a_step_with_the_kernels_never_waits_for_the_device(gpu, activation)
     still_busy = not cupy.cuda.get_current_stream().done
     backend.synchronize()
     assert still_busy, f"the step waited for the device (it took {host_time:.3f} s on the host)"
+
+
+# --------------------------------------------------------------------------- the prepared device check
+_SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.sh"
+
+
+def test_gpu_check_script_parses_and_is_executable():
+    assert os.access(_SCRIPT, os.X_OK)
+    subprocess.run(["bash", "-n", str(_SCRIPT)], check=True)
+    text = _SCRIPT.read_text()
+    snippet = text.split("step kernel_timing \"$TIMING_LIMIT\" \"$PYTHON\" -c '", 1)[1].split("' \"$OUT/kernel_timing.json\"", 1)[0]
+    compile(snippet, "gpu_check.sh kernel_timing", "exec")
+
+
+def test_gpu_check_dry_run_prints_each_step_in_its_time_and_runs_nothing(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "GPU_CHECK_DRY": "1", "OUT": str(out)}
+    run = subprocess.run(["bash", str(_SCRIPT)], env=env, capture_output=True, text=True, check=True,
+                         cwd=_SCRIPT.parent.parent)
+    lines = run.stdout.splitlines()
+    steps = [line.split("]", 1)[0].lstrip("[") for line in lines]
+    assert steps == ["install", "environment", "tests_kernels_off", "tests_kernels_on", "kernel_timing", "bench"]
+    assert not out.exists()  # a dry run writes nothing
+    by_step = dict(zip(steps, lines))
+    assert "pip install --no-deps --no-build-isolation --no-index -e ." in by_step["install"]
+    assert "SMARTMIXED_TEST_BACKENDS=cupy SMARTMIXED_CUDA_KERNELS=0" in by_step["tests_kernels_off"]
+    assert "SMARTMIXED_TEST_BACKENDS=cupy SMARTMIXED_CUDA_KERNELS=1" in by_step["tests_kernels_on"]
+    assert f"smartmixed bench --device gpu --json {out}/bench_gpu.json --quick" in by_step["bench"]
+    files = [word for word in by_step["tests_kernels_on"].split() if word.startswith("tests/")]
+    assert files[0] == "tests/test_cuda_engine.py" and all((_SCRIPT.parent.parent / f).is_file() for f in files)
+    limits = [int(line.split("--kill-after=10 ", 1)[1].split()[0]) + 10 for line in lines]
+    assert sum(limits) <= 7 * 60, f"the check's limits come to {sum(limits)} s: it must fit twice in 15 minutes"
+    full = subprocess.run(["bash", str(_SCRIPT)], env={**env, "GPU_CHECK_BENCH": "full"}, capture_output=True,
+                          text=True, check=True).stdout
+    assert "--quick" not in full.splitlines()[-1] and "bench_gpu.json" in full.splitlines()[-1]
