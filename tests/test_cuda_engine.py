@@ -325,6 +325,7 @@ def test_the_engines_glue_runs_every_kernel_as_its_contract_says(dtype):
         warnings.simplefilter("error", cuda.CudaKernelWarning)
         phase2, phase1, kernels = _layer_engines(backend)
     assert phase2.name == "cuda" and phase1.name == "cuda" and kernels.usable("adam")
+    assert copy.deepcopy(phase2).kernels is kernels and copy.copy(kernels) is kernels  # one set per backend
     rng = np.random.default_rng(3)
     choices = np.array([0, 1, 2, 3, 4, 5, 0, 2, 5, 5], dtype=np.int64)
     groups = make_groups(choices, POOL, backend, contiguous=False, clamp=1.5)
@@ -566,8 +567,12 @@ def test_gpu_check_dry_run_prints_each_step_in_its_time_and_runs_nothing(tmp_pat
     assert "SMARTMIXED_TEST_BACKENDS=cupy SMARTMIXED_CUDA_KERNELS=0" in by_step["tests_kernels_off"]
     assert "SMARTMIXED_TEST_BACKENDS=cupy SMARTMIXED_CUDA_KERNELS=1" in by_step["tests_kernels_on"]
     assert f"smartmixed bench --device gpu --json {out}/bench_gpu.json --quick" in by_step["bench"]
-    files = [word for word in by_step["tests_kernels_on"].split() if word.startswith("tests/")]
+    words = by_step["tests_kernels_on"].split()
+    files = [word for word in words if word.startswith("tests/") and "::" not in word]
     assert files[0] == "tests/test_cuda_engine.py" and all((_SCRIPT.parent.parent / f).is_file() for f in files)
+    for node in (word for word in words if "::" in word):  # a deselected test that no longer exists selects nothing
+        path, name = node.split("::")
+        assert f"def {name}(" in (_SCRIPT.parent.parent / path).read_text()
     limits = [int(line.split("--kill-after=10 ", 1)[1].split()[0]) + 10 for line in lines]
     assert sum(limits) <= 7 * 60, f"the check's limits come to {sum(limits)} s: it must fit twice in 15 minutes"
     full = subprocess.run(["bash", str(_SCRIPT)], env={**env, "GPU_CHECK_BENCH": "full"}, capture_output=True,

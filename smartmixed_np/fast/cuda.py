@@ -406,6 +406,11 @@ def kernels_for(backend: Backend | None) -> "Kernels | None":
     use; else None. Ask :meth:`Kernels.usable` which families passed."""
     if backend is None or not enabled() or not _applies_to(backend):
         return None
+    return _kernels_of(backend)
+
+
+def _kernels_of(backend: Backend) -> "Kernels":
+    """This process's kernels of ``backend`` (built and self-checked if need be), whatever the switch says."""
     kernels = _KERNELS.get(backend.name)
     if kernels is None:
         kernels = _KERNELS[backend.name] = Kernels(backend)
@@ -449,6 +454,17 @@ class Kernels:
         self.checked = False
         self._built: dict[str, Any] = {}
         self._ones: dict[Any, Any] = {}
+
+    # One set per backend and process, like the backend itself: a copied network (a gradient
+    # check's private copy) shares it, and a pickled one finds (or builds) its process's set.
+    def __copy__(self) -> "Kernels":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "Kernels":
+        return self
+
+    def __reduce__(self):
+        return (_kernels_of, (self.backend,))
 
     def usable(self, family: str) -> bool:
         """True if the family ran and agreed with the reference in :meth:`check`."""
