@@ -802,7 +802,7 @@ def plot_recipes(
             reached = np.isfinite(grid).any(axis=0)
             mean = np.where(reached, np.nanmean(np.where(np.isfinite(grid), grid, np.nan), axis=0), np.nan)
             low, high = np.nanmin(grid, axis=0), np.nanmax(grid, axis=0)
-        ax_curve.plot(epochs, mean, color=colors[label], linewidth=1.6, label=f"{label} ({len(runs)} seeds)")
+        ax_curve.plot(epochs, mean, color=colors[label], linewidth=1.6, label=f"{label} ({len(runs)} seed{'' if len(runs) == 1 else 's'})")
         if np.isfinite(mean).any():  # the view starts at epoch 5's mean: the first epochs' climb would flatten the rest
             floor = min(floor, float(mean[min(4, span - 1)]) if np.isfinite(mean[min(4, span - 1)]) else float(np.nanmin(mean)))
             ceiling = max(ceiling, float(np.nanmax(high)))
