@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
-from smartmixed_np.experiments.bench import run_benchmarks
+from smartmixed_np.experiments import bench
+from smartmixed_np.experiments.bench import parse_cpuinfo, run_benchmarks
 
 RATIO_KEYS = [
     "phase2_vs_relu_step_ratio",
@@ -18,17 +20,24 @@ RATIO_KEYS = [
 ]
 TORCH_RATIO_KEYS = ["phase1_vs_torch_step_ratio", "phase2_vs_torch_step_ratio", "relu_vs_torch_step_ratio"]
 EPOCH_RATIO_KEYS = ["epoch_throughput_vs_torch_ratio", "phase1_epoch_throughput_vs_torch_ratio"]
+JAX_RATIO_KEYS = [f"{ours}_vs_jax_{kind}_ratio" for kind in ("step", "infer") for ours in ("phase1", "phase2", "relu")]
+JAX_MISSING = "JAX contenders skipped: jax is not installed (a planted absence)"
 
 
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
+    """One quick run, with JAX planted as missing (its contenders compile for seconds
+    per shape; they are tested on their own below): the run must skip them cleanly."""
     folder = tmp_path_factory.mktemp("bench")
+    lines: list[str] = []
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("SMARTMIXED_DATA", raising=False)  # no data: the epoch benchmark is skipped
+        patch.setattr(bench, "_jax_available", lambda: JAX_MISSING)
         report = run_benchmarks(
             quick=True, data_dir=None, json_path=str(folder / "bench.json"), figure_path=str(folder / "bench.png"),
-            sizes=[20, 12, 8, 4], batch=8,
+            sizes=[20, 12, 8, 4], batch=8, log=lines.append,
         )
+    report["log"] = lines
     return report, folder
 
 
@@ -87,8 +96,159 @@ def test_the_suite_runs_on_a_device_backend(tmp_path):
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("SMARTMIXED_DATA", raising=False)
         report = run_benchmarks(quick=True, json_path=str(tmp_path / "b.json"), sizes=[20, 12, 8, 4], batch=8,
-                                with_torch=False, device="strict")
+                                with_torch=False, with_jax=False, device="strict")  # JAX on a device: tested below
     assert report["machine"]["backend"] == "strict"
     assert "skipped" in report["memory"] and report["targets"]["no_memory_growth"]["met"] is None
     for key in RATIO_KEYS:
         assert math.isfinite(report["ratios"][key]), key
+
+
+# --------------------------------------------------------------------------- machine facts
+CPUINFO_AVX512 = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu vme sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni avx512_bf16 amx_tile
+
+processor\t: 1
+model name\t: a second processor that must not be read
+flags\t\t: sse2
+"""
+CPUINFO_AVX2 = "processor : 0\nmodel name : AMD Ryzen 7 3700X\nflags : sse4_1 sse4_2 avx avx2 fma\n"
+CPUINFO_ARM = "processor : 0\nBogoMIPS : 50.00\nFeatures : fp asimd evtstrm aes sve sve2\nCPU implementer : 0x41\n"
+
+
+@pytest.mark.parametrize(
+    "text, cpu, flags, simd",
+    [
+        (CPUINFO_AVX512, "Intel(R) Xeon(R) Platinum 8480+",
+         ["sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vnni",
+          "avx512_bf16", "amx_tile"], "AMX"),
+        (CPUINFO_AVX512.replace(" amx_tile", ""), "Intel(R) Xeon(R) Platinum 8480+",
+         ["sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vnni",
+          "avx512_bf16"], "AVX-512"),
+        (CPUINFO_AVX2, "AMD Ryzen 7 3700X", ["sse4_1", "sse4_2", "avx", "avx2", "fma"], "AVX2"),
+        ("model name : old\nflags : sse2 sse4_2\n", "old", ["sse4_2"], "SSE4.2"),
+        (CPUINFO_ARM, None, ["asimd", "sve", "sve2"], "SVE"),
+        (CPUINFO_ARM.replace(" sve sve2", ""), None, ["asimd"], "NEON"),
+        ("", None, [], None),
+    ],
+)
+def test_parse_cpuinfo_names_the_model_the_vector_extensions_and_the_widest(text, cpu, flags, simd):
+    assert parse_cpuinfo(text) == {"cpu": cpu, "cpu_flags": flags, "simd": simd}
+
+
+def test_the_machine_section_reads_cpuinfo_and_blas_and_the_header_says_so(tmp_path):
+    planted = tmp_path / "cpuinfo"
+    planted.write_text(CPUINFO_AVX2)
+    machine = bench._machine(2, cpuinfo_path=str(planted))
+    assert (machine["cpu"], machine["simd"], machine["cpu_flags"][-1]) == ("AMD Ryzen 7 3700X", "AVX2", "fma")
+    assert machine["cpus_usable"] >= 1 and machine["blas_threads"] == 2
+    blas = machine["blas_library"]  # NumPy's BLAS is loaded, so threadpoolctl sees it
+    assert blas == machine["blas_libraries"][0]
+    assert blas["internal_api"] and blas["version"] and blas["num_threads"] >= 1 and "architecture" in blas
+    assert not any("filepath" in entry for entry in machine["blas_libraries"])  # no path of the machine in a report
+    header = bench._machine_header(machine)
+    assert header[0].startswith("cpu: AMD Ryzen 7 3700X") and "SIMD AVX2 (sse4_1 sse4_2 avx avx2 fma)" in header[0]
+    assert header[1].startswith(f"blas: {blas['internal_api']} {blas['version']} (")
+    assert bench._machine(2, cpuinfo_path=str(tmp_path / "absent"))["simd"] is None  # no /proc: unknown, not a failure
+
+
+def test_the_quick_run_reports_the_machine_and_skips_jax_in_one_line(quick_report):
+    report, _ = quick_report
+    machine = report["machine"]
+    assert {"cpu", "cpu_flags", "simd", "blas_library", "blas_libraries", "cpus_usable", "jax"} <= machine.keys()
+    assert machine["jax"] is None and report["config"]["jax"] is False
+    assert report["log"][0].startswith("cpu: ") and report["log"][1].startswith("blas: ")
+    assert [line for line in report["log"] if "JAX" in line] == [JAX_MISSING]
+    assert not [key for key in report["ratios"] if "jax" in key]
+    assert not [name for name in report["main"]["step"] if name.startswith("jax")]
+
+
+# --------------------------------------------------------------------------- JAX contenders
+SIZES, BATCH, SEED = [20, 12, 8, 4], 8, 0  # shared by the tests below, so that jit compiles each step once
+
+
+@pytest.fixture(scope="module")
+def jax_batch():
+    pytest.importorskip("jax")
+    rng = np.random.default_rng(SEED + 1)
+    return rng.standard_normal((BATCH, SIZES[0])).astype(np.float32), rng.integers(0, SIZES[-1], BATCH)
+
+
+def _twins(kind):
+    """Our network of ``kind`` and its JAX twin's (groups, params), on the same weights."""
+    ours = {"relu": "relu", "phase1": "phase1", "phase2": "phase2_contiguous"}[kind]
+    model = bench._numpy_networks(SIZES, SEED)[ours]
+    return model, *bench._jax_network(model, kind)
+
+
+def _shared_noise(model, seed=7):
+    rng = np.random.default_rng(seed)
+    return [rng.gumbel(size=tuple(act.logits.shape)).astype(np.float32) for act in model.activations]
+
+
+@pytest.mark.parametrize("kind", ["relu", "phase1", "phase2"])
+def test_the_jitted_jax_step_computes_our_loss_gradients_and_update(jax_batch, kind, monkeypatch):
+    """Two jitted JAX steps against two of our ``train_step`` on the same weights and batch,
+    in phase 1 with the same Gumbel noise (the noise the step draws from its key, served
+    to our layers): the same loss before each update, the same clipped gradients (Adam's
+    first moment after step 1 is $(1-\\beta_1) f g$), the same moments and parameters after
+    step 2. To float32 rounding, measured against each array's largest entry (1e-5 of
+    it): the operations are the same, their order is not (XLA fuses and reassociates),
+    and the logits' gradient, a softmax backward $y (dy - \\langle y, dy\\rangle)$, cancels,
+    so its small entries keep fewer correct digits than the large ones (seen: 3.6e-5
+    relative on an entry 1/15 of the largest)."""
+    import jax
+    import jax.numpy as jnp
+
+    from smartmixed_np.core.optim import clip_factor
+    from smartmixed_np.nn.step import train_step
+
+    x, y = jax_batch
+    x = 4 * x  # large enough inputs that the clipping acts (factor < 0.9, asserted below)
+    model, groups, params = _twins(kind)
+    kit = bench._jax_kit()
+    device = jax.devices("cpu")[0]
+    zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)  # noqa: E731
+    state = jax.device_put(({k: jnp.asarray(p) for k, p in params.items()}, zeros(params), zeros(params),
+                            jnp.zeros((), jnp.float32), jax.random.PRNGKey(SEED)), device)
+    step_x, step_y = jax.device_put((jnp.asarray(x), jnp.asarray(y, dtype=jnp.int32)), device)
+    optimizer = bench.Adam(model.parameters(), lr=1e-3)
+
+    def assert_close(theirs, ours, what):
+        assert theirs.keys() == ours.keys()
+        for name, value in ours.items():
+            np.testing.assert_allclose(np.asarray(theirs[name]), value, rtol=1e-5, atol=1e-5 * float(np.abs(value).max()),
+                                       err_msg=f"{what} {name}")
+
+    for step in (1, 2):
+        if kind == "phase1":
+            noise = kit.draw_noise(state[0], state[4])[0]
+            for act, g in zip(model.activations, noise):
+                monkeypatch.setattr(act, "draw_noise", lambda batch, rng=None, g=np.asarray(g): g.copy())
+        state, value = kit.step(state, step_x, step_y, kind=kind, groups=groups)
+        loss, _ = train_step(model, optimizer, x, y, 1.0)
+        assert float(value) == pytest.approx(float(loss), rel=1e-6), step
+        if step == 1:
+            assert clip_factor(model.gradients(), 1.0)[1] < 0.9  # the clipping is part of what is compared
+            assert_close(state[1], optimizer.m, "first moment (the clipped gradient) of")
+    assert float(state[3]) == 2.0
+    assert_close(state[1], optimizer.m, "first moment of")
+    assert_close(state[2], optimizer.v, "second moment of")
+    assert_close(state[0], model.parameters(), "parameter")
+
+
+def test_the_jax_contenders_are_timed_beside_ours_and_get_their_ratios(jax_batch):
+    """Through the harness, beside ours on a device backend (the strict CuPy-like one: our
+    weights reach JAX through ``to_host``; JAX itself runs on the CPU, having no GPU here)."""
+    timings = bench._measure(SIZES, BATCH, SEED, repeats=2, warmup=1, threads=1, with_torch=False,
+                             dev=bench._device("strict", False), with_jax=True)
+    for kind in ("step", "infer"):
+        for name in bench.JAX:
+            assert timings[kind][name]["median_ms"] > 0 and timings[kind][name]["repeats"] == 2
+    ratios = bench._ratios(timings)
+    for key in JAX_RATIO_KEYS:
+        assert math.isfinite(ratios[key]) and ratios[key] > 0, key
+    machine = bench._jax_machine(started=True)
+    assert machine["jax"] and machine["jaxlib"] and machine["jax_default_backend"] == "cpu"
+    assert any(line.startswith(f"jax {machine['jax']}") for line in bench._machine_header({**bench._machine(1), **machine}))

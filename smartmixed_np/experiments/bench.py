@@ -19,6 +19,14 @@ One call, :func:`run_benchmarks`, measures (CPU, float32, one process):
     ``F.gumbel_softmax(alpha, tau, hard=True)`` = one-hot - y.detach() + y, weighted
     sum, clamp) and ``torch_phase2`` (index gather and scatter per activation
     group), with ``torch.optim.Adam`` and ``clip_grad_norm_``;
+  - when JAX is importable, ``jax_relu``, ``jax_phase1`` (the same reference
+    semantics, the Gumbel noise drawn inside the step from a key it carries;
+    inference: that forward, noise included, as ``torch_phase1``'s and the reference's
+    evaluation) and
+    ``jax_phase2`` (the contiguous groups as static slices), on copies of our networks'
+    weights, the whole step (forward, loss, ``jax.grad``, clipping, Adam, written out in
+    ``jax.numpy``) under one ``jax.jit`` (:func:`_jax_kit`); compilation falls in the
+    warm-up; each call waits for its outputs (``block_until_ready``);
 * the same over a sweep of batch sizes and of hidden widths;
 * one epoch of MNIST (ours vs PyTorch, phase 2 and phase 1) in samples per second,
   when a data directory is given;
@@ -34,7 +42,9 @@ worker threads spin on the cores that long after their last task) and then one
 timed call, so that machine noise (other processes, frequency changes) falls on all
 of them alike; a figure is the median over rounds, after warm-up. Ratios are of medians taken in the same rounds. The
 report records the load average before and after: on a shared machine, compare
-runs taken at low load. Timings are never asserted by tests.
+runs taken at low load. Timings are never asserted by tests. The machine section
+also names the CPU's vector extensions (:func:`parse_cpuinfo`), the BLAS library, its
+version and kernel architecture (threadpoolctl), and every library's version and threads.
 
     >>> from smartmixed_np.experiments.bench import run_benchmarks
     >>> report = run_benchmarks(quick=True)                          # doctest: +SKIP
@@ -51,12 +61,15 @@ import sys
 import time
 import tracemalloc
 from dataclasses import dataclass
+from functools import lru_cache
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..fast import compiled
 from ..backend import Backend, get_backend, to_host
+from ..core.activations import DEFAULT_POOL
 from ..errors import UserError
 from ..fileio import atomic_writer, write_json
 from ..nn.mlp import MLP
@@ -72,6 +85,7 @@ TAU = 0.3
 
 OURS = ("floor", "relu", "phase1", "phase2_masked", "phase2_contiguous")
 THEIRS = ("torch_relu", "torch_phase1", "torch_phase2")
+JAX = ("jax_relu", "jax_phase1", "jax_phase2")
 
 _FULL = dict(repeats=60, warmup=10, sweep_repeats=20, settle_s=0.06, batches=(32, 64, 128, 256, 512, 1024),
              widths=((256, 128, 64), (512, 256, 128), (1024, 512, 256)), memory_steps=60, epoch_rounds=3)
@@ -273,6 +287,219 @@ def _torch_infer(model, x) -> Callable[[], None]:
     return infer
 
 
+# --------------------------------------------------------------------------- JAX contenders
+def _jax_available() -> str | None:
+    """None when jax imports, else the one line that says why the JAX contenders are skipped."""
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return "JAX contenders skipped: jax is not installed (pip install 'smartmixed_np[bench]')"
+    return None
+
+
+def _jax_device(dev: _Device) -> Any:
+    """The device the JAX contenders run on: a GPU when ours does and JAX has one, else the CPU."""
+    import jax
+
+    if dev.backend.device == "gpu":
+        try:
+            return jax.devices("gpu")[0]
+        except RuntimeError:  # a CPU-only jaxlib
+            pass
+    return jax.devices("cpu")[0]
+
+
+#: The candidates the JAX phase-1 network stacks (our default pool, in its order); Adam's settings, ours.
+_JAX_POOL = DEFAULT_POOL
+_JAX_LR, _JAX_BETAS, _JAX_EPS = 1e-3, (0.9, 0.999), 1e-8
+
+
+@lru_cache(maxsize=1)
+def _jax_kit() -> SimpleNamespace:
+    """The JAX networks and their jitted step and inference, built once (jit keeps its caches here).
+
+    Everything is written with ``jax.numpy`` and ``jax.grad``, nothing from optax or flax:
+
+    * ``forward(params, x, kind, groups, noise)``: (B, D_in) -> (B, C) logits of the
+      network ``kind``: ``"relu"``; ``"phase1"``, the published reference's semantics per
+      hidden layer, $a = \\mathrm{clamp}(\\sum_k h_k\\, \\mathrm{clamp}(f_k(z)))$ over the
+      stacked candidates (B, N, K), with $h = \\mathrm{onehot}(\\arg\\max y) - \\mathrm{sg}(y) + y$,
+      $y = \\mathrm{softmax}((\\alpha + g)/\\tau)$ and ``noise[i]`` = g (N, K), one draw shared
+      by the batch; or ``"phase2"``, each hidden layer's contiguous groups
+      ``groups[i] = ((name, start, stop), ...)``, each clamped to [-c, c].
+    * ``loss(params, x, y, kind, groups, noise)``: mean softmax cross-entropy.
+    * ``step(state, x, y, kind, groups)``: the whole training step under ``jax.jit``
+      (new Gumbel noise from the state's key in phase 1, forward, loss, ``jax.grad``,
+      clip to global norm 1.0 with $f = \\min(1, 1/(\\lVert g\\rVert + 10^{-6}))$, Adam
+      with PyTorch's bias corrections); the state (params, m, v, t, key) is donated, so
+      XLA may update it in place.
+    * ``infer(params, x, key, kind, groups)``: the forward under ``jax.jit``; phase 1
+      draws its noise from ``key``, as the reference's evaluation does.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    candidates = {
+        "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh,
+        "leaky_relu": lambda z: jax.nn.leaky_relu(z, 0.01), "elu": jax.nn.elu, "selu": jax.nn.selu,
+    }
+    pool = tuple(candidates[name] for name in _JAX_POOL)
+
+    def clamp(a):
+        """PyTorch's clamp to [-c, c]: the gradient passes on the closed interval, zero beyond.
+        (``jnp.clip`` halves it at exactly +-c, which a saturated selected candidate reaches
+        in the second, mixture clamp.)"""
+        return jnp.where(jnp.abs(a) <= CLAMP, a, jnp.sign(a) * CLAMP)
+
+    def phase1_layer(z, alpha, g):
+        stacked = clamp(jnp.stack([f(z) for f in pool], axis=-1))  # (B, N, K)
+        y = jax.nn.softmax((alpha + g) / TAU, axis=-1)  # (N, K)
+        hard = jax.nn.one_hot(jnp.argmax(y, axis=-1), y.shape[-1], dtype=y.dtype)
+        weights = hard - jax.lax.stop_gradient(y) + y  # value one-hot, gradient that of y
+        return clamp(jnp.sum(stacked * weights, axis=-1))
+
+    def phase2_layer(z, layer_groups):
+        return jnp.concatenate([clamp(candidates[name](z[:, start:stop])) for name, start, stop in layer_groups], axis=1)
+
+    def linear(params, i, h):  # (B, D_i) -> (B, D_{i+1}), W (D_{i+1}, D_i) as ours
+        return h @ params[f"layers.{i}.weight"].T + params[f"layers.{i}.bias"]
+
+    def forward(params, x, kind, groups, noise):
+        hidden = sum(1 for name in params if name.endswith(".weight")) - 1
+        h = x
+        for i in range(hidden):
+            z = linear(params, i, h)
+            if kind == "relu":
+                h = jax.nn.relu(z)
+            elif kind == "phase1":
+                h = phase1_layer(z, params[f"activations.{i}.logits"], noise[i])
+            else:
+                h = phase2_layer(z, groups[i])
+        return linear(params, hidden, h)
+
+    def loss(params, x, y, kind, groups, noise):
+        log_p = jax.nn.log_softmax(forward(params, x, kind, groups, noise), axis=-1)
+        return -jnp.mean(jnp.take_along_axis(log_p, y[:, None], axis=1))
+
+    def draw_noise(params, key):
+        noise = []
+        for name in sorted((n for n in params if n.endswith(".logits")), key=lambda n: int(n.split(".")[1])):
+            key, sub = jax.random.split(key)
+            noise.append(jax.random.gumbel(sub, params[name].shape, params[name].dtype))
+        return noise, key
+
+    def step(state, x, y, kind, groups):
+        params, m, v, t, key = state
+        noise, key = draw_noise(params, key) if kind == "phase1" else ([], key)
+        value, grads = jax.value_and_grad(loss)(params, x, y, kind, groups, noise)
+        tree_map = jax.tree_util.tree_map
+        # clip to global norm 1.0, as clip_grad_norm_ and our clip_factor
+        norm = jnp.sqrt(sum(jnp.vdot(g, g) for g in jax.tree_util.tree_leaves(grads)))
+        grads = tree_map(lambda g: g * jnp.minimum(1.0, 1.0 / (norm + 1e-6)), grads)
+        # Adam, the bias corrections folded into two scalars as torch.optim.Adam does
+        b1, b2 = _JAX_BETAS
+        t = t + 1
+        step_size, inv_sqrt_bc2 = _JAX_LR / (1 - b1**t), 1 / jnp.sqrt(1 - b2**t)
+        m = tree_map(lambda m_, g: b1 * m_ + (1 - b1) * g, m, grads)
+        v = tree_map(lambda v_, g: b2 * v_ + (1 - b2) * jnp.square(g), v, grads)
+        params = tree_map(lambda p, m_, v_: p - step_size * m_ / (jnp.sqrt(v_) * inv_sqrt_bc2 + _JAX_EPS), params, m, v)
+        return (params, m, v, t, key), value
+
+    def infer(params, x, key, kind, groups):
+        noise = draw_noise(params, key)[0] if kind == "phase1" else []
+        return forward(params, x, kind, groups, noise)
+
+    static = ("kind", "groups")
+    return SimpleNamespace(
+        forward=forward, loss=loss, draw_noise=draw_noise,
+        step=jax.jit(step, static_argnames=static, donate_argnames=("state",)),
+        infer=jax.jit(infer, static_argnames=static),
+    )
+
+
+def _jax_network(model: MLP, kind: str) -> tuple[tuple, dict[str, np.ndarray]]:
+    """``(groups, params)`` of the JAX twin of one of our networks, on the same weights.
+
+    ``kind``: ``"relu"`` (``MLP(sizes, "relu")``), ``"phase1"`` (a SmartMixed network of
+    the six built-ins, its selection logits copied) or ``"phase2"`` (a contiguous frozen
+    one, whose hidden layers' groups become static slices ``((name, start, stop), ...)``;
+    ``()`` for the other kinds). ``params``: host float32 copies by our names
+    (``layers.{i}.weight`` (out, in), ``layers.{i}.bias`` (out,), ``activations.{i}.logits`` (N, K)).
+    """
+    params = {name: np.array(to_host(p), dtype=np.float32) for name, p in model.parameters().items()}
+    if kind == "phase1" and tuple(a.name for a in model.pool) != _JAX_POOL:
+        raise ValueError(f"the JAX phase-1 network stacks the six built-ins {_JAX_POOL}, not {[a.name for a in model.pool]}")
+    if kind != "phase2":
+        return (), params
+    layer_groups = []
+    for act in model.activations:
+        if not act.contiguous or act.clamp != CLAMP:
+            raise ValueError(f"the JAX phase-2 network slices contiguous groups clamped to {CLAMP}: freeze(contiguous=True)")
+        bounds = (np.flatnonzero(np.diff(act.choices)) + 1).tolist()
+        starts, stops = [0, *bounds], [*bounds, act.size]
+        layer_groups.append(tuple((act.pool[int(act.choices[a])].name, int(a), int(b)) for a, b in zip(starts, stops)))
+    return tuple(layer_groups), params
+
+
+_JAX_TWINS = (("relu", "jax_relu", "relu"), ("phase1", "jax_phase1", "phase1"), ("phase2_contiguous", "jax_phase2", "phase2"))
+
+
+def _jax_contenders(networks: dict[str, MLP], x_host: np.ndarray, y_host: np.ndarray, seed: int,
+                    dev: _Device = _CPU) -> dict[str, tuple[Callable, Callable]]:
+    """(step, infer) of ``jax_relu``, ``jax_phase1`` and ``jax_phase2`` on our networks' weights.
+
+    Each call runs the jitted function and waits for its outputs (``block_until_ready``),
+    so that the timer measures the work and not only its dispatch.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    kit = _jax_kit()
+    device = _jax_device(dev)
+    x = jax.device_put(jnp.asarray(x_host, dtype=jnp.float32), device)
+    y = jax.device_put(jnp.asarray(y_host, dtype=jnp.int32), device)
+    out: dict[str, tuple[Callable, Callable]] = {}
+    for ours, theirs, kind in _JAX_TWINS:
+        groups, host_params = _jax_network(networks[ours], kind)
+        params = {name: jnp.asarray(p) for name, p in host_params.items()}
+        state = (params, jax.tree_util.tree_map(jnp.zeros_like, params), jax.tree_util.tree_map(jnp.zeros_like, params),
+                 jnp.zeros((), jnp.float32), jax.random.PRNGKey(seed))  # params, m, v, t, key
+        # Everything committed to one device: the step's outputs are, and a jit called
+        # with uncommitted inputs first and committed ones next would compile twice.
+        state = jax.device_put(state, device)
+        params, key = state[0], state[4]
+        cell = [state]
+        # The step donates (invalidates) its state: inference gets copies of its own.
+        infer_params, infer_key = jax.tree_util.tree_map(jnp.copy, (params, key))
+
+        def step(cell=cell, kind=kind, groups=groups) -> None:
+            cell[0], value = kit.step(cell[0], x, y, kind=kind, groups=groups)
+            jax.block_until_ready((cell[0], value))
+
+        def infer(params=infer_params, key=infer_key, kind=kind, groups=groups) -> None:
+            kit.infer(params, x, key, kind=kind, groups=groups).block_until_ready()
+
+        out[theirs] = (step, infer)
+    return out
+
+
+def _jax_machine(started: bool) -> dict[str, Any]:
+    """The JAX facts for the machine section: ``jax`` (None when it is not installed),
+    ``jaxlib``, and, when ``started`` (the JAX contenders run), ``jax_default_backend``
+    and ``xla_flags`` (XLA's CPU client takes as many threads as there are cores unless
+    ``XLA_FLAGS`` says otherwise). Asking for the backend starts XLA's client, so a run
+    without the JAX contenders does not."""
+    if _jax_available() is not None:
+        return {"jax": None}
+    import jax
+    import jaxlib
+
+    info: dict[str, Any] = {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
+    if started:
+        info.update(jax_default_backend=jax.default_backend(), xla_flags=os.environ.get("XLA_FLAGS"))
+    return info
+
+
 # --------------------------------------------------------------------------- timing
 def _interleaved(functions: dict[str, Callable[[], None]], repeats: int, warmup: int, seed: int = 0,
                  sync: Callable[[], None] = lambda: None, settle_s: float = 0.0) -> dict[str, dict[str, float]]:
@@ -318,15 +545,24 @@ def _interleaved(functions: dict[str, Callable[[], None]], repeats: int, warmup:
 
 
 def _measure(sizes: Sequence[int], batch: int, seed: int, repeats: int, warmup: int, threads: int, with_torch: bool,
-             dev: _Device = _CPU, settle_s: float = 0.0) -> dict[str, Any]:
-    """Step and inference timings of every contender at one size and batch."""
+             dev: _Device = _CPU, settle_s: float = 0.0, with_jax: bool = False) -> dict[str, Any]:
+    """Step and inference timings of every contender at one size and batch.
+
+    ``with_jax``: add the JAX contenders (:func:`_jax_contenders`, on copies of our
+    networks' initial weights and the same batch); the caller checks that jax imports.
+    """
     rng = np.random.default_rng(seed + 1)
-    x = dev.backend.asarray(rng.standard_normal((batch, sizes[0])).astype(np.float32))
-    y = dev.backend.asarray(rng.integers(0, sizes[-1], batch))
+    x_host = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+    y_host = rng.integers(0, sizes[-1], batch)
+    x, y = dev.backend.asarray(x_host), dev.backend.asarray(y_host)
     floor_step, floor_infer = _floor(sizes, batch, seed, dev)
     steps: dict[str, Callable[[], None]] = {"floor": floor_step}
     infers: dict[str, Callable[[], None]] = {"floor": floor_infer}
-    for name, model in _numpy_networks(sizes, seed, dev).items():
+    networks = _numpy_networks(sizes, seed, dev)
+    if with_jax:  # copies of the weights before our steps change them
+        for name, (step, infer) in _jax_contenders(networks, x_host, y_host, seed, dev).items():
+            steps[name], infers[name] = step, infer
+    for name, model in networks.items():
         steps[name] = _numpy_step(model, x, y)
         infers[name] = _numpy_infer(model, x)
     if with_torch:
@@ -362,6 +598,11 @@ def _ratios(timings: dict[str, Any], statistic: str = "median_ms") -> dict[str, 
         out[f"phase2_vs_torch_{kind}_ratio"] = ratio(kind, "phase2_contiguous", "torch_phase2")
         out[f"phase2_masked_vs_torch_{kind}_ratio"] = ratio(kind, "phase2_masked", "torch_phase2")
         out[f"relu_vs_torch_{kind}_ratio"] = ratio(kind, "relu", "torch_relu")
+    for kind in ("step", "infer"):  # present only where the JAX contenders ran
+        if "jax_relu" in timings[kind]:
+            out[f"phase1_vs_jax_{kind}_ratio"] = ratio(kind, "phase1", "jax_phase1")
+            out[f"phase2_vs_jax_{kind}_ratio"] = ratio(kind, "phase2_contiguous", "jax_phase2")
+            out[f"relu_vs_jax_{kind}_ratio"] = ratio(kind, "relu", "jax_relu")
     return out
 
 
@@ -547,19 +788,70 @@ def _blas_threads() -> int:
     return os.cpu_count() or 1
 
 
-def _machine(threads: int) -> dict[str, Any]:
-    cpu = platform.processor() or ""
+#: The vector extensions worth naming, in the order reported (x86 ``flags``, then Arm ``Features``).
+SIMD_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512dq", "avx512cd", "avx512bw",
+              "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
+              "asimd", "asimdhp", "sve", "sve2")
+
+
+def parse_cpuinfo(text: str) -> dict[str, Any]:
+    """The CPU's model name, vector extensions and their summary, from the text of ``/proc/cpuinfo``.
+
+    Reads the first processor's ``model name`` and its ``flags`` (x86) or ``Features``
+    (Arm) line. Returns ``{"cpu": name or None, "cpu_flags": [those of
+    :data:`SIMD_FLAGS` present, in that order], "simd": summary}``, the summary being
+    the widest of "AMX", "AVX-512", "AVX2", "AVX", "SSE4.2", "SVE", "NEON" that the
+    flags show ("AVX-512" needs ``avx512f``, "NEON" Arm's ``asimd``), or None.
+    """
+    model, flags = None, None
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key = key.strip().lower()
+        if key == "model name" and model is None:
+            model = value.strip() or None
+        elif key in ("flags", "features") and flags is None:
+            flags = set(value.split())
+    present = [flag for flag in SIMD_FLAGS if flag in (flags or ())]
+    simd = None
+    for summary, flag in (("AMX", "amx_tile"), ("AVX-512", "avx512f"), ("AVX2", "avx2"), ("AVX", "avx"), ("SSE4.2", "sse4_2"),
+                          ("SVE", "sve"), ("NEON", "asimd")):
+        if flag in present:
+            simd = summary
+            break
+    return {"cpu": model, "cpu_flags": present, "simd": simd}
+
+
+def _blas_libraries() -> list[dict[str, Any]]:
+    """Each BLAS that threadpoolctl sees loaded: its implementation (``internal_api``:
+    openblas, mkl, blis...), version, kernel architecture and threads (no file paths:
+    the report is committed). NumPy's own BLAS first. Empty without threadpoolctl."""
     try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    numpy_dir = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+    pools = [info for info in threadpool_info() if info.get("user_api") == "blas"]
+    pools.sort(key=lambda info: not str(info.get("filepath", "")).startswith(os.path.join(numpy_dir, "numpy")))
+    fields = ("internal_api", "prefix", "version", "architecture", "threading_layer", "num_threads")
+    return [{field: info.get(field) for field in fields} for info in pools]
+
+
+def _machine(threads: int, cpuinfo_path: str = "/proc/cpuinfo", with_jax: bool = False) -> dict[str, Any]:
+    """Versions, CPU (:func:`parse_cpuinfo` of ``cpuinfo_path``), BLAS (:func:`_blas_libraries`) and threads."""
+    try:
+        with open(cpuinfo_path) as handle:
+            cpu = parse_cpuinfo(handle.read())
     except OSError:
-        pass
+        cpu = parse_cpuinfo("")
+    cpu["cpu"] = cpu["cpu"] or platform.processor() or ""
+    blas_libraries = _blas_libraries()
     info: dict[str, Any] = {
-        "python": sys.version.split()[0], "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0], "platform": platform.platform(), **cpu, "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "numpy": np.__version__, "blas_threads": threads, "dtype": "float32", "compiled_loops": compiled.status(),
+        "blas_library": blas_libraries[0] if blas_libraries else None, "blas_libraries": blas_libraries,
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     try:
@@ -574,7 +866,26 @@ def _machine(threads: int) -> dict[str, Any]:
         info["torch_threads"] = torch.get_num_threads()
     except ImportError:
         info["torch"] = None
+    info.update(_jax_machine(with_jax))
     return info
+
+
+def _machine_header(machine: dict[str, Any]) -> list[str]:
+    """The lines that open the text output: CPU, vector extensions, BLAS, threads, versions."""
+    lines = [f"cpu: {machine['cpu'] or 'unknown'}, {machine['cpu_count']} cores ({machine['cpus_usable']} usable); "
+             f"SIMD {machine['simd'] or 'unknown'} ({' '.join(machine['cpu_flags']) or 'no flags read'})"]
+    blas = machine.get("blas_library")
+    if blas:
+        lines.append(f"blas: {blas['internal_api']} {blas['version']} ({blas['architecture']} kernels, "
+                     f"{blas['threading_layer']}), {blas['num_threads']} threads")
+    else:
+        lines.append(f"blas: {machine.get('blas', 'unknown')}, {machine['blas_threads']} threads")
+    lines.append(f"numpy {machine['numpy']}; compiled loops: {machine['compiled_loops']}")
+    lines.append(f"torch {machine['torch']} ({machine.get('torch_threads')} threads)" if machine.get("torch") else "torch: not installed")
+    if machine.get("jax"):
+        backend = f", default backend {machine['jax_default_backend']}" if machine.get("jax_default_backend") else ""
+        lines.append(f"jax {machine['jax']} (jaxlib {machine['jaxlib']}{backend})")
+    return lines
 
 
 def _figure(report: dict[str, Any], path: str) -> None:
@@ -585,8 +896,9 @@ def _figure(report: dict[str, Any], path: str) -> None:
 
     main = report["main"]
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
-    names = [n for n in OURS + THEIRS if n in main["step"]]
-    colors = ["#555555" if n == "floor" else ("#d62728" if n.startswith("torch") else "#1f77b4") for n in names]
+    names = [n for n in OURS + THEIRS + JAX if n in main["step"]]
+    colors = ["#555555" if n == "floor" else "#d62728" if n.startswith("torch") else "#2ca02c" if n.startswith("jax")
+              else "#1f77b4" for n in names]
     for ax, kind, title in ((axes[0], "step", "training step"), (axes[1], "infer", "inference forward")):
         med = [main[kind][n]["median_ms"] for n in names]
         err = [[m - main[kind][n]["q25_ms"] for n, m in zip(names, med)], [main[kind][n]["q75_ms"] - m for n, m in zip(names, med)]]
@@ -602,7 +914,8 @@ def _figure(report: dict[str, Any], path: str) -> None:
     for name in names:
         ys = [1e3 * row["step"][name]["median_ms"] / row["batch"] for row in sweep if name in row["step"]]
         if len(ys) == len(batches):
-            ax.plot(batches, ys, marker="o", label=name, linestyle="--" if name.startswith("torch") else "-")
+            ax.plot(batches, ys, marker="o", label=name,
+                    linestyle="--" if name.startswith("torch") else ":" if name.startswith("jax") else "-")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
@@ -612,7 +925,8 @@ def _figure(report: dict[str, Any], path: str) -> None:
     machine = report["machine"]
     load = machine.get("load_average_at_start")
     load_text = f", 1-min load average at start {load[0]:.1f}" if load else ""
-    fig.suptitle(f"smartmixed_np benchmarks: {machine['cpu']}, {machine['cpu_count']} cores, {machine['blas_threads']} BLAS threads "
+    simd = f" ({machine['simd']})" if machine.get("simd") else ""
+    fig.suptitle(f"smartmixed_np benchmarks: {machine['cpu']}{simd}, {machine['cpu_count']} cores, {machine['blas_threads']} BLAS threads "
                  f"(torch threads {machine.get('torch_threads')}), float32{load_text}", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -634,6 +948,7 @@ def run_benchmarks(
     with_torch: bool = True,
     log: Callable[[str], None] | None = None,
     device: str = "cpu",
+    with_jax: bool = True,
 ) -> dict[str, Any]:
     """Run the benchmark suite and return (and optionally write) its report.
 
@@ -649,6 +964,9 @@ def run_benchmarks(
         batch: the main batch size (default 128; quick: 32).
         seed: seeds weights, data and noise.
         with_torch: include the PyTorch contenders when torch is importable.
+        with_jax: include the JAX contenders (``jax_relu``, ``jax_phase1``,
+            ``jax_phase2``: the whole step under ``jax.jit``) when jax is importable;
+            without jax, one line of the log says so and the JAX ratios are absent.
         log: called with a line of progress per stage (default: silent).
         device: ``"cpu"`` or ``"gpu"`` (CuPy; PyTorch then runs on CUDA when it can).
             Every timed call is followed by a device synchronisation. The memory
@@ -657,7 +975,7 @@ def run_benchmarks(
     Returns:
         A dict: ``machine``, ``config``, ``main`` (step and infer timings per
         contender), ``onnx`` (ours against ONNX Runtime), ``ratios`` (every key contains ``ratio``; None where PyTorch or
-        data are missing), ``batch_sweep``, ``width_sweep``, ``epoch``, ``memory``,
+        data are missing; the ``*_vs_jax_*`` ones only where the JAX contenders ran), ``batch_sweep``, ``width_sweep``, ``epoch``, ``memory``,
         ``targets`` (each target with its threshold, value and whether it is met).
     """
     say = log or (lambda line: None)
@@ -666,12 +984,15 @@ def run_benchmarks(
     batch = int(batch or (32 if quick else 128))
     threads = _blas_threads()
     has_torch = with_torch and _torch_importable()
+    jax_missing = _jax_available() if with_jax else None
+    has_jax = with_jax and jax_missing is None
     dev = _device(device, has_torch)
     report: dict[str, Any] = {
-        "machine": {**_machine(threads), "backend": dev.backend.name, "device": dev.backend.device,
+        "machine": {**_machine(threads, with_jax=has_jax), "backend": dev.backend.name, "device": dev.backend.device,
                     "torch_device": dev.torch_device if has_torch else None},
         "config": {"quick": quick, "sizes": sizes, "batch": batch, "seed": seed, "repeats": plan["repeats"],
-                   "warmup": plan["warmup"], "settle_s": plan["settle_s"], "clamp": CLAMP, "tau": TAU, "torch": has_torch},
+                   "warmup": plan["warmup"], "settle_s": plan["settle_s"], "clamp": CLAMP, "tau": TAU, "torch": has_torch,
+                   "jax": has_jax},
     }
     if has_torch:
         import torch
@@ -679,9 +1000,13 @@ def run_benchmarks(
         torch.set_num_threads(threads)
         report["machine"]["torch_threads"] = torch.get_num_threads()
 
-    say(f"compiled loops: {report['machine']['compiled_loops']}")
+    for line in _machine_header(report["machine"]):
+        say(line)
+    if jax_missing:
+        say(jax_missing)
     say(f"main: {'-'.join(map(str, sizes))} at batch {batch}")
-    report["main"] = _measure(sizes, batch, seed, plan["repeats"], plan["warmup"], threads, has_torch, dev, plan["settle_s"])
+    report["main"] = _measure(sizes, batch, seed, plan["repeats"], plan["warmup"], threads, has_torch, dev, plan["settle_s"],
+                              has_jax)
     ratios = _ratios(report["main"])
     report["ratios_of_minima"] = {f"{key}_of_minima": value for key, value in _ratios(report["main"], "min_ms").items()}
 
@@ -689,14 +1014,14 @@ def run_benchmarks(
     for b in plan["batches"]:
         say(f"batch sweep: {b}")
         timings = _measure(sizes, b, seed, plan["sweep_repeats"], max(2, plan["warmup"] // 2), threads, has_torch, dev,
-                           plan["settle_s"])
+                           plan["settle_s"], has_jax)
         report["batch_sweep"].append({"batch": b, **timings, "ratios": _ratios(timings)})
     report["width_sweep"] = []
     for hidden in plan["widths"]:
         widths = [sizes[0], *hidden, sizes[-1]]
         say(f"width sweep: {'-'.join(map(str, widths))}")
         timings = _measure(widths, batch, seed, plan["sweep_repeats"], max(2, plan["warmup"] // 2), threads, has_torch, dev,
-                           plan["settle_s"])
+                           plan["settle_s"], has_jax)
         report["width_sweep"].append({"sizes": widths, **timings, "ratios": _ratios(timings)})
 
     data_dir = data_dir or os.environ.get(DATA_ENV)
