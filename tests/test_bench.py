@@ -122,7 +122,7 @@ CPUINFO_ARM = "processor : 0\nBogoMIPS : 50.00\nFeatures : fp asimd evtstrm aes 
     [
         (CPUINFO_AVX512, "Intel(R) Xeon(R) Platinum 8480+",
          ["sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vnni",
-          "avx512_bf16", "amx_tile"], "AMX"),
+          "avx512_bf16", "amx_tile"], "AVX-512"),
         (CPUINFO_AVX512.replace(" amx_tile", ""), "Intel(R) Xeon(R) Platinum 8480+",
          ["sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vnni",
           "avx512_bf16"], "AVX-512"),

@@ -800,8 +800,9 @@ def parse_cpuinfo(text: str) -> dict[str, Any]:
     Reads the first processor's ``model name`` and its ``flags`` (x86) or ``Features``
     (Arm) line. Returns ``{"cpu": name or None, "cpu_flags": [those of
     :data:`SIMD_FLAGS` present, in that order], "simd": summary}``, the summary being
-    the widest of "AMX", "AVX-512", "AVX2", "AVX", "SSE4.2", "SVE", "NEON" that the
-    flags show ("AVX-512" needs ``avx512f``, "NEON" Arm's ``asimd``), or None.
+    the widest vector extension of "AVX-512", "AVX2", "AVX", "SSE4.2", "SVE", "NEON"
+    that the flags show ("AVX-512" needs ``avx512f``, "NEON" Arm's ``asimd``), or None.
+    (AMX, a matrix unit, is listed among the flags, not summarised.)
     """
     model, flags = None, None
     for line in text.splitlines():
@@ -815,7 +816,7 @@ def parse_cpuinfo(text: str) -> dict[str, Any]:
             flags = set(value.split())
     present = [flag for flag in SIMD_FLAGS if flag in (flags or ())]
     simd = None
-    for summary, flag in (("AMX", "amx_tile"), ("AVX-512", "avx512f"), ("AVX2", "avx2"), ("AVX", "avx"), ("SSE4.2", "sse4_2"),
+    for summary, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2"), ("AVX", "avx"), ("SSE4.2", "sse4_2"),
                           ("SVE", "sve"), ("NEON", "asimd")):
         if flag in present:
             simd = summary
