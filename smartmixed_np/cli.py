@@ -491,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="few repeats, small sweep (a smoke test)")
     bench.add_argument("--data-dir", type=_path, metavar="DIR", help="MNIST folder for the epoch-throughput benchmark (default: $SMARTMIXED_DATA)")
     bench.add_argument("--device", type=_device, default="cpu", metavar="{cpu,gpu}", help="cpu or gpu (CuPy; PyTorch on CUDA when available)")
+    bench.add_argument("--no-torch", action="store_true", help="leave out the PyTorch contenders")
+    bench.add_argument("--no-jax", action="store_true", help="leave out the JAX contenders")
     _add_export_and_predict(commands)
     from .experiments.estimator_study import add_study_parser
     from .experiments.gradreport import add_gradcheck_parser
@@ -880,7 +882,8 @@ def _bench(args: argparse.Namespace) -> int:
         from .experiments.bench import run_benchmarks
     except ImportError:
         raise UserError("the benchmark suite is not available in this installation") from None
-    run_benchmarks(quick=args.quick, data_dir=args.data_dir, json_path=args.json, figure_path=args.figure, device=args.device)
+    run_benchmarks(quick=args.quick, data_dir=args.data_dir, json_path=args.json, figure_path=args.figure, device=args.device,
+                   with_torch=not args.no_torch, with_jax=not args.no_jax, log=lambda line: print(line, file=sys.stderr, flush=True))
     return 0
 
 
