@@ -28,6 +28,7 @@ Rules:
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,8 @@ from .kernels import has_kernel
 
 __all__ = [
     "JIT_ENV", "enabled", "status", "applies", "adam_update", "ACTIVATION_CODES", "GroupTable", "group_table", "grouped_forward",
-    "grouped_backward", "CandidateTable", "candidate_table", "selected_backward",
+    "grouped_backward", "CandidateTable", "candidate_table", "selected_backward", "selected_group_table",
+    "shared_exponentials", "shared_candidate_values", "shared_backward",
 ]
 
 JIT_ENV = "SMARTMIXED_JIT"
@@ -91,25 +93,39 @@ def applies(*arrays: Any) -> bool:
     )
 
 
-def _jit(function: Any) -> Any:
+def _jit(function: Any = None, *, reassociate: bool = False) -> Any:
     """Compile ``function`` with Numba on first call (no fast-math: exact IEEE operations).
 
     ``error_model="numpy"``: a division by zero gives inf or nan as in NumPy, rather
     than raising; it also lets the compiler vectorise loops that divide.
-    """
-    compiled = None
 
-    @functools.wraps(function)
-    def call(*args: Any) -> Any:
+    ``reassociate=True`` (``@_jit(reassociate=True)``) lets the compiler reorder sums
+    (fast-math ``reassoc`` alone), which it needs to vectorise a reduction; the order it
+    picks is fixed in the compiled code, so two calls give the same bits, but it is not
+    NumPy's: for sums whose reference is a tolerance, not bits. The wrapper's
+    ``dispatcher()`` is the compiled function itself, for passing into another loop
+    (a compiled loop can call only a Numba function, not this wrapper).
+    """
+    if function is None:
+        return functools.partial(_jit, reassociate=reassociate)
+    compiled = None
+    options = dict(error_model="numpy", nogil=True, **({"fastmath": {"reassoc"}} if reassociate else {}))
+
+    def dispatcher() -> Any:
         nonlocal compiled
         if compiled is None:
             njit = _numba().njit
             try:
-                compiled = njit(cache=True, error_model="numpy", nogil=True)(function)
+                compiled = njit(cache=True, **options)(function)
             except RuntimeError:  # no writable place for Numba's cache: compile every run
-                compiled = njit(cache=False, error_model="numpy", nogil=True)(function)
-        return compiled(*args)
+                compiled = njit(cache=False, **options)(function)
+        return compiled
 
+    @functools.wraps(function)
+    def call(*args: Any) -> Any:
+        return dispatcher()(*args)
+
+    call.dispatcher = dispatcher
     return call
 
 
@@ -582,3 +598,227 @@ def selected_backward(doutT: np.ndarray, stack: np.ndarray, selected: np.ndarray
                       table.hi[selected], table.constants)
     return out
 
+
+
+# --------------------------------------------------------------------------- phase 1 without the stack
+def selected_group_table(selected: np.ndarray, table: CandidateTable) -> GroupTable:
+    """The :class:`GroupTable` of a hard phase-1 layer's selection: neuron ``n`` in the group of
+    candidate ``selected[n]``, the neurons sorted (stably) by activation code.
+
+    :func:`grouped_forward` with it computes $\\mathrm{clip}(f_{s_n}(z_n), lo_{s_n}, hi_{s_n})$ for
+    every neuron, each transcendental function once per element by NumPy over one contiguous
+    run: the selected candidate's values alone, bitwise those of the fused kernels.
+
+    Args:
+        selected: (N,) host ints, each neuron's candidate.
+        table: the pool's :class:`CandidateTable`.
+    """
+    selected = np.asarray(selected, dtype=np.int64)
+    row_codes = table.codes[selected]
+    rows = np.argsort(row_codes, kind="stable").astype(np.int64)
+    sorted_codes = row_codes[rows]
+    present = np.flatnonzero(np.bincount(sorted_codes, minlength=len(ACTIVATION_CODES)))
+    starts = np.searchsorted(sorted_codes, present, side="left").astype(np.int64)
+    stops = np.searchsorted(sorted_codes, present, side="right").astype(np.int64)
+    # One group per code; the clamp of a code is that of the one candidate that has it.
+    candidate_of_code = np.empty(len(ACTIVATION_CODES), dtype=np.int64)
+    candidate_of_code[table.codes] = np.arange(len(table.codes))
+    group_candidates = candidate_of_code[present]
+    prepass: list[tuple[int, int, int]] = []
+    idle: list[tuple[int, int]] = []
+    for code, start, stop in zip(present.tolist(), starts.tolist(), stops.tolist()):
+        if code in (RELU, LEAKY_RELU):
+            idle.append((start, stop))
+            continue
+        code = ELU if code == SELU else code  # both need expm1(min(z, 0)); sorted, elu's run meets selu's
+        if prepass and prepass[-1][0] == code and prepass[-1][2] == start:
+            prepass[-1] = (code, prepass[-1][1], stop)
+        else:
+            prepass.append((code, start, stop))
+    return GroupTable(
+        rows=rows, starts=starts, stops=stops, codes=present.astype(np.int64),
+        lo=table.lo[group_candidates], hi=table.hi[group_candidates], constants=table.constants,
+        prepass=tuple(prepass), idle=tuple(idle), prepass_array=np.asarray(prepass, dtype=np.int64).reshape(-1, 3),
+        row_codes=row_codes, row_lo=table.lo[selected], row_hi=table.hi[selected],
+        identity=np.arange(len(selected), dtype=np.int64), exp_rows=_exp_rows(row_codes),
+    )
+
+
+@_jit(reassociate=True)
+def _dot64(x, y):
+    # sum_j x[j] y[j] in float64, in the order the compiler vectorises it (fixed, not sequential)
+    total = 0.0
+    for j in range(x.shape[0]):
+        total += np.float64(x[j]) * np.float64(y[j])
+    return total
+
+
+_dot64_compiled = None  # _dot64's compiled function, once bound by _shared_pass
+
+
+@_jit
+def _shared_backward_loop(doutT, zT, aT, tT, mT, selected, codes, lo, hi, constants, row, dy, dzT, keep, values):
+    # Per neuron n: first, for every candidate k, its clamped value a_k from the shared
+    # t = e^{-|z|} and m = expm1(-|z|) into the row buffer (one loop per code: the branch on
+    # the code is loop-invariant, and the compiler hoists it and vectorises the loop), and
+    # dy[n, k] = sum_b dout[n, b] a_k[n, b] in float64 by _dot64 (whose sum the compiler
+    # may reorder; this loop's own operations it may not) (the row is copied to values[k, n]
+    # when keep is set); then
+    # dz[n] = dout[n] f'_s(z) [lo < a < hi] for the selected candidate s, from the forward's
+    # value a = aT[n] and from t.
+    zero, one, slope, elu_alpha, selu_alpha, selu_scale, selu_scale_alpha, big_cap = constants
+    width, batch = zT.shape
+    for n in range(width):
+        z, t, m, d = zT[n], tT[n], mT[n], doutT[n]
+        for k in range(codes.shape[0]):
+            code, l, h = codes[k], lo[k], hi[k]
+            # One loop per code (a branch inside the loop, even a loop-invariant one, kept the
+            # compiler from vectorising it: ten times slower). Each ends in the clamp.
+            if code == RELU:  # max(z, 0)
+                for j in range(batch):
+                    y = z[j] if z[j] >= zero else zero  # >=: -0 stays -0, as in the kernel's clip
+                    y = l if y < l else y
+                    row[j] = h if y > h else y
+            elif code == SIGMOID:  # e^{min(z, 0)} / (1 + t): the fused kernel's operations (t for z < 0)
+                for j in range(batch):
+                    y = (one if z[j] >= zero else t[j]) / (t[j] + one)
+                    y = l if y < l else y
+                    row[j] = h if y > h else y
+            elif code == TANH:  # sign(z) (1 - t^2) / (1 + t^2), with 1 - t^2 = -m (1 + t); in float64
+                for j in range(batch):
+                    u, v = np.float64(t[j]), np.float64(m[j])
+                    y = math.copysign(-(v * (u + 1.0)) / (u * u + 1.0), z[j])  # tanh(-0) = -0
+                    y = l if y < l else y
+                    row[j] = h if y > h else y
+            elif code == LEAKY_RELU:  # max(0.01 z, z)
+                for j in range(batch):
+                    y = z[j] * slope
+                    y = z[j] if z[j] > y else y
+                    y = l if y < l else y
+                    row[j] = h if y > h else y
+            elif code == ELU:  # z, else expm1(z) = m
+                for j in range(batch):
+                    y = z[j] if z[j] >= zero else m[j] * elu_alpha  # >=: the reference's zero keeps its sign
+                    y = l if y < l else y
+                    row[j] = h if y > h else y
+            else:  # selu: scale (alpha expm1(min(z, 0)) + max(z, 0))
+                for j in range(batch):
+                    y = ((zero if z[j] > zero else m[j]) * selu_alpha + (z[j] if z[j] >= zero else zero)) * selu_scale
+                    y = l if y < l else y
+                    row[j] = h if y > h else y
+            if keep:
+                values[k, n, :] = row
+            total = _dot64_compiled(d, row)
+            dy[n, k] = total
+        s = selected[n]
+        code, l, h = codes[s], lo[s], hi[s]
+        has_lo, has_hi = l != -np.inf, h != np.inf
+        a, o = aT[n], dzT[n]
+        # The mask [lo < a < hi] as a factor of 1 or 0 (0 * inf is NaN, as in the kernels'
+        # multiplication by the mask); relu's mask is its derivative. One loop per code, as above.
+        if code == RELU:  # [a > 0] [a < hi]
+            for j in range(batch):
+                o[j] = d[j] * (one if (a[j] > zero and (a[j] < h or not has_hi)) else zero)
+            continue
+        if code == SIGMOID:  # a (1 - a)
+            for j in range(batch):
+                o[j] = ((one - a[j]) * a[j]) * d[j]
+        elif code == TANH:  # 1 - a^2
+            for j in range(batch):
+                o[j] = (one - a[j] * a[j]) * d[j]
+        elif code == LEAKY_RELU:  # 1 or 0.01
+            for j in range(batch):
+                o[j] = (one if a[j] > zero else slope) * d[j]
+        elif code == ELU:  # e^{min(z, 0)}: t where z <= 0 (there -|z| = z), else 1
+            for j in range(batch):
+                o[j] = (t[j] if z[j] <= zero else one) * d[j]
+        else:  # selu: lambda where z > 0 (a > 0), else lambda alpha e^z (t where z <= 0)
+            for j in range(batch):
+                q = (t[j] if z[j] <= zero else one) * selu_scale_alpha
+                cap = big_cap if a[j] <= zero else selu_scale
+                o[j] = (cap if cap < q else q) * d[j]
+        if has_lo:
+            for j in range(batch):
+                o[j] = o[j] * (one if a[j] > l else zero)
+        if has_hi:
+            for j in range(batch):
+                o[j] = o[j] * (one if a[j] < h else zero)
+
+
+def shared_exponentials(zT: np.ndarray, tT: np.ndarray, mT: np.ndarray) -> None:
+    r"""$t = e^{-|z|}$ into ``tT`` and $m = \mathrm{expm1}(-|z|)$ into ``mT`` (all (N, B)), by NumPy.
+
+    Two vectorised NumPy passes, shared by every candidate: on this library's test machine
+    (AMD Zen 4, AVX-512, Numba without SVML) they cost a fifth of one C-library ``exp`` call
+    per element inside a compiled loop. Both are needed: $t$ keeps its relative precision
+    for large $|z|$ (where $1 + m$ would not), $m$ for small $|z|$ (where $t - 1$ cancels).
+    """
+    np.abs(zT, out=tT)
+    np.negative(tT, out=tT)
+    np.expm1(tT, out=mT)
+    np.exp(tT, out=tT)
+
+
+def shared_candidate_values(zT: np.ndarray, table: CandidateTable) -> np.ndarray:
+    r"""(K, N, B): every candidate's clamped value, as :func:`shared_backward` computes it for $dy$.
+
+    From $t = e^{-|z|}$ and $m = \mathrm{expm1}(-|z|)$ (:func:`shared_exponentials`):
+    relu, leaky relu, elu and selu by the fused kernels' operations, and sigmoid as
+    $e^{\min(z,0)}/(1 + t)$ (for $z < 0$, $e^{\min(z,0)}$ is $t$ itself): all bitwise the
+    reference's values; tanh as $\mathrm{sign}(z)\,(-m)(1 + t)/(1 + t^2)$, which is
+    $(1 - e^{-2|z|})/(1 + e^{-2|z|})$ with $1 - t^2 = -m(1 + t)$ free of cancellation near 0,
+    within a few ulps of ``np.tanh`` (the bound: :func:`shared_backward`). For tests and inspection.
+    """
+    values = np.empty((len(table.codes),) + zT.shape, dtype=zT.dtype)
+    _shared_pass(np.zeros_like(zT), zT, zT, np.zeros(zT.shape[0], dtype=np.int64), table, np.empty_like(zT),
+                 np.empty_like(zT), np.empty_like(zT), values)
+    return values
+
+
+def _shared_pass(doutT, zT, aT, selected, table, tT, mT, dzT, values):
+    # A compiled loop calls only compiled functions, and finds them among the module's globals
+    # when it is compiled: bind _dot64's before _shared_backward_loop's first call. (Passed as an
+    # argument instead, it kept Numba from reusing the on-disk cache: a compilation every run.)
+    global _dot64_compiled
+    if _dot64_compiled is None:
+        _dot64_compiled = _dot64.dispatcher()
+    shared_exponentials(zT, tT, mT)
+    dy = np.empty((zT.shape[0], len(table.codes)), dtype=np.float64)
+    row = np.empty(zT.shape[1], dtype=zT.dtype)
+    keep = values is not None
+    values = values if keep else np.empty((1, 1, 1), dtype=zT.dtype)
+    _shared_backward_loop(doutT, zT, aT, tT, mT, np.asarray(selected, dtype=np.int64), table.codes, table.lo, table.hi,
+                          table.constants, row, dy, dzT, keep, values)
+    return dy
+
+
+def shared_backward(doutT: np.ndarray, zT: np.ndarray, aT: np.ndarray, selected: np.ndarray, table: CandidateTable,
+                    tT: np.ndarray, mT: np.ndarray, dzT: np.ndarray) -> np.ndarray:
+    r"""A hard phase-1 layer's backward without the candidate stack: $dy$ (N, K) and $dz$ into ``dzT``.
+
+    With $t = e^{-|z|}$ and $m = \mathrm{expm1}(-|z|)$ computed once per element
+    (:func:`shared_exponentials`, into ``tT`` and ``mT``), one compiled pass over each
+    neuron's row computes every candidate's clamped value $a_k$ from them
+    (:func:`shared_candidate_values`), $dy_{nk} = \sum_b dout_{nb}\, a_{knb}$ (accumulated in
+    float64 in a fixed order, so two calls give the same bits), and
+    $dz_n = dout_n\, f'_{s_n}(z_n)\, [lo < a < hi]$ for the selected candidate from the
+    forward's value ``aT`` and $t$ (as :func:`selected_backward` does, bitwise its numbers).
+
+    Reference: :func:`smartmixed_np.core.phase1.mixture_backward`'s $dy$ and $dz$ (``clamp_grad="open"``).
+    $dz$ is bitwise that of the fused kernels; each $a_k$ is bitwise the reference's but
+    tanh's, which is within 4 ulps of ``np.tanh`` (measured: at most 3 in float32 and float64
+    over a million inputs from $10^{-30}$ to $10^3$ in magnitude, zeros and the clamp edges;
+    ``tests/test_phase1_single.py``); $dy$ then differs from the reference's sum by that
+    and by the order and precision of the sum.
+
+    Args:
+        doutT, zT, aT: (N, B) upstream gradient, pre-activation and the forward's output, C-contiguous.
+        selected: (N,) host int64, each neuron's candidate.
+        table: the pool's :class:`CandidateTable` in the arrays' dtype.
+        tT, mT: (N, B) work buffers, overwritten.
+        dzT: (N, B) output buffer, not overlapping the inputs.
+
+    Returns:
+        ``dy`` (N, K) in float64.
+    """
+    return _shared_pass(doutT, zT, aT, selected, table, tT, mT, dzT, None)

@@ -13,20 +13,32 @@ the kernels, then the selected rows gathered; any array module) and
 :func:`mixture_backward_compiled` (only the selected candidate's derivative, in one
 compiled pass; host arrays with Numba). They give the same numbers
 (``tests/test_compiled.py``).
+
+A third pair keeps no stack: :func:`mixture_forward_single` computes the selected
+candidate's value alone (bitwise the reference's) and :func:`mixture_backward_single`
+recomputes every candidate's value from two shared exponentials of each element in
+one compiled pass per neuron, for $d\alpha$ (within a few ulps of the reference, see
+there) and $dz$ (bitwise). Host arrays with Numba; ``tests/test_phase1_single.py``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
+
+import numpy as np
 
 from ..backend import array_module
 from ..core.activations import Activation, clamp_limits
-from ..core.phase1 import MixtureCache, gumbel_softmax_weights, softmax_backward
+from ..core.phase1 import MixtureCache, gumbel_softmax_weights, mixture_backward, mixture_forward, softmax_backward
 from . import compiled
-from .kernels import activation_backward_into, activation_forward_into
+from .kernels import activation_backward_into, activation_forward_into, has_kernel
 from .workspace import Workspace, get_buffer
 
-__all__ = ["mixture_forward_fused", "mixture_backward_fused", "mixture_backward_compiled"]
+__all__ = [
+    "mixture_forward_fused", "mixture_backward_fused", "mixture_backward_compiled", "SelectedMixtureCache",
+    "mixture_forward_single", "mixture_backward_single",
+]
 
 
 def _selected_rows(xp: Any, selected: Any, width: int) -> Any:
@@ -136,3 +148,136 @@ def mixture_backward_compiled(
         return mixture_backward_fused(dout, cache, pool, workspace)
     compiled.selected_backward(doutT, stack, cache.selected, table, dzT, zT=zT)
     return dzT.T, _dlogits(stack, doutT, cache)
+
+
+# --------------------------------------------------------------------------- without the stack
+@dataclass
+class SelectedMixtureCache(MixtureCache):
+    """The cache of :func:`mixture_forward_single`: a :class:`~smartmixed_np.core.phase1.MixtureCache`
+    whose ``candidates`` is None (no (K, B, N) stack: the backward recomputes the candidates
+    from ``z``), with ``out`` (B, N), the selected candidates' clamped values (a view of the
+    forward's output: the derivatives of sigmoid and tanh and every clamp mask are taken from
+    it), and ``table``, the pool's codes and clamps. Only :func:`mixture_backward_single` reads it."""
+
+    out: Any = None
+    table: compiled.CandidateTable | None = None
+
+
+def _single_table(pool: Sequence[Activation], clamp: float | None, *arrays: Any) -> compiled.CandidateTable | None:
+    """The pool's :class:`~smartmixed_np.fast.compiled.CandidateTable` when the compiled loops take ``arrays``, else None."""
+    if not compiled.applies(*arrays):
+        return None
+    return compiled.candidate_table(tuple(pool), clamp, arrays[0].dtype)
+
+
+def mixture_forward_single(
+    z: Any,
+    logits: Any,
+    noise: Any,
+    pool: Sequence[Activation],
+    *,
+    tau: float,
+    clamp: float | None = 10.0,
+    workspace: Workspace | None = None,
+) -> tuple[Any, MixtureCache]:
+    r""":func:`mixture_forward_fused` without the (K, N, B) stack: the selected candidate's value alone.
+
+    $y = \mathrm{softmax}((\alpha + g)/\tau)$, $s_n = \arg\max_k y_{nk}$, then
+    $out_{bn} = \mathrm{clip}(f_{s_n}(z_{bn}), lo_{s_n}, hi_{s_n})$ by
+    :func:`smartmixed_np.fast.compiled.grouped_forward` with the neurons grouped by their
+    selection (:func:`~smartmixed_np.fast.compiled.selected_group_table`): one compiled pass
+    for the arguments, one NumPy transcendental per element (of the selected candidate
+    only, over contiguous runs), one compiled pass to finish. Bitwise the reference's
+    values (the same operations as the fused kernels).
+
+    Host arrays with Numba on, ``z.T`` C-contiguous of float32 or float64 (the networks'
+    feature-major layout), a pool of built-ins; otherwise :func:`mixture_forward_fused`,
+    or, for a pool with a user's activation, the reference
+    :func:`~smartmixed_np.core.phase1.mixture_forward` (their caches have the stack;
+    :func:`mixture_backward_single` takes every one of them).
+
+    Args:
+        z: (B, N); logits: (N, K); noise: (N, K) or None; pool: K built-ins.
+        workspace: where the output and the scratch live ("out", "scratch": (N, B) each);
+            fresh arrays if None.
+
+    Returns:
+        ``out`` (B, N) and a :class:`SelectedMixtureCache` (or, on the fallback, the fused cache).
+    """
+    if not all(has_kernel(a) for a in pool):
+        return mixture_forward(z, logits, noise, pool, tau=tau, hard=True, clamp=clamp)
+    zT = z.T
+    table = _single_table(pool, clamp, zT)
+    if table is None:
+        return mixture_forward_fused(z, logits, noise, pool, tau=tau, clamp=clamp, workspace=workspace)
+    batch, width = z.shape
+    weights = gumbel_softmax_weights(logits, noise, tau)
+    selected = np.argmax(weights, axis=-1)
+    outT = get_buffer(workspace, np, "out", (width, batch), z.dtype)
+    scratch = get_buffer(workspace, np, "scratch", (width, batch), z.dtype)
+    compiled.grouped_forward(zT, compiled.selected_group_table(selected, table), outT, scratch)
+    out = outT.T
+    return out, SelectedMixtureCache(z, None, weights, selected, noise, tau, clamp, out=out, table=table)
+
+
+def _restacked(cache: SelectedMixtureCache, pool: Sequence[Activation], workspace: Workspace | None) -> MixtureCache:
+    """The fused forward's cache for ``cache``: the (K, N, B) stack rebuilt by the kernels (the fallback)."""
+    xp = array_module(cache.z)
+    batch, width = cache.z.shape
+    stack = get_buffer(workspace, xp, "candidates", (len(pool), width, batch), cache.z.dtype)
+    for k, activation in enumerate(pool):
+        lo, hi = clamp_limits(activation, cache.clamp)
+        activation_forward_into(activation, cache.z.T, lo, hi, stack[k])
+    return MixtureCache(cache.z, stack.transpose(0, 2, 1), cache.weights, cache.selected, cache.noise, cache.tau,
+                        cache.clamp)
+
+
+def mixture_backward_single(
+    dout: Any, cache: MixtureCache, pool: Sequence[Activation], workspace: Workspace | None = None
+) -> tuple[Any, Any]:
+    r""":func:`~smartmixed_np.core.phase1.mixture_backward` (hard, shared or no noise, ``clamp_grad="open"``)
+    for a cache of :func:`mixture_forward_single`, without the candidate stack.
+
+    One compiled pass per neuron (:func:`smartmixed_np.fast.compiled.shared_backward`) after
+    two NumPy passes for $t = e^{-|z|}$ and $m = \mathrm{expm1}(-|z|)$, shared by all K
+    candidates: every candidate's clamped value $a_k$ from $t$ and $m$,
+    $dy_{nk} = \sum_b dout_{bn} a_{kbn}$, and
+    $dz_{bn} = dout_{bn} f'_{s_n}(z_{bn}) [lo < a_{s_n} < hi]$; then
+    $d\alpha = \mathrm{softmax\_backward}(dy, y)/\tau$.
+
+    Agreement with the reference: $dz$ bitwise that of :func:`mixture_backward_fused`
+    (which is the reference's to rounding, ``tests/test_mixture.py``); each candidate value
+    is bitwise the reference's but tanh's, $\mathrm{sign}(z)(-m)(1+t)/(1+t^2)$, within
+    4 ulps of ``np.tanh``; $dy$ is summed in float64 (the reference sums in the arrays'
+    dtype), so $d\alpha$ agrees to a few ulps of $\sum_b |dout_{bn} a_{kbn}|$
+    (``tests/test_phase1_single.py``).
+
+    A cache with the stack (the forward's fallback) goes to :func:`mixture_backward_compiled`
+    (to the reference for a pool with a user's activation);
+    arrays the loops cannot take (``dout.T`` not C-contiguous, another dtype) rebuild the
+    stack and go to :func:`mixture_backward_fused`: the same numbers to rounding.
+
+    Args:
+        dout: (B, N) upstream gradient.
+        cache: from :func:`mixture_forward_single`.
+        pool: the same K built-ins.
+        workspace: where ``dz`` and the two (N, B) work buffers live ("dz", "scratch",
+            "expm1"); fresh arrays if None.
+
+    Returns:
+        ``dz`` (B, N) and ``dlogits`` (N, K).
+    """
+    if not isinstance(cache, SelectedMixtureCache):
+        if not all(has_kernel(a) for a in pool):
+            return mixture_backward(dout, cache, pool)
+        return mixture_backward_compiled(dout, cache, pool, workspace)
+    doutT, zT, aT = dout.T, cache.z.T, cache.out.T
+    if not compiled.applies(doutT, zT, aT):
+        return mixture_backward_fused(dout, _restacked(cache, pool, workspace), pool, workspace)
+    batch, width = dout.shape
+    dzT = get_buffer(workspace, np, "dz", (width, batch), dout.dtype)
+    tT = get_buffer(workspace, np, "scratch", (width, batch), dout.dtype)
+    mT = get_buffer(workspace, np, "expm1", (width, batch), dout.dtype)
+    dy = compiled.shared_backward(doutT, zT, aT, cache.selected, cache.table, tT, mT, dzT)
+    dlogits = softmax_backward(dy.astype(cache.weights.dtype, copy=False), cache.weights) / cache.tau
+    return dzT.T, dlogits

@@ -1,0 +1,274 @@
+"""The phase-1 pair without the candidate stack (fast/phase1.mixture_forward_single /
+mixture_backward_single, fast/compiled.shared_backward) against the reference and the fused pair."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from smartmixed_np.core.activations import Activation, clamp_limits, resolve_pool
+from smartmixed_np.core.gradcheck import check_vjp
+from smartmixed_np.core.phase1 import MixtureCache, mixture_backward, mixture_forward, straight_through_surrogate
+from smartmixed_np.fast import compiled
+from smartmixed_np.fast.kernels import activation_forward_into
+from smartmixed_np.fast.phase1 import (
+    SelectedMixtureCache, mixture_backward_compiled, mixture_backward_fused, mixture_backward_single,
+    mixture_forward_fused, mixture_forward_single,
+)
+from smartmixed_np.fast.workspace import Workspace
+from strategies import beyond_clamp
+
+pytestmark = pytest.mark.skipif(
+    not compiled.status().startswith("numba"), reason=f"the single-pass phase 1 needs Numba: {compiled.status()}"
+)
+
+SIX = resolve_pool(None)
+DTYPES = [np.float32, np.float64]
+#: tanh from the shared exponentials, against np.tanh (the docstrings of compiled.shared_backward
+#: and fast.phase1.mixture_backward_single state it); every other candidate is exact.
+TANH_ULPS = 4
+
+
+def assert_bitwise_equal(ours, reference):
+    ours, reference = np.asarray(ours), np.asarray(reference)
+    assert ours.dtype == reference.dtype and ours.shape == reference.shape
+    bits = np.uint32 if ours.dtype == np.float32 else np.uint64
+    np.testing.assert_array_equal(ours.view(bits), reference.view(bits))
+
+
+def feature_major(host: np.ndarray) -> np.ndarray:
+    """A (B, N) view of a C-contiguous (N, B) copy: the networks' layout."""
+    return np.ascontiguousarray(host.T).T
+
+
+def edge_values(clamp: float | None) -> np.ndarray:
+    """Inputs at which a candidate's value is exactly at a clamp edge (or would be), and zeros."""
+    values = [0.0, -0.0, 1e-30, -1e-30]
+    if clamp is not None:
+        c = float(clamp)
+        values += [c, -c, 100 * c, -100 * c, c / 1.0507009873554805, 1.5 * c, -1.5 * c]
+    return np.array(values)
+
+
+def make_case(seed, batch, width, pool, dtype, clamp=10.0, scale=4.0, noise=True):
+    """z, dout (feature-major), logits that make neuron n select candidate n mod K, noise."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((batch, width)) * scale
+    z.flat[: min(z.size, 20)] = np.resize(edge_values(clamp), min(z.size, 20))
+    dout = rng.standard_normal((batch, width))
+    logits = rng.standard_normal((width, len(pool))) * 0.1
+    logits[np.arange(width), np.arange(width) % len(pool)] += 20.0
+    gumbel = rng.gumbel(size=logits.shape).astype(dtype) if noise else None
+    return feature_major(z.astype(dtype)), feature_major(dout.astype(dtype)), logits.astype(dtype), gumbel
+
+
+def ulps(ours, reference):
+    """|ours - reference| in units of the last place of ``reference`` (in its dtype)."""
+    spacing = np.spacing(np.abs(reference)).astype(np.float64)
+    return np.abs(ours.astype(np.float64) - reference.astype(np.float64)) / spacing
+
+
+# --------------------------------------------------------------------------- candidate values
+def _many_inputs(dtype) -> np.ndarray:
+    rng = np.random.default_rng(5)
+    tiny = np.finfo(dtype).smallest_subnormal
+    parts = [
+        rng.standard_normal(40_000) * 3, rng.uniform(-30, 30, 40_000), rng.uniform(-1e-3, 1e-3, 20_000),
+        np.sign(rng.standard_normal(20_000)) * np.logspace(-30, 3, 20_000),
+        np.array([0.0, -0.0, tiny, -tiny, 10.0, -10.0, 0.5, -0.5, 1e4, -1e4, 100.0, -100.0]),
+    ]
+    return np.concatenate(parts).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("clamp", [None, 10.0, 0.5])
+def test_shared_candidate_values_are_the_kernels_and_tanh_within_its_ulps(dtype, clamp):
+    """Every candidate's value from t = e^{-|z|} and m = expm1(-|z|): bitwise the fused kernels' but
+    tanh's, which is within TANH_ULPS of np.tanh (huge, tiny, zero inputs and the clamp edges)."""
+    z = _many_inputs(dtype)
+    table = compiled.candidate_table(SIX, clamp, np.dtype(dtype))
+    values = compiled.shared_candidate_values(np.ascontiguousarray(z[None, :]), table)[:, 0]
+    for k, activation in enumerate(SIX):
+        lo, hi = clamp_limits(activation, clamp)
+        kernel = activation_forward_into(activation, z, lo, hi, np.empty_like(z))
+        if activation.name == "tanh":
+            assert ulps(values[k], kernel).max() <= TANH_ULPS
+            np.testing.assert_array_equal(np.sign(values[k]), np.sign(kernel))
+        else:
+            assert_bitwise_equal(values[k], kernel)
+
+
+# --------------------------------------------------------------------------- forward
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("clamp", [None, 10.0, 0.5])
+@pytest.mark.parametrize("batch, width", [(1, 7), (13, 37), (64, 18)])
+@pytest.mark.parametrize("pool", [SIX, resolve_pool("tanh,relu"), resolve_pool("selu,sigmoid,elu,leaky_relu")])
+def test_forward_is_bitwise_the_fused_forward_and_equal_to_the_reference(dtype, clamp, batch, width, pool):
+    z, _, logits, noise = make_case(batch * 100 + width, batch, width, pool, dtype, clamp)
+    out, cache = mixture_forward_single(z, logits, noise, pool, tau=0.5, clamp=clamp, workspace=Workspace(np))
+    assert isinstance(cache, SelectedMixtureCache) and cache.candidates is None
+    assert set(cache.selected.tolist()) == set(range(min(width, len(pool))))  # every candidate somewhere
+    out_fused, cache_fused = mixture_forward_fused(z, logits, noise, pool, tau=0.5, clamp=clamp)
+    assert_bitwise_equal(out, out_fused)
+    np.testing.assert_array_equal(cache.selected, cache_fused.selected)
+    assert_bitwise_equal(cache.weights, cache_fused.weights)
+    out_ref, cache_ref = mixture_forward(z, logits, noise, pool, tau=0.5, hard=True, clamp=clamp)
+    np.testing.assert_array_equal(out, out_ref)  # values equal; the reference's elu(-0) is +0
+    np.testing.assert_array_equal(cache.selected, cache_ref.selected)
+
+
+def test_forward_without_noise_selects_by_the_logits():
+    z, _, logits, _ = make_case(3, 5, 12, SIX, np.float64)
+    _, cache = mixture_forward_single(z, logits, None, SIX, tau=1.0)
+    np.testing.assert_array_equal(cache.selected, np.argmax(logits, axis=1))
+    assert cache.noise is None
+
+
+# --------------------------------------------------------------------------- backward
+def _backward_case(seed, batch, width, pool, dtype, clamp, tau=0.5):
+    z, dout, logits, noise = make_case(seed, batch, width, pool, dtype, clamp)
+    _, cache = mixture_forward_single(z, logits, noise, pool, tau=tau, clamp=clamp)
+    _, cache_fused = mixture_forward_fused(z, logits, noise, pool, tau=tau, clamp=clamp)
+    _, cache_ref = mixture_forward(z, logits, noise, pool, tau=tau, hard=True, clamp=clamp)
+    return z, dout, cache, cache_fused, cache_ref
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("clamp", [None, 10.0, 0.5])
+@pytest.mark.parametrize("batch, width", [(1, 1), (13, 37), (128, 24)])
+@pytest.mark.parametrize("pool", [SIX, resolve_pool("tanh,relu"), resolve_pool("selu,sigmoid,elu,leaky_relu")])
+def test_backward_dz_is_the_fused_dz_and_dlogits_within_the_stated_bound(dtype, clamp, batch, width, pool):
+    """dz bitwise that of the fused and compiled backwards (the clamp edges ±c included); dy within
+    TANH_ULPS per term (plus the reference sum's own rounding) of the reference's; dlogits to match."""
+    z, dout, cache, cache_fused, cache_ref = _backward_case(batch + width, batch, width, pool, dtype, clamp)
+    dz, dlogits = mixture_backward_single(dout, cache, pool, workspace=Workspace(np))
+    dz_fused, dlogits_fused = mixture_backward_fused(dout, cache_fused, pool)
+    dz_compiled, _ = mixture_backward_compiled(dout, cache_fused, pool)
+    assert_bitwise_equal(dz, dz_fused)
+    assert_bitwise_equal(dz, dz_compiled)
+    dz_ref, dlogits_ref = mixture_backward(dout, cache_ref, pool)
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(dz, dz_ref, rtol=4 * eps, atol=0)
+    # dy_nk = sum_b dout a_k: each term within TANH_ULPS (relatively), the sum in float64 here and
+    # in the dtype in the reference: |error| <= (TANH_ULPS + batch) eps sum_b |dout a_k|.
+    magnitude = np.einsum("bn,kbn->nk", np.abs(dout.astype(np.float64)), np.abs(cache_ref.candidates.astype(np.float64)))
+    dy_bound = (TANH_ULPS + batch + 2) * eps * magnitude
+    # dlogits = y (dy - <y, dy>) / tau: an error e in dy moves it by at most 2 max_k e_k / tau.
+    bound = 2 * dy_bound.max(axis=1, keepdims=True) / cache.tau + 4 * eps * np.abs(dlogits_ref)
+    assert np.all(np.abs(dlogits.astype(np.float64) - dlogits_ref.astype(np.float64)) <= bound)
+    assert np.all(np.abs(dlogits.astype(np.float64) - dlogits_fused.astype(np.float64)) <= bound)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dy_is_the_float64_sum_of_the_reference_candidates_to_the_tanh_bound(dtype):
+    """compiled.shared_backward's dy against the exact (float64) sum of the reference's own candidate values:
+    only tanh's few ulps separate them (and, in float64, the sum's rounding)."""
+    z, dout, cache, _, cache_ref = _backward_case(11, 96, 30, SIX, dtype, 10.0)
+    zT, doutT = z.T, dout.T
+    dy = compiled.shared_backward(doutT, zT, cache.out.T, cache.selected, cache.table, np.empty_like(zT),
+                                  np.empty_like(zT), np.empty_like(zT))
+    terms = dout.astype(np.float64)[None] * cache_ref.candidates.astype(np.float64)  # (K, B, N)
+    exact = terms.sum(axis=1).T
+    eps = np.finfo(dtype).eps
+    rounding = 96 * np.finfo(np.float64).eps  # the float64 sum's own
+    bound = (TANH_ULPS * eps + rounding) * np.abs(terms).sum(axis=1).T + 1e-300
+    assert np.all(np.abs(dy - exact) <= bound)
+    tanh = [a.name for a in SIX].index("tanh")
+    others = [k for k in range(len(SIX)) if k != tanh]
+    np.testing.assert_allclose(dy[:, others], exact[:, others], rtol=0, atol=np.max(rounding * np.abs(terms).sum(axis=1)) + 1e-300)
+
+
+def test_the_gradient_at_exactly_the_clamp_is_zero_open_convention():
+    """At a value exactly ±c (relu, leaky relu, elu at z = ±c) dz is 0 (ours, "open"), as the reference's."""
+    pool = resolve_pool("relu,leaky_relu,elu")
+    z = feature_major(np.array([[10.0, 10.0, 10.0], [-1000.0, -10.0, 9.0]]))
+    logits = np.eye(3) * 20.0
+    out, cache = mixture_forward_single(z, logits, None, pool, tau=1.0, clamp=10.0)
+    np.testing.assert_array_equal(out[0], [10.0, 10.0, 10.0])
+    dz, _ = mixture_backward_single(feature_major(np.ones((2, 3))), cache, pool)
+    _, cache_ref = mixture_forward(z, logits, None, pool, tau=1.0, hard=True, clamp=10.0)
+    dz_ref, _ = mixture_backward(np.ones((2, 3)), cache_ref, pool)
+    np.testing.assert_array_equal(dz, dz_ref)
+    np.testing.assert_array_equal(dz[0], [0.0, 0.0, 0.0])
+
+
+def test_two_calls_give_the_same_bits():
+    z, dout, cache, _, _ = _backward_case(7, 128, 40, SIX, np.float32, 10.0)
+    workspace = Workspace(np)
+    dz1, dlogits1 = (a.copy() for a in mixture_backward_single(dout, cache, SIX, workspace=workspace))
+    dz2, dlogits2 = mixture_backward_single(dout, cache, SIX, workspace=workspace)
+    assert_bitwise_equal(dz1, dz2)
+    assert_bitwise_equal(dlogits1, dlogits2)
+
+
+# --------------------------------------------------------------------------- finite differences
+def test_straight_through_gradient_matches_finite_differences_of_the_surrogate():
+    """float64: the new pair's (dz, dlogits) is the exact gradient of the straight-through surrogate."""
+    _, _, logits, noise = make_case(2, 4, 6, SIX, np.float64)
+    z = feature_major(beyond_clamp(np.random.default_rng(2), (4, 6)))  # away from 0 and from the clamp's edges
+    out, cache = mixture_forward_single(z, logits, noise, SIX, tau=0.7)
+    onehot = np.zeros_like(cache.weights)
+    onehot[np.arange(len(cache.selected)), cache.selected] = 1.0
+    offset = onehot - cache.weights
+
+    def surrogate(z, logits):
+        return straight_through_surrogate(z, logits, noise, SIX, tau=0.7, offset=offset)
+
+    np.testing.assert_allclose(surrogate(z, logits), out, rtol=1e-12, atol=1e-12)
+
+    def vjp(dout):
+        _, fresh = mixture_forward_single(z, logits, noise, SIX, tau=0.7)
+        assert isinstance(fresh, SelectedMixtureCache)
+        return mixture_backward_single(feature_major(dout), fresh, SIX)
+
+    assert check_vjp(surrogate, [np.array(z), logits], vjp, seed=3).max_error < 1e-6
+
+
+# --------------------------------------------------------------------------- memory and fallbacks
+def test_no_candidate_stack_is_allocated():
+    """The workspace holds (N, B) buffers only: out and scratch (forward), dz and expm1 (backward)."""
+    batch, width = 32, 20
+    z, dout, logits, noise = make_case(1, batch, width, SIX, np.float32)
+    workspace = Workspace(np)
+    _, cache = mixture_forward_single(z, logits, noise, SIX, tau=1.0, workspace=workspace)
+    assert {name: b.shape for name, b in workspace._buffers.items()} == {"out": (width, batch), "scratch": (width, batch)}
+    mixture_backward_single(dout, cache, SIX, workspace=workspace)
+    shapes = {name: b.shape for name, b in workspace._buffers.items()}
+    assert shapes == dict.fromkeys(("out", "scratch", "dz", "expm1"), (width, batch))
+    assert workspace.nbytes == 4 * batch * width * 4
+    fused = Workspace(np)
+    mixture_backward_fused(dout, mixture_forward_fused(z, logits, noise, SIX, tau=1.0, workspace=fused)[1], SIX, fused)
+    assert fused.nbytes >= 2 * len(SIX) * batch * width * 4  # the old pair's stack and work buffer
+
+
+def test_a_user_activation_falls_back_to_the_reference():
+    cube = Activation("cube", lambda z: z**3, lambda z, a: 3 * z**2, "z^3")
+    pool = (SIX[0], cube)
+    z, dout, logits, noise = make_case(4, 6, 5, pool, np.float64)
+    out, cache = mixture_forward_single(z, logits, noise, pool, tau=1.0)
+    assert type(cache) is MixtureCache and cache.candidates is not None
+    out_ref, cache_ref = mixture_forward(z, logits, noise, pool, tau=1.0, hard=True)
+    np.testing.assert_array_equal(out, out_ref)
+    dz, dlogits = mixture_backward_single(dout, cache, pool)
+    dz_ref, dlogits_ref = mixture_backward(dout, cache_ref, pool)
+    np.testing.assert_allclose(dz, dz_ref, rtol=1e-14)
+    np.testing.assert_allclose(dlogits, dlogits_ref, rtol=1e-12, atol=1e-15)
+
+
+def test_arrays_the_loops_cannot_take_fall_back_with_the_same_numbers(monkeypatch):
+    """A (B, N)-contiguous z or dout (not feature-major) or Numba switched off: the fused pair's numbers."""
+    z, dout, logits, noise = make_case(9, 8, 12, SIX, np.float64)
+    _, cache_ref = mixture_forward(z, logits, noise, SIX, tau=1.0, hard=True)
+    dz_ref, dlogits_ref = mixture_backward(dout, cache_ref, SIX)
+    _, cache = mixture_forward_single(z, logits, noise, SIX, tau=1.0)
+    dz, dlogits = mixture_backward_single(np.ascontiguousarray(dout), cache, SIX)  # dout.T not contiguous
+    np.testing.assert_allclose(dz, dz_ref, rtol=1e-14)
+    np.testing.assert_allclose(dlogits, dlogits_ref, rtol=1e-12, atol=1e-15)
+    _, cache_rows = mixture_forward_single(np.ascontiguousarray(z), logits, noise, SIX, tau=1.0)
+    assert type(cache_rows) is MixtureCache  # z.T not contiguous: the fused forward
+    monkeypatch.setattr(compiled, "applies", lambda *arrays: False)
+    out_off, cache_off = mixture_forward_single(z, logits, noise, SIX, tau=1.0)
+    assert type(cache_off) is MixtureCache
+    dz_off, dlogits_off = mixture_backward_single(dout, cache_off, SIX)
+    np.testing.assert_allclose(dz_off, dz_ref, rtol=1e-14)
+    np.testing.assert_allclose(dlogits_off, dlogits_ref, rtol=1e-12, atol=1e-15)
