@@ -70,6 +70,14 @@ def test_a_different_thread_count_is_named():
     assert determinism_mismatch(now, now) is None and determinism_mismatch(None, now) is None
 
 
+def test_compiled_loops_on_then_off_are_named():
+    now = environment()
+    then = {**now, "compiled_loops": "numba 0.0.1"}
+    off = {**now, "compiled_loops": "off (SMARTMIXED_JIT=0)"}
+    assert determinism_mismatch(then, off) == "compiled loops numba 0.0.1 then, off (SMARTMIXED_JIT=0) now"
+    assert determinism_mismatch({k: v for k, v in now.items() if k != "compiled_loops"}, off) is None  # not recorded
+
+
 # ------------------------------------------------------------------ the format's readers and writers
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):

@@ -389,6 +389,10 @@ def determinism_mismatch(recorded: dict[str, Any] | None, current: dict[str, Any
     new_numpy = (current.get("versions") or {}).get("numpy")
     if old_numpy is not None and old_numpy != new_numpy:
         reasons.append(f"NumPy {old_numpy} then, {new_numpy} now")
+    # Phase 1's compiled backward rounds its tanh and its logit-gradient sum its own way.
+    old_loops, new_loops = recorded.get("compiled_loops"), current.get("compiled_loops")
+    if old_loops is not None and old_loops != new_loops:
+        reasons.append(f"compiled loops {old_loops} then, {new_loops} now")
     return "; ".join(reasons) or None
 
 

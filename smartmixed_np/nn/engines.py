@@ -31,8 +31,11 @@ Phase 1 (training passes; an evaluation pass runs the layer's frozen phase-2 lay
 * :class:`FusedMixture`: :func:`~smartmixed_np.fast.phase1.mixture_forward_fused` and
   :func:`~smartmixed_np.fast.phase1.mixture_backward_fused`. Hard selection, shared or
   no noise, built-ins.
-* :class:`CompiledMixture`: the same forward; the backward by
-  :func:`~smartmixed_np.fast.phase1.mixture_backward_compiled`. Host arrays.
+* :class:`CompiledMixture`: no (K, N, B) candidate stack: the selected candidate's value
+  alone forward (:func:`~smartmixed_np.fast.phase1.mixture_forward_single`, bitwise), every
+  candidate recomputed from shared exponentials backward
+  (:func:`~smartmixed_np.fast.phase1.mixture_backward_single`: dz bitwise, the logits'
+  gradient to a stated tolerance). Host arrays.
 * :class:`CudaMixture`: :func:`~smartmixed_np.fast.cuda.phase1_forward` and
   :func:`~smartmixed_np.fast.cuda.phase1_backward`, two launches forward, two and a
   reduction backward. CuPy, kernels switched on and self-checked, as for :class:`CudaGroups`.
@@ -79,7 +82,7 @@ from ..core.phase1 import CLAMP_GRADS, MixtureCache, mixture_backward, mixture_f
 from ..core.phase2 import FixedCache, Group, contiguous_order, fixed_backward, fixed_forward, make_groups
 from ..fast import compiled, cuda
 from ..fast.kernels import has_kernel
-from ..fast.phase1 import mixture_backward_compiled, mixture_backward_fused, mixture_forward_fused
+from ..fast.phase1 import mixture_backward_fused, mixture_backward_single, mixture_forward_fused, mixture_forward_single
 from ..fast.phase2 import grouped_backward_fused, grouped_forward_fused
 from ..fast.workspace import Workspace, get_buffer
 
@@ -374,15 +377,21 @@ class FusedMixture(ReferenceMixture):
 
 
 class CompiledMixture(FusedMixture):
-    """:class:`FusedMixture` whose backward computes the selected candidate's derivative alone
-    (:func:`~smartmixed_np.fast.phase1.mixture_backward_compiled`): host arrays, Numba on."""
+    """:class:`FusedMixture` without the candidate stack: :func:`~smartmixed_np.fast.phase1.mixture_forward_single`
+    (the selected candidate alone, bitwise) and :func:`~smartmixed_np.fast.phase1.mixture_backward_single`
+    (every candidate recomputed from shared exponentials, one compiled pass per neuron): host arrays, Numba on."""
 
     name = "compiled"
+
+    def forward(self, z, logits, noise, *, tau, clamp, workspace=None):
+        if noise is not None and noise.ndim != 2:
+            return ReferenceMixture.forward(self, z, logits, noise, tau=tau, clamp=clamp)
+        return mixture_forward_single(z, logits, noise, self.pool, tau=tau, clamp=clamp, workspace=workspace)
 
     def backward(self, dout, cache, workspace=None, loss=None):
         if cache.weights.ndim != 2:
             return ReferenceMixture.backward(self, dout, cache)
-        return mixture_backward_compiled(dout, cache, self.pool, workspace)
+        return mixture_backward_single(dout, cache, self.pool, workspace)
 
 
 class CudaMixture(FusedMixture):
