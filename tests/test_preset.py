@@ -19,7 +19,7 @@ from smartmixed_np.nn.layers import FixedMixedActivation, SmartMixedActivation
 from smartmixed_np.nn.mlp import MLP
 from smartmixed_np.nn.optim import Adam
 from smartmixed_np.nn.step import train_step
-from tiny_runs import strip_times as _strip_times, tiny
+from tiny_runs import StopAt, strip_times as _strip_times, tiny
 
 REFERENCE = {"loss": "double-softmax", "phase2_init": "fresh", "phase2_clamp": "none", "eval_noise": True, "clamp_grad": "closed"}
 OURS = {"loss": "cross-entropy", "phase2_init": "carry", "phase2_clamp": "keep", "eval_noise": False, "clamp_grad": "open"}
@@ -217,24 +217,14 @@ def test_preset_run_is_bit_reproducible_and_recorded(tmp_path):
     assert _strip_times(ours.history) != _strip_times(a.history)
 
 
-class _StopAt:
-    def __init__(self, *steps):
-        self.steps = set(steps)
-
-    def __call__(self, epoch, step, global_step, model):
-        if global_step in self.steps:
-            self.steps.discard(global_step)
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("stops", [(7,), (3, 10, 15)])
 def test_resumed_preset_run_ends_exactly_like_an_uninterrupted_one(tmp_path, stops):
     """Stops in phase 1 (the eval-noise stream is checkpointed), at a boundary and in phase 2."""
     reference = train(tiny(tmp_path, "reference", preset="reference"))
-    result = train(tiny(tmp_path, "interrupted", preset="reference"), on_step=_StopAt(*stops))
+    result = train(tiny(tmp_path, "interrupted", preset="reference"), on_step=StopAt(*stops))
     assert result.interrupted and (result.run_dir / CHECKPOINT).is_file()
     while result.interrupted:
-        result = train(resume=result.run_dir, on_step=_StopAt(*stops))
+        result = train(resume=result.run_dir, on_step=StopAt(*stops))
     _same_bits(reference.run_dir, result.run_dir)
     drop = lambda m: {k: v for k, v in m.items() if k != "train_time_s"}  # noqa: E731
     assert drop(result.metrics) == drop(reference.metrics)

@@ -10,7 +10,7 @@ import pytest
 from smartmixed_np.cli import main
 from smartmixed_np.experiments.checkpoint import load_arrays
 from smartmixed_np.experiments.train import CHECKPOINT, ConfigError, TrainConfig, _Switch, train
-from tiny_runs import strip_times, tiny
+from tiny_runs import StopAt, strip_times, tiny
 
 
 def _choices(*layers):
@@ -81,16 +81,6 @@ def test_an_adaptive_switch_that_never_fires_is_the_fixed_run_bit_for_bit(tmp_pa
     assert strip_times(never.history) == strip_times(fixed.history)  # "changed" is recorded either way
 
 
-class _StopAt:
-    def __init__(self, *steps):
-        self.steps = set(steps)
-
-    def __call__(self, epoch, step, global_step, model):
-        if global_step in self.steps:
-            self.steps.discard(global_step)
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("stops", [(5,), (10, 12, 21)])
 def test_a_resumed_adaptive_run_ends_exactly_like_an_uninterrupted_one(tmp_path, stops):
     """Stops inside phase 1 (the last epoch's choices and the calm count are checkpointed),
@@ -98,10 +88,10 @@ def test_a_resumed_adaptive_run_ends_exactly_like_an_uninterrupted_one(tmp_path,
     options = dict(epochs=5, transition_epoch=4, switch="adaptive", switch_threshold=0.9, switch_patience=2)
     reference = train(tiny(tmp_path, "reference", **options))
     assert reference.metrics["phase1_epochs"] == 2
-    result = train(tiny(tmp_path, "interrupted", **options), on_step=_StopAt(*stops))
+    result = train(tiny(tmp_path, "interrupted", **options), on_step=StopAt(*stops))
     assert result.interrupted and (result.run_dir / CHECKPOINT).is_file()
     while result.interrupted:
-        result = train(resume=result.run_dir, on_step=_StopAt(*stops))
+        result = train(resume=result.run_dir, on_step=StopAt(*stops))
     assert _model_bits(result.run_dir) == _model_bits(reference.run_dir)
     assert strip_times(result.history) == strip_times(reference.history)
     assert result.metrics["phase1_epochs"] == 2

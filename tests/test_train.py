@@ -16,7 +16,7 @@ import pytest
 from smartmixed_np.experiments.checkpoint import load_arrays, load_model
 from smartmixed_np.errors import UserError
 from smartmixed_np.experiments.train import CHECKPOINT, ConfigError, TrainConfig, evaluate, history_from_csv, train
-from tiny_runs import strip_times as _strip_times, tiny
+from tiny_runs import StopAt, strip_times as _strip_times, tiny
 
 
 def test_run_folder_holds_everything(tmp_path):
@@ -95,27 +95,15 @@ def test_compiled_loops_change_no_number_of_a_run(tmp_path, monkeypatch):
     assert _strip_times(fast.history) == _strip_times(plain.history)
 
 
-class _StopAt:
-    """An on_step hook that raises KeyboardInterrupt (as Ctrl-C would) at given global steps."""
-
-    def __init__(self, *steps):
-        self.steps = set(steps)
-
-    def __call__(self, epoch, step, global_step, model):
-        if global_step in self.steps:
-            self.steps.discard(global_step)
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("stops", [(7,), (3, 12), (5, 10, 15)])
 def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path, stops):
     """Interrupt mid-epoch (phase 1 and phase 2) and at an epoch boundary, resume each time."""
     reference = train(tiny(tmp_path, "reference"))
     config = tiny(tmp_path, "interrupted")
-    result = train(config, on_step=_StopAt(*stops))
+    result = train(config, on_step=StopAt(*stops))
     assert result.interrupted and (result.run_dir / CHECKPOINT).is_file()
     while result.interrupted:
-        result = train(resume=result.run_dir, on_step=_StopAt(*stops))
+        result = train(resume=result.run_dir, on_step=StopAt(*stops))
     ref_arrays, _ = load_arrays(reference.run_dir / "model.npz")
     got_arrays, _ = load_arrays(result.run_dir / "model.npz")
     assert set(ref_arrays) == set(got_arrays)
@@ -262,7 +250,7 @@ def test_synth_digits_needs_more_than_a_linear_model():
 def test_a_whole_run_on_the_strict_device_backend(tmp_path):
     """Training, evaluation, checkpoints and resume never mix host and device arrays."""
     strict = tiny(tmp_path, "strict", device="strict", epochs=3, transition_epoch=1)
-    result = train(strict, on_step=_StopAt(4))
+    result = train(strict, on_step=StopAt(4))
     assert result.interrupted
     result = train(resume=result.run_dir, overrides={"device": "strict"})
     reference = train(tiny(tmp_path, "numpy", epochs=3, transition_epoch=1))
