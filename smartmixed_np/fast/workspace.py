@@ -33,11 +33,11 @@ class Workspace:
 
     def get(self, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
         """An uninitialised C-contiguous buffer of ``shape`` and ``dtype`` stored under ``name``."""
-        shape = tuple(int(s) for s in shape)
         buf = self._buffers.get(name)
-        if buf is None or tuple(buf.shape) != shape or buf.dtype != dtype:
-            buf = self.xp.empty(shape, dtype=dtype)
-            self._buffers[name] = buf
+        if buf is not None and buf.shape == tuple(shape) and buf.dtype == dtype:  # the common case: a few compares
+            return buf
+        buf = self.xp.empty(tuple(int(s) for s in shape), dtype=dtype)
+        self._buffers[name] = buf
         return buf
 
     def feature_major(self, name: str, batch: int, features: int, dtype: Any) -> Any:
