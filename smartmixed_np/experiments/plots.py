@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -682,6 +683,15 @@ def _place_map(fig: Figure, ax: Any, legend: Any, suptitle: Any, map_width: floa
     suptitle.set_y(1.0 - margin / height)
 
 
+def _test_accuracy_axis(ax: Any, title: str) -> None:
+    """The look of a test-accuracy panel: its labels, no top or right frame, horizontal grid lines behind."""
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+
+
 def plot_comparison(
     runs: Mapping[str, Mapping[str, Any]],
     path: str | os.PathLike,
@@ -746,11 +756,7 @@ def plot_comparison(
                         fontsize=10, fontweight="bold")
     ax_bar.set_xticks(range(len(labels)), labels, rotation=20 if max(map(len, labels)) > 12 else 0)
     percent_ticks(ax_bar.yaxis, 1.0 if fraction else 100.0)
-    ax_bar.set_ylabel("test accuracy")
-    ax_bar.set_title("Test accuracy")
-    ax_bar.spines[["top", "right"]].set_visible(False)
-    ax_bar.grid(True, axis="y", alpha=0.3)
-    ax_bar.set_axisbelow(True)
+    _test_accuracy_axis(ax_bar, "Test accuracy")
     fig.suptitle(title or "Run comparison", fontsize=13)
     return save_png(fig, path, dpi)
 
@@ -798,10 +804,9 @@ def plot_recipes(
             values = _column(list(run.get("history") or []), "val_acc")
             grid[i, : values.size] = values
         epochs = np.arange(1, span + 1)
-        with np.errstate(all="ignore"):
-            reached = np.isfinite(grid).any(axis=0)
-            mean = np.where(reached, np.nanmean(np.where(np.isfinite(grid), grid, np.nan), axis=0), np.nan)
-            low, high = np.nanmin(grid, axis=0), np.nanmax(grid, axis=0)
+        with warnings.catch_warnings():  # an epoch no seed has a value for stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, low, high = np.nanmean(grid, axis=0), np.nanmin(grid, axis=0), np.nanmax(grid, axis=0)
         ax_curve.plot(epochs, mean, color=colors[label], linewidth=1.6, label=f"{label} ({len(runs)} seed{'' if len(runs) == 1 else 's'})")
         if np.isfinite(mean).any():  # the view starts at epoch 5's mean: the first epochs' climb would flatten the rest
             floor = min(floor, float(mean[min(4, span - 1)]) if np.isfinite(mean[min(4, span - 1)]) else float(np.nanmin(mean)))
@@ -845,12 +850,8 @@ def plot_recipes(
         ax_bar.set_ylim(float(finite.min()) - 1.5 * spread, float(finite.max()) + 1.0 * spread)
     ax_bar.set_xticks(range(len(labels)), labels, rotation=15 if max(map(len, labels)) > 14 else 0)
     percent_ticks(ax_bar.yaxis)
-    ax_bar.set_ylabel("test accuracy")
     ax_bar.set_xlim(-0.6, len(labels) - 0.4 + 0.35)
-    ax_bar.set_title("Test accuracy (dots: seeds; line: mean)")
-    ax_bar.spines[["top", "right"]].set_visible(False)
-    ax_bar.grid(True, axis="y", alpha=0.3)
-    ax_bar.set_axisbelow(True)
+    _test_accuracy_axis(ax_bar, "Test accuracy (dots: seeds; line: mean)")
     fig.suptitle(title or "Recipes compared", fontsize=13)
     return save_png(fig, path, dpi)
 
