@@ -21,6 +21,9 @@ Rules:
   checks every pair for equality. The transcendental functions (``exp``, ``expm1``,
   ``tanh``) are NumPy's, applied in place between compiled passes: Numba's would be
   the C library's, which rounds some results differently from NumPy's vectorised ones.
+  One exception, stated where it applies: in float32, ``expm1`` (elu, selu) is computed
+  from NumPy's ``exp`` by :func:`expm1_from_exp`, within 3 ulps of ``np.expm1``, because
+  NumPy's own is the C library's scalar one on CPUs without AVX-512, thirty times slower.
 * Compiled on first use, and cached on disk by Numba, so only the first run on a
   machine pays the compilation (about a second per loop).
 """
@@ -41,7 +44,7 @@ from .kernels import has_kernel
 __all__ = [
     "JIT_ENV", "enabled", "status", "applies", "adam_update", "ACTIVATION_CODES", "GroupTable", "group_table", "grouped_forward",
     "grouped_backward", "CandidateTable", "candidate_table", "selected_backward", "selected_group_table",
-    "shared_exponentials", "shared_candidate_values", "shared_backward",
+    "shared_exponentials", "shared_candidate_values", "shared_backward", "expm1_from_exp",
 ]
 
 JIT_ENV = "SMARTMIXED_JIT"
@@ -344,6 +347,60 @@ def _exponentials(zT: np.ndarray, rows: np.ndarray, zero: Any) -> np.ndarray:
     return t
 
 
+# --------------------------------------------------------------------------- expm1 from exp
+# 1/k! for k = 9, 8, ..., 1: the Taylor polynomial of expm1 on [-ln 2, 0], highest term first.
+_EXPM1_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(9, 0, -1))
+_LN2 = math.log(2.0)
+
+
+@_jit
+def _expm1_from_exp_loop(zT, rows, e, out, absolute, c9, c8, c7, c6, c5, c4, c3, c2, c1, ln2):
+    # out[i] = expm1(x) for x = -|z| (absolute) or min(z, 0) of neuron rows[i], given e[i] = exp(x):
+    # e - 1 below -ln 2, the Taylor polynomial above; in float64, rounded once. out may be e.
+    # One inner loop per argument (a branch on `absolute` inside it kept the compiler from vectorising).
+    width = zT.shape[1]
+    for i in range(rows.shape[0]):
+        z, ei, o = zT[rows[i]], e[i], out[i]
+        if absolute:
+            for j in range(width):
+                x = -abs(np.float64(z[j]))
+                p = ((((((((c9 * x + c8) * x + c7) * x + c6) * x + c5) * x + c4) * x + c3) * x + c2) * x + c1) * x
+                o[j] = np.float64(ei[j]) - 1.0 if x < -ln2 else p
+        else:
+            for j in range(width):
+                x = np.float64(z[j])
+                x = 0.0 if x > 0.0 else x  # min(z, 0) as the prepass forms it: -0 and NaN kept
+                p = ((((((((c9 * x + c8) * x + c7) * x + c6) * x + c5) * x + c4) * x + c3) * x + c2) * x + c1) * x
+                o[j] = np.float64(ei[j]) - 1.0 if x < -ln2 else p
+
+
+def expm1_from_exp(zT: np.ndarray, rows: np.ndarray, e: np.ndarray, out: np.ndarray, absolute: bool) -> np.ndarray:
+    r"""$\mathrm{expm1}(x)$ into ``out`` from $e = e^x$, for $x = -|z|$ (``absolute``) or $\min(z, 0)$.
+
+    Stands in for ``np.expm1``, which on a CPU without AVX-512 is the C library's scalar
+    function (about 12 ns an element on an AMD Zen 4 core limited to AVX2, thirty times
+    NumPy's vectorised ``exp``): for $x < -\ln 2$, $e - 1$; for $-\ln 2 \le x \le 0$, the
+    Taylor polynomial $\sum_{k=1}^{9} x^k / k!$ (its remainder is below $10^{-8}$ of $|x|$
+    there); both in float64, rounded once to the dtype. In float32 this is within 2 ulps
+    of the exact value, and within 3 of ``np.expm1`` on either instruction set (measured:
+    at most 2 against both, over 10 million arguments from $-100$ to $-2^{-149}$;
+    ``tests/test_compiled.py``). Zeros keep their sign, $-\infty$ gives $-1$, NaN stays NaN.
+    For float32 only: in float64 the polynomial would need twice the terms.
+
+    Args:
+        zT: (N, B) pre-activations, C-contiguous.
+        rows: (R,) int64, the neurons whose rows ``e`` and ``out`` hold, in order.
+        e: (R, B) $e^x$ of those rows (NumPy's ``exp``).
+        out: (R, B) C-contiguous output; may be ``e`` itself.
+        absolute: True for $x = -|z|$, False for $x = \min(z, 0)$.
+
+    Returns:
+        ``out``.
+    """
+    _expm1_from_exp_loop(zT, rows, e, out, absolute, *_EXPM1_TAYLOR, _LN2)
+    return out
+
+
 # In the loops below a clamp is written out as "if y < lo: y = lo; if y > hi: y = hi",
 # which keeps NaN as NaN, as the clip ufunc does. The branch on the activation sits in
 # the innermost loop: the compiler turns it into straight-line vector code that
@@ -464,12 +521,15 @@ def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch:
     Three steps, whatever the number of groups: one compiled pass writes the argument
     of each group's transcendental function into ``scratch`` in sorted order ($-|z|$
     for sigmoid, $z$ for tanh, $\min(z, 0)$ for elu and selu); NumPy's vectorised
-    ``exp``, ``tanh`` and ``expm1`` run in place over those runs; one compiled pass
-    finishes every group and the clamp. Each neuron's row is read and written where
+    ``exp``, ``tanh`` and ``expm1`` run in place over those runs (in float32, elu's and
+    selu's ``expm1`` is NumPy's ``exp`` followed by :func:`expm1_from_exp`); one compiled
+    pass finishes every group and the clamp. Each neuron's row is read and written where
     it lies, so masked groups need no gather or scatter.
 
     Reference: :func:`smartmixed_np.fast.phase2.grouped_forward_fused` over the sorted rows
-    (the per-activation kernels of :mod:`smartmixed_np.fast.kernels`): the same numbers.
+    (the per-activation kernels of :mod:`smartmixed_np.fast.kernels`): the same numbers,
+    but float32 elu and selu, within 2 and 6 ulps (measured: 2 and 5; ``expm1_from_exp``'s
+    3 ulps, and for selu two roundings more).
 
     Args:
         zT: (N, B) pre-activations, C-contiguous.
@@ -493,7 +553,10 @@ def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch:
             np.exp(t, out=t)
         elif code == TANH:
             np.tanh(t, out=t)
-        else:  # ELU and SELU
+        elif t.dtype == np.float32:  # ELU and SELU: expm1(min(z, 0)) from NumPy's exp
+            np.exp(t, out=t)
+            expm1_from_exp(zT, table.rows[start:stop], t, t, False)
+        else:
             np.expm1(t, out=t)
     _grouped_forward_loop(zT, scratch, out, table.rows, table.starts, table.stops, table.codes, table.lo, table.hi,
                           table.constants)
@@ -607,7 +670,8 @@ def selected_group_table(selected: np.ndarray, table: CandidateTable) -> GroupTa
 
     :func:`grouped_forward` with it computes $\\mathrm{clip}(f_{s_n}(z_n), lo_{s_n}, hi_{s_n})$ for
     every neuron, each transcendental function once per element by NumPy over one contiguous
-    run: the selected candidate's values alone, bitwise those of the fused kernels.
+    run: the selected candidate's values alone, those of the fused kernels (bitwise, but
+    float32 elu and selu: see :func:`grouped_forward`).
 
     Args:
         selected: (N,) host ints, each neuron's candidate.
@@ -746,15 +810,21 @@ def _shared_backward_loop(doutT, zT, aT, tT, mT, selected, codes, lo, hi, consta
 
 
 def shared_exponentials(zT: np.ndarray, tT: np.ndarray, mT: np.ndarray) -> None:
-    r"""$t = e^{-|z|}$ into ``tT`` and $m = \mathrm{expm1}(-|z|)$ into ``mT`` (all (N, B)), by NumPy.
+    r"""$t = e^{-|z|}$ into ``tT`` and $m = \mathrm{expm1}(-|z|)$ into ``mT`` (all (N, B)).
 
-    Two vectorised NumPy passes, shared by every candidate: on this library's test machine
-    (AMD Zen 4, AVX-512, Numba without SVML) they cost a fifth of one C-library ``exp`` call
-    per element inside a compiled loop. Both are needed: $t$ keeps its relative precision
-    for large $|z|$ (where $1 + m$ would not), $m$ for small $|z|$ (where $t - 1$ cancels).
+    Shared by every candidate: $t$ by NumPy's vectorised ``exp`` (on this library's test
+    machine, AMD Zen 4, a fifth of one C-library ``exp`` call per element inside a compiled
+    loop); $m$ by ``np.expm1`` in float64, and in float32 from $t$ by :func:`expm1_from_exp`
+    (within 3 ulps of ``np.expm1``, and thirty times faster than it without AVX-512). Both
+    are needed: $t$ keeps its relative precision for large $|z|$ (where $1 + m$ would not),
+    $m$ for small $|z|$ (where $t - 1$ cancels).
     """
     np.abs(zT, out=tT)
     np.negative(tT, out=tT)
+    if tT.dtype == np.float32:
+        np.exp(tT, out=tT)
+        expm1_from_exp(zT, np.arange(zT.shape[0], dtype=np.int64), tT, mT, True)
+        return
     np.expm1(tT, out=mT)
     np.exp(tT, out=tT)
 
@@ -765,7 +835,8 @@ def shared_candidate_values(zT: np.ndarray, table: CandidateTable) -> np.ndarray
     From $t = e^{-|z|}$ and $m = \mathrm{expm1}(-|z|)$ (:func:`shared_exponentials`):
     relu, leaky relu, elu and selu by the fused kernels' operations, and sigmoid as
     $e^{\min(z,0)}/(1 + t)$ (for $z < 0$, $e^{\min(z,0)}$ is $t$ itself): all bitwise the
-    reference's values; tanh as $\mathrm{sign}(z)\,(-m)(1 + t)/(1 + t^2)$, which is
+    reference's values but float32 elu and selu (within 2 and 6 ulps: their $m$, see
+    :func:`shared_exponentials`); tanh as $\mathrm{sign}(z)\,(-m)(1 + t)/(1 + t^2)$, which is
     $(1 - e^{-2|z|})/(1 + e^{-2|z|})$ with $1 - t^2 = -m(1 + t)$ free of cancellation near 0,
     within a few ulps of ``np.tanh`` (the bound: :func:`shared_backward`). For tests and inspection.
     """
@@ -806,6 +877,7 @@ def shared_backward(doutT: np.ndarray, zT: np.ndarray, aT: np.ndarray, selected:
 
     Reference: :func:`smartmixed_np.core.phase1.mixture_backward`'s $dy$ and $dz$ (``clamp_grad="open"``).
     $dz$ is bitwise that of the fused kernels; each $a_k$ is bitwise the reference's but
+    float32 elu's and selu's (within 2 and 6 ulps, :func:`shared_candidate_values`) and
     tanh's, which is within 4 ulps of ``np.tanh`` (measured on this machine: at most 3 in
     float32 and in float64, over 2.5 million inputs each, magnitudes from the smallest
     subnormal to $10^3$, zeros included; ``tests/test_phase1_single.py`` asserts 4); why:
