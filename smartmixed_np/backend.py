@@ -40,6 +40,7 @@ __all__ = [
     "available_backends",
     "backend_of",
     "clip_into",
+    "expm1_into",
     "get_backend",
     "register_backend",
     "to_host",
@@ -294,3 +295,24 @@ def clip_into(x: Any, lo: float, hi: float, out: Any) -> Any:
     if type(x) is np.ndarray:
         return _CLIP_UFUNC(x, lo, hi, out=out)
     return array_module(x).clip(x, lo, hi, out=out)
+
+
+def expm1_into(x: Any, out: Any) -> Any:
+    """``out[...] = expm1(x)`` for ``x <= 0`` (the elu and selu kernels' argument); returns ``out``.
+
+    ``xp.expm1``, except on host float32 arrays: there NumPy's ``expm1`` is the C library's
+    scalar function unless the CPU has AVX-512 (measured on an AMD Zen 4 core limited to
+    AVX2: 12 ns an element, ten times NumPy's vectorised ``tanh``), so it is computed as
+    $2u/(1 - u)$ with $u = \tanh(x/2)$, the identity $e^x - 1 = 2\tanh(x/2)/(1 - \tanh(x/2))$,
+    whose denominator lies in $[1, 2]$ for $x \le 0$ (no cancellation): within 4 ulps of
+    ``np.expm1`` (measured: 3, over 4 million arguments from $-10^4$ to the smallest
+    subnormal, on AVX2 and on AVX-512; ``tests/test_kernels.py``), zeros keep their sign,
+    $-\infty$ gives $-1$. ``out`` may be ``x``.
+    """
+    if type(x) is np.ndarray and x.dtype == np.float32:
+        np.multiply(x, np.float32(0.5), out=out)
+        np.tanh(out, out=out)  # u
+        scratch = np.subtract(np.float32(1.0), out)  # 1 - u, in [1, 2]
+        out *= np.float32(2.0)
+        return np.divide(out, scratch, out=out)
+    return array_module(x).expm1(x, out=out)
