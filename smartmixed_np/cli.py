@@ -15,8 +15,10 @@ import argparse
 import functools
 import json
 import math
+import os
 import re
 import signal
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -493,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", type=_device, default="cpu", metavar="{cpu,gpu}", help="cpu or gpu (CuPy; PyTorch on CUDA when available)")
     bench.add_argument("--no-torch", action="store_true", help="leave out the PyTorch contenders")
     bench.add_argument("--no-jax", action="store_true", help="leave out the JAX contenders")
+    bench.add_argument("--isa", choices=("native", "avx2"), default="native",
+                       help="native, or avx2: hold NumPy, OpenBLAS, Numba, PyTorch and JAX to AVX2 on an AVX-512 CPU "
+                            "(the command re-runs itself with their environment variables)")
     _add_export_and_predict(commands)
     from .experiments.estimator_study import add_study_parser
     from .experiments.gradreport import add_gradcheck_parser
@@ -879,9 +884,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     try:
-        from .experiments.bench import run_benchmarks
+        from .experiments.bench import ISA_ENV, ISA_LIMITS, isa_environment, run_benchmarks
     except ImportError:
         raise UserError("the benchmark suite is not available in this installation") from None
+    if args.isa != (os.environ.get(ISA_ENV) or "native"):
+        # The libraries read their limits when they load: run the command again in a fresh process.
+        limited = {name for variables in ISA_LIMITS.values() for name in variables} | {ISA_ENV}
+        env = {name: value for name, value in os.environ.items() if name not in limited}
+        if args.isa != "native":
+            env.update(isa_environment(args.isa))
+        return subprocess.run([sys.executable, "-m", "smartmixed_np", *args.argv], env=env).returncode
     run_benchmarks(quick=args.quick, data_dir=args.data_dir, json_path=args.json, figure_path=args.figure, device=args.device,
                    with_torch=not args.no_torch, with_jax=not args.no_jax, log=lambda line: print(line, file=sys.stderr, flush=True))
     return 0

@@ -252,3 +252,84 @@ def test_the_jax_contenders_are_timed_beside_ours_and_get_their_ratios(jax_batch
     machine = bench._jax_machine(started=True)
     assert machine["jax"] and machine["jaxlib"] and machine["jax_default_backend"] == "cpu"
     assert any(line.startswith(f"jax {machine['jax']}") for line in bench._machine_header({**bench._machine(1), **machine}))
+
+
+# --------------------------------------------------------------------------- targets, instruction-set limit
+def test_targets_follow_the_device_and_the_compiled_loops():
+    """The issue's thresholds: phase 1 <= 1.3x ReLU with the compiled loops, <= 1.8x without; the
+    JAX and floor targets on the CPU only, the epoch-throughput one on the GPU only; each checked on
+    medians and on minima."""
+    ratios = {"phase1_vs_relu_step_ratio": 1.5, "relu_vs_floor_step_ratio": 1.2, "phase2_vs_relu_step_ratio": 1.06,
+              "relu_vs_jax_step_ratio": 0.69, "epoch_throughput_vs_torch_ratio": 2.5}
+    minima = {"phase1_vs_relu_step_ratio_of_minima": 1.25, "phase2_vs_relu_step_ratio_of_minima": 1.0}
+    memory = {"relu": {"no_growth": True}, "ru_maxrss_kib": 1}
+    peaks = {"batch": 1024, "phase1_vs_relu_peak_ratio": 1.6}
+    jit = bench._targets(ratios, memory, minima, "cpu", jit=True, memory_peaks=peaks)
+    assert jit["phase1_vs_relu_step_ratio"] == {"target": "<= 1.3", "value": 1.5, "met": False, "value_of_minima": 1.25,
+                                                "met_by_minima": True}
+    assert jit["relu_vs_floor_step_ratio"]["met"] is True and jit["relu_vs_jax_step_ratio"]["met"] is True
+    assert jit["phase2_vs_relu_step_ratio"]["met"] is False and jit["phase2_vs_relu_step_ratio"]["met_by_minima"] is True
+    assert jit["phase1_vs_jax_step_ratio"]["met"] is None  # not measured
+    assert "epoch_throughput_vs_torch_ratio" not in jit
+    assert jit["no_memory_growth"]["met"] is True
+    assert jit["phase1_vs_relu_peak_memory_ratio"] == {"target": "<= 1.5 at batch 1024", "value": 1.6, "met": False}
+    nojit = bench._targets(ratios, memory, minima, "cpu", jit=False)
+    assert nojit["phase1_vs_relu_step_ratio"]["target"] == "<= 1.8" and nojit["phase1_vs_relu_step_ratio"]["met"] is True
+    gpu = bench._targets(ratios, {}, {}, "gpu", jit=False)
+    assert gpu["epoch_throughput_vs_torch_ratio"]["met"] is True
+    assert "relu_vs_floor_step_ratio" not in gpu and "relu_vs_jax_step_ratio" not in gpu
+    assert gpu["no_memory_growth"]["met"] is None and gpu["phase1_vs_relu_peak_memory_ratio"]["met"] is None
+
+
+def test_memory_peaks_compare_phase1_with_relu_from_before_the_network_is_built():
+    peaks = bench._memory_peaks([30, 16, 8, 4], 32, 0, steps=2)
+    # at least the weights and Adam's two moments of every parameter (float32)
+    n_params = sum(i * o + o for i, o in zip([30, 16, 8], [16, 8, 4]))
+    assert peaks["relu_peak_bytes"] >= 3 * 4 * n_params
+    assert peaks["phase1_peak_bytes"] >= peaks["phase1_held_bytes"] > 0
+    assert peaks["phase1_vs_relu_peak_ratio"] == peaks["phase1_peak_bytes"] / peaks["relu_peak_bytes"]
+
+
+def test_isa_environment_names_every_library_and_refuses_an_unknown_limit():
+    env = bench.isa_environment("avx2")
+    assert env[bench.ISA_ENV] == "avx2"
+    assert {"NPY_DISABLE_CPU_FEATURES", "OPENBLAS_CORETYPE", "NUMBA_CPU_NAME", "XLA_FLAGS"} <= env.keys()
+    with pytest.raises(ValueError, match="unknown instruction-set limit 'avx9'"):
+        bench.isa_environment("avx9")
+
+
+def test_numpy_under_the_avx2_limit_dispatches_to_nothing_wider():
+    """In a process started with the limit's environment NumPy reports no AVX-512 target
+    (on a CPU without AVX-512 that holds trivially; on one with it, it is the limit at work)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from smartmixed_np.experiments.bench import _numpy_simd; print(' '.join(_numpy_simd()))"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **bench.isa_environment("avx2")},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert not any(name.startswith(("AVX512", "X86_V4")) for name in out), out
+
+
+def test_bench_isa_option_runs_the_command_again_with_the_limit(monkeypatch, tmp_path):
+    """`smartmixed bench --isa avx2` re-runs itself in a fresh process with the limit's environment
+    (the libraries read it when they load) and returns that process's status; a parent environment's
+    limit is dropped for --isa native."""
+    import subprocess
+
+    from smartmixed_np import cli
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda argv, env: calls.append((argv, env)) or subprocess.CompletedProcess(argv, 3))
+    monkeypatch.setattr(bench, "run_benchmarks", lambda **kw: pytest.fail("the parent must not measure"))
+    argv = ["bench", "--quick", "--isa", "avx2", "--json", str(tmp_path / "b.json")]
+    assert cli.main(argv) == 3
+    (child_argv, env), = calls
+    assert child_argv[1:] == ["-m", "smartmixed_np", *argv]
+    assert env[bench.ISA_ENV] == "avx2" and env["OPENBLAS_CORETYPE"] == "Haswell"
+    calls.clear()
+    monkeypatch.setenv(bench.ISA_ENV, "avx2")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert cli.main(["bench", "--quick", "--json", str(tmp_path / "b.json")]) == 3
+    (_, env), = calls
+    assert bench.ISA_ENV not in env and "OPENBLAS_CORETYPE" not in env

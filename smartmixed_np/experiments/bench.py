@@ -34,7 +34,14 @@ One call, :func:`run_benchmarks`, measures (CPU, float32, one process):
   (:func:`_onnx_inference`; skipped with the reason when onnxruntime is missing);
 * peak memory (tracemalloc, which sees NumPy's allocations) and the memory held
   after two successive windows of steps after warm-up: "no growth" when the
-  second window adds nothing (a leak would add in every window).
+  second window adds nothing (a leak would add in every window); and phase 1's
+  peak memory during a step against ReLU's at batch 1024 (:func:`_memory_peaks`).
+
+``targets`` then checks the performance issue's thresholds (:data:`_TARGETS`) on the
+ratios of medians and of minima. ``smartmixed bench --isa avx2`` holds every library to
+AVX2 on a CPU with AVX-512 (:data:`ISA_LIMITS`), so that one machine also measures
+what an AVX2-only CPU of its kind would; ``machine.isa_limit`` and ``machine.numpy_simd``
+record it.
 
 Timing: ``time.perf_counter``; in each repeat round every contender runs, in a
 shuffled order, untimed calls for a settling time (60 ms; the other library's
@@ -794,6 +801,40 @@ SIMD_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx
               "asimd", "asimdhp", "sve", "sve2")
 
 
+#: ``smartmixed bench --isa avx2``: the environment that keeps every library in the process to
+#: AVX2 on a CPU that has AVX-512, so that one machine can measure what an AVX2-only CPU of the
+#: same microarchitecture would (clock, caches and cores stay this machine's). Read when each
+#: library loads, so it must be set before the process starts: the command re-runs itself.
+ISA_ENV = "SMARTMIXED_BENCH_ISA"
+ISA_LIMITS: dict[str, dict[str, str]] = {
+    "avx2": {
+        "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # NumPy's dispatched loops (NumPy 2.4 names)
+        "OPENBLAS_CORETYPE": "Haswell",  # OpenBLAS's GEMM kernels
+        "NUMBA_CPU_NAME": "haswell",  # the compiled loops' target
+        "XLA_FLAGS": "--xla_cpu_max_isa=AVX2",  # JAX
+        "ATEN_CPU_CAPABILITY": "avx2",  # PyTorch's elementwise kernels
+        "ONEDNN_MAX_CPU_ISA": "AVX2",  # PyTorch's matrix products
+    },
+}
+
+
+def isa_environment(limit: str) -> dict[str, str]:
+    """The variables that hold this process's libraries to ``limit`` (a key of :data:`ISA_LIMITS`),
+    :data:`ISA_ENV` among them; ValueError for an unknown limit."""
+    if limit not in ISA_LIMITS:
+        raise ValueError(f"unknown instruction-set limit {limit!r}; choose from {', '.join(ISA_LIMITS)}")
+    return {**ISA_LIMITS[limit], ISA_ENV: limit}
+
+
+def _numpy_simd() -> list[str] | None:
+    """The SIMD targets NumPy dispatches to in this process (after ``NPY_DISABLE_CPU_FEATURES``)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    except ImportError:  # pragma: no cover - NumPy 1 or a later rename
+        return None
+    return [name for name in __cpu_dispatch__ if __cpu_features__.get(name)]
+
+
 def parse_cpuinfo(text: str) -> dict[str, Any]:
     """The CPU's model name, vector extensions and their summary, from the text of ``/proc/cpuinfo``.
 
@@ -854,6 +895,8 @@ def _machine(threads: int, cpuinfo_path: str = "/proc/cpuinfo", with_jax: bool =
         "numpy": np.__version__, "blas_threads": threads, "dtype": "float32", "compiled_loops": compiled.status(),
         "blas_library": blas_libraries[0] if blas_libraries else None, "blas_libraries": blas_libraries,
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "numpy_simd": _numpy_simd(), "isa_limit": os.environ.get(ISA_ENV) or "native",
+        "isa_environment": {k: os.environ[k] for k in ISA_LIMITS.get(os.environ.get(ISA_ENV, ""), {}) if k in os.environ},
     }
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
@@ -881,6 +924,9 @@ def _machine_header(machine: dict[str, Any]) -> list[str]:
                      f"{blas['threading_layer']}), {blas['num_threads']} threads")
     else:
         lines.append(f"blas: {machine.get('blas', 'unknown')}, {machine['blas_threads']} threads")
+    if machine.get("isa_limit", "native") != "native":
+        lines.append(f"instruction sets limited to {machine['isa_limit']} (on a CPU with {machine['simd']}); "
+                     f"NumPy dispatches to {' '.join(machine.get('numpy_simd') or []) or 'its baseline'}")
     lines.append(f"numpy {machine['numpy']}; compiled loops: {machine['compiled_loops']}")
     lines.append(f"torch {machine['torch']} ({machine.get('torch_threads')} threads)" if machine.get("torch") else "torch: not installed")
     if machine.get("jax"):
@@ -1041,6 +1087,7 @@ def run_benchmarks(
     say("memory")
     if dev.backend.name == "numpy":
         report["memory"] = _memory(sizes, batch, seed, plan["memory_steps"])
+        report["memory_peaks"] = _memory_peaks(sizes, 64 if quick else MEMORY_BATCH, seed)
     else:
         report["memory"] = {"skipped": f"tracemalloc sees host memory only; not measured on {dev.backend.name}"}
     say("ONNX Runtime")
@@ -1050,7 +1097,8 @@ def run_benchmarks(
         report["onnx"] = {"skipped": f"ONNX Runtime is compared on the CPU only, not on {dev.backend.name}"}
     ratios.update(_onnx_ratios(report["onnx"]))
     report["ratios"] = ratios
-    report["targets"] = _targets(ratios, report["memory"])
+    report["targets"] = _targets(ratios, report["memory"], report["ratios_of_minima"], dev.backend.device,
+                                 memory_peaks=report.get("memory_peaks"))
     report["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     if json_path:
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
@@ -1068,22 +1116,84 @@ def _torch_importable() -> bool:
     return True
 
 
+#: The performance issue's targets: (ratio key, comparison, threshold, where it applies).
+#: "cpu"/"gpu": on that device only; "jit"/"nojit": with the compiled loops on or off
+#: (``SMARTMIXED_JIT=0``); None: everywhere. Every ratio is checked on medians (the headline)
+#: and on minima (``met_by_minima``: the intrinsic cost when the machine is noisy).
 _TARGETS = (
-    ("phase2_vs_relu_step_ratio", "<=", 1.10),
-    ("phase2_vs_relu_infer_ratio", "<=", 1.10),
-    ("relu_vs_floor_step_ratio", "<=", 1.5),
-    ("phase1_vs_torch_step_ratio", "<=", 0.8),
-    ("phase2_vs_torch_step_ratio", "<=", 0.7),
-    ("epoch_throughput_vs_torch_ratio", ">=", 1.0),
+    ("phase1_vs_relu_step_ratio", "<=", 1.3, "jit"),
+    ("phase1_vs_relu_step_ratio", "<=", 1.8, "nojit"),
+    ("relu_vs_floor_step_ratio", "<=", 1.25, "cpu"),
+    ("phase2_vs_relu_step_ratio", "<=", 1.05, None),
+    ("phase2_vs_relu_infer_ratio", "<=", 1.05, None),
+    ("relu_vs_jax_step_ratio", "<=", 0.7, "cpu"),
+    ("phase1_vs_jax_step_ratio", "<=", 0.7, "cpu"),
+    ("phase2_vs_jax_step_ratio", "<=", 0.7, "cpu"),
+    ("relu_vs_torch_step_ratio", "<=", 0.5, None),
+    ("phase1_vs_torch_step_ratio", "<=", 0.5, None),
+    ("phase2_vs_torch_step_ratio", "<=", 0.5, None),
+    ("epoch_throughput_vs_torch_ratio", ">=", 2.0, "gpu"),
 )
+#: Phase 1's peak memory during a step against ReLU's, at this batch (tracemalloc, host only).
+MEMORY_BATCH = 1024
+MEMORY_PEAK_TARGET = 1.5
 
 
-def _targets(ratios: dict[str, float | None], memory: dict[str, Any]) -> dict[str, Any]:
+def _applies(where: str | None, device: str, jit: bool) -> bool:
+    return where is None or where == device or (where == "jit" and jit) or (where == "nojit" and not jit)
+
+
+def _targets(ratios: dict[str, float | None], memory: dict[str, Any], minima: dict[str, float | None] | None = None,
+             device: str = "cpu", jit: bool | None = None, memory_peaks: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each target that applies here (``device``, compiled loops on or off) with its threshold,
+    value (of medians) and whether it is met; ``met_by_minima`` from the ratios of minima."""
+    jit = compiled.enabled() if jit is None else jit
+    minima = minima or {}
+
+    def check(value: float | None, op: str, threshold: float) -> bool | None:
+        return None if value is None else bool(value <= threshold if op == "<=" else value >= threshold)
+
     targets: dict[str, Any] = {}
-    for key, op, threshold in _TARGETS:
-        value = ratios.get(key)
-        met = None if value is None else (value <= threshold if op == "<=" else value >= threshold)
-        targets[key] = {"target": f"{op} {threshold}", "value": value, "met": met}
-    measured = [v["no_growth"] for v in memory.values() if isinstance(v, dict)]
+    for key, op, threshold, where in _TARGETS:
+        if not _applies(where, device, jit):
+            continue
+        value, fastest = ratios.get(key), minima.get(f"{key}_of_minima")
+        targets[key] = {"target": f"{op} {threshold}", "value": value, "met": check(value, op, threshold),
+                        "value_of_minima": fastest, "met_by_minima": check(fastest, op, threshold)}
+    measured = [v["no_growth"] for v in memory.values() if isinstance(v, dict) and "no_growth" in v]
     targets["no_memory_growth"] = {"target": "no growth after warm-up", "met": all(measured) if measured else None}
+    peaks = memory_peaks or {}
+    ratio = peaks.get("phase1_vs_relu_peak_ratio")
+    targets["phase1_vs_relu_peak_memory_ratio"] = {
+        "target": f"<= {MEMORY_PEAK_TARGET} at batch {peaks.get('batch', MEMORY_BATCH)}", "value": ratio,
+        "met": check(ratio, "<=", MEMORY_PEAK_TARGET)}
     return targets
+
+
+def _memory_peaks(sizes: Sequence[int], batch: int, seed: int, steps: int = 3) -> dict[str, Any]:
+    """Peak host memory (tracemalloc) during ``steps`` training steps, after one warm-up step, of
+    the ReLU and the phase-1 network at ``batch``: everything the network, its optimizer and its
+    step allocate (weights, Adam's moments, work buffers, temporaries), traced from before the
+    network is built, but the batch itself."""
+    rng = np.random.default_rng(seed + 3)
+    x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], batch)
+    builders = {"relu": lambda: MLP(sizes, "relu", seed=seed), "phase1": lambda: _phase1_network(sizes, seed)}
+    result: dict[str, Any] = {"batch": batch, "steps": steps}
+    for build in builders.values():  # untraced: the code's first use (imports, compiled loops) is no network's memory
+        _numpy_step(build(), x, y)()
+    for name, build in builders.items():
+        tracemalloc.start()
+        try:
+            step = _numpy_step(build(), x, y)
+            step()
+            tracemalloc.reset_peak()
+            for _ in range(steps):
+                step()
+            held, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        result[f"{name}_peak_bytes"] = peak
+        result[f"{name}_held_bytes"] = held
+    result["phase1_vs_relu_peak_ratio"] = result["phase1_peak_bytes"] / result["relu_peak_bytes"]
+    return result
