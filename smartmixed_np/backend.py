@@ -298,7 +298,7 @@ def clip_into(x: Any, lo: float, hi: float, out: Any) -> Any:
 
 
 def expm1_into(x: Any, out: Any) -> Any:
-    """``out[...] = expm1(x)`` for ``x <= 0`` (the elu and selu kernels' argument); returns ``out``.
+    r"""``out[...] = expm1(x)`` for ``x <= 0`` (the elu and selu kernels' argument); returns ``out``.
 
     ``xp.expm1``, except on host float32 arrays: there NumPy's ``expm1`` is the C library's
     scalar function unless the CPU has AVX-512 (measured on an AMD Zen 4 core limited to
