@@ -11,7 +11,10 @@ per-neuron choices of a frozen phase-1 network, see :meth:`MLP.freeze`).
 
 Parameters and gradients are dicts under stable dotted names:
 ``layers.{i}.weight`` (N, D), ``layers.{i}.bias`` (N,) for the i-th Linear, and
-``activations.{i}.logits`` (N, K) for a phase-1 layer.
+``activations.{i}.logits`` (N, K) for a phase-1 layer. All parameters are views of one
+flat buffer, laid end to end in that order, and all gradients views of another
+(:meth:`MLP._pack`, :func:`smartmixed_np.fast.flat.pack`), so that Adam updates them in
+one pass; nothing rebinds them, every write is in place.
 
 State: :meth:`MLP.forward` records a *tape* (a :class:`Tape`: the caches of that
 pass, and the noise it used) and :meth:`MLP.backward` consumes it; a second
@@ -43,6 +46,7 @@ from ..core.estimators import DEFAULT_SAMPLES, check_estimator
 from ..core.linear import Linear, init_linear
 from ..core.phase1 import CLAMP_GRADS, NOISE_MODES, init_selection_logits
 from ..core.phase2 import contiguous_order
+from ..fast.flat import pack
 from ..fast.workspace import Workspace
 from .layers import FixedMixedActivation, SmartMixedActivation
 
@@ -192,6 +196,7 @@ class MLP:
                         "estimator": estimator, "estimator_samples": int(estimator_samples), "clamp_grad": clamp_grad}
         self._tape: Tape | None = None
         self._workspace_cache: dict[tuple, list[Workspace]] = {}
+        self._pack()
 
     # ------------------------------------------------------------------ structure
     @property
@@ -213,6 +218,28 @@ class MLP:
             if isinstance(act, SmartMixedActivation):
                 arrays[f"activations.{i}.logits"] = getattr(act, logits)
         return arrays
+
+    def _pack(self) -> None:
+        """Lay the parameters end to end in one flat buffer and the gradients in another.
+
+        The layers' ``W``, ``b``, ``logits`` become views of the first buffer and ``dW``,
+        ``db``, ``dlogits`` views of the second (:func:`smartmixed_np.fast.flat.pack`, in
+        :meth:`parameters`' order; the values are copied exactly), so that an optimizer can
+        update everything in one pass (:func:`smartmixed_np.fast.flat.flat_of` finds the
+        buffers). Everything that writes those arrays writes in place (backward passes,
+        :meth:`load_state_dict`, optimizers); whatever rebuilds layers (:meth:`freeze`,
+        :meth:`to`) calls this again. A layer swapped in by hand simply leaves the model
+        unpacked: the optimizers then take their per-parameter path.
+        """
+        for names, arrays in ((("W", "b", "logits"), self.parameters()), (("dW", "db", "dlogits"), self.gradients())):
+            _, views = pack(arrays)
+            weight, bias, logits = names
+            for i, linear in enumerate(self.linears):
+                setattr(linear, weight, views[f"layers.{i}.weight"])
+                setattr(linear, bias, views[f"layers.{i}.bias"])
+            for i, act in enumerate(self.activations):
+                if isinstance(act, SmartMixedActivation):
+                    setattr(act, logits, views[f"activations.{i}.logits"])
 
     def parameters(self) -> dict[str, Any]:
         """Trainable arrays by name (live references, updated in place by optimizers)."""
@@ -421,6 +448,7 @@ class MLP:
             )
         frozen.linears = [Linear(W, b) for W, b in weights]
         frozen.activations = activations
+        frozen._pack()
         return frozen
 
     def _empty_like(self) -> "MLP":
@@ -591,6 +619,7 @@ class MLP:
             else:
                 self.activations[i] = act.to(backend)
         self.backend, self.dtype, self._tape = backend, new_dtype, None
+        self._pack()
         return self
 
     def __repr__(self) -> str:

@@ -9,17 +9,26 @@ else none. On a GPU with the CUDA kernels switched on (``SMARTMIXED_CUDA_KERNELS
 :mod:`smartmixed_np.fast.cuda`) and self-checked, :func:`cuda_adam` gives the kernels, and
 each parameter's update is one launch, :func:`smartmixed_np.fast.cuda.adam_update`, the clip
 factor read on the device. SGD and the clipping functions are the reference's own.
+
+One pass over everything: when the parameters are laid end to end in one flat buffer and
+the gradients in another (:class:`~smartmixed_np.nn.mlp.MLP` packs both,
+:mod:`smartmixed_np.fast.flat`), :class:`Adam` keeps ``m`` and ``v`` flat too and makes
+*one* call of the compiled loop (or one launch of the CUDA kernel) over the flat arrays per
+step instead of one per parameter: the same elementwise loop over the concatenation, so
+bitwise the same numbers. Whenever anything is not packed it takes the per-parameter path.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
-from ..backend import backend_of
+from ..backend import backend_of, get_backend
 from ..core import optim as reference
 from ..core.optim import SGD, Optimizer, adam_update_reference, clip_factor, clip_grad_norm, global_grad_norm
 from ..fast import compiled, cuda
+from ..fast.flat import flat_of, pack
 
 __all__ = ["Optimizer", "SGD", "Adam", "adam_update_reference", "compiled_adam", "cuda_adam", "clip_factor",
            "clip_grad_norm", "global_grad_norm"]
@@ -38,30 +47,101 @@ def cuda_adam(params: Any) -> cuda.Kernels | None:
     return kernels if kernels is not None and kernels.usable("adam") else None
 
 
+def _same(arrays: Any, kept: tuple) -> bool:
+    """Whether ``arrays`` (a sized iterable of arrays) are the very objects ``kept``, in order."""
+    return len(arrays) == len(kept) and all(map(operator.is_, arrays, kept))
+
+
 class Adam(reference.Adam):
     """:class:`smartmixed_np.core.optim.Adam` with the compiled update where it applies
     (asked once, here, of :func:`compiled_adam`), or on a GPU the CUDA kernel (asked once, here,
-    of :func:`cuda_adam`; ``cuda`` holds it, else None)."""
+    of :func:`cuda_adam`; ``cuda`` holds it, else None).
+
+    Flat state: when a fast update is in use and the parameters tile one flat buffer
+    (:func:`smartmixed_np.fast.flat.flat_of`, asked once, here), ``m`` and ``v`` are views of
+    flat buffers of their own (:func:`~smartmixed_np.fast.flat.pack`; by name, as before, for
+    :meth:`state_dict`) and ``_flat`` holds (the names; the parameter, ``m`` and ``v`` arrays
+    as packed; the three flat buffers of parameters, ``m`` and ``v``); else ``_flat`` is None.
+    ``_flat_grads`` keeps :meth:`_flat_arrays`' answer for the arrays last seen (the
+    gradients' names in order, and every parameter, ``m``, ``v`` and gradient array by identity).
+    """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
         super().__init__(params, lr, betas, eps, weight_decay, engine=compiled_adam())
         self.cuda = cuda_adam(params)
+        self._flat: tuple | None = None
+        self._flat_grads: tuple | None = None
+        flat_p = flat_of(params) if self.fast_path is not None or self.cuda is not None else None
+        if flat_p is not None:
+            flat_m, self.m = pack(self.m)
+            flat_v, self.v = pack(self.v)
+            self._flat = (tuple(params), tuple(params.values()), tuple(self.m.values()), tuple(self.v.values()),
+                          flat_p, flat_m, flat_v)
+
+    def _settings(self) -> dict[str, float]:
+        """The update's constants at step ``step_count``, as the reference's step computes them."""
+        t = self.step_count
+        return dict(beta1=self.beta1, beta2=self.beta2, eps=self.eps, step_size=self.lr / (1 - self.beta1**t),
+                    inv_sqrt_bc2=1.0 / math.sqrt(1 - self.beta2**t), weight_decay=self.weight_decay)
+
+    def _flat_arrays(self, grads: dict[str, Any]) -> tuple | None:
+        """``(p, g, m, v)``, the four flat buffers, when a one-pass update can take this step; else None.
+
+        That needs: the optimizer's parameters, ``m`` and ``v`` still the arrays packed at
+        construction; ``grads`` naming the parameters in their order, each of its
+        parameter's shape, and tiling one flat buffer of their dtype; and the fast update
+        applying to the four. The answer is kept for the arrays it was given (by identity,
+        with the gradients' names in order) and asked again only when one of them changes.
+        """
+        if self._flat is None:
+            return None
+        arrays = (*self.params.values(), *self.m.values(), *self.v.values(), *grads.values())
+        kept = self._flat_grads
+        if kept is None or kept[0] != tuple(grads) or not _same(arrays, kept[1]):
+            kept = self._flat_grads = (tuple(grads), arrays, self._ask_flat(grads))
+        return kept[2]
+
+    def _ask_flat(self, grads: dict[str, Any]) -> tuple | None:
+        """:meth:`_flat_arrays`' answer, worked out (a few microseconds per array)."""
+        names, params, ms, vs, p, m, v = self._flat
+        if not (_same(self.params.values(), params) and _same(self.m.values(), ms) and _same(self.v.values(), vs)):
+            return None
+        if tuple(grads) != names or any(grads[name].shape != a.shape for name, a in zip(names, params)):
+            return None
+        g = flat_of(grads)
+        if g is None or g.dtype != p.dtype:
+            return None
+        usable = cuda.applies(self.cuda, p, g, m, v) if self.cuda is not None else compiled.applies(p, g, m, v)
+        return (p, g, m, v) if usable else None
 
     def step(self, grads: dict[str, Any], scale: Any = None) -> None:
         """One update of every parameter, in place (see :meth:`smartmixed_np.core.optim.Optimizer.step`).
 
-        With the CUDA kernel: the step size and bias correction of the reference's step, then
-        one launch per parameter that :func:`smartmixed_np.fast.cuda.applies` to (the others
+        Packed (see :meth:`_flat_arrays`): one :func:`smartmixed_np.fast.compiled.adam_update`
+        over the flat arrays (when ``scale`` is a host number or None, as the reference's
+        compiled path asks), or on a GPU one :func:`smartmixed_np.fast.cuda.adam_update`.
+        Otherwise per parameter: the reference's step (with its compiled update), or with
+        the CUDA kernel the step size and bias correction of the reference's step, then one
+        launch per parameter that :func:`smartmixed_np.fast.cuda.applies` to (the others
         take :func:`~smartmixed_np.core.optim.adam_update_reference`).
         """
+        flat = self._flat_arrays(grads)
+        if flat is not None and self.cuda is None:
+            host_scale = 1.0 if scale is None else float(scale) if backend_of(scale) in (None, get_backend("numpy")) else None
+            if host_scale is not None:
+                self._check_grads(grads)
+                self.step_count += 1
+                compiled.adam_update(*flat, scale=host_scale, **self._settings())
+                return None
         if self.cuda is None:
             return super().step(grads, scale)
         self._check_grads(grads)
         self.step_count += 1
-        t = self.step_count
-        settings = dict(beta1=self.beta1, beta2=self.beta2, eps=self.eps, step_size=self.lr / (1 - self.beta1**t),
-                        inv_sqrt_bc2=1.0 / math.sqrt(1 - self.beta2**t), weight_decay=self.weight_decay)
+        settings = self._settings()
+        if flat is not None:
+            cuda.adam_update(self.cuda, *flat, scale=scale, **settings)
+            return None
         for name, p in self.params.items():
             m, v, g = self.m[name], self.v[name], grads[name]
             if cuda.applies(self.cuda, p, g, m, v):
