@@ -41,6 +41,7 @@ __all__ = [
     "backend_of",
     "clip_into",
     "expm1_into",
+    "NUMPY_EXPM1_IS_FAST",
     "get_backend",
     "register_backend",
     "to_host",
@@ -297,19 +298,40 @@ def clip_into(x: Any, lo: float, hi: float, out: Any) -> Any:
     return array_module(x).clip(x, lo, hi, out=out)
 
 
+def _numpy_expm1_is_vectorised() -> bool:
+    """Whether NumPy dispatches its float32 ``expm1`` to vectorised code on this CPU: it does with
+    AVX-512 (its SVML loops; the target is named ``X86_V4`` from NumPy 2.4, ``AVX512_SKX`` before),
+    and otherwise calls the C library's scalar function."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # NumPy 1
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as features
+        except ImportError:  # pragma: no cover - no feature table: assume the slow case
+            return False
+    return bool(features.get("X86_V4") or features.get("AVX512_SKX"))
+
+
+#: True where NumPy's float32 ``expm1`` is vectorised (AVX-512); where it is not, the elu and
+#: selu paths compute it from NumPy's vectorised ``tanh`` (:func:`expm1_into`) or ``exp``
+#: (:func:`smartmixed_np.fast.compiled.expm1_from_exp`). Fixed when the module loads.
+NUMPY_EXPM1_IS_FAST = _numpy_expm1_is_vectorised()
+
+
 def expm1_into(x: Any, out: Any) -> Any:
     r"""``out[...] = expm1(x)`` for ``x <= 0`` (the elu and selu kernels' argument); returns ``out``.
 
-    ``xp.expm1``, except on host float32 arrays: there NumPy's ``expm1`` is the C library's
-    scalar function unless the CPU has AVX-512 (measured on an AMD Zen 4 core limited to
-    AVX2: 12 ns an element, ten times NumPy's vectorised ``tanh``), so it is computed as
+    ``xp.expm1``, except on host float32 arrays where NumPy's ``expm1`` is the C library's
+    scalar function, as it is unless the CPU has AVX-512 (:data:`NUMPY_EXPM1_IS_FAST`;
+    measured on an AMD Zen 4 core limited to AVX2: 12 ns an element, ten times NumPy's
+    vectorised ``tanh``). There it is computed as
     $2u/(1 - u)$ with $u = \tanh(x/2)$, the identity $e^x - 1 = 2\tanh(x/2)/(1 - \tanh(x/2))$,
     whose denominator lies in $[1, 2]$ for $x \le 0$ (no cancellation): within 4 ulps of
     ``np.expm1`` (measured: 3, over 4 million arguments from $-10^4$ to the smallest
     subnormal, on AVX2 and on AVX-512; ``tests/test_kernels.py``), zeros keep their sign,
     $-\infty$ gives $-1$. ``out`` may be ``x``.
     """
-    if type(x) is np.ndarray and x.dtype == np.float32:
+    if type(x) is np.ndarray and x.dtype == np.float32 and not NUMPY_EXPM1_IS_FAST:
         np.multiply(x, np.float32(0.5), out=out)
         np.tanh(out, out=out)  # u
         scratch = np.subtract(np.float32(1.0), out)  # 1 - u, in [1, 2]

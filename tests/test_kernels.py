@@ -109,3 +109,19 @@ def test_expm1_into_is_within_its_stated_ulps_on_host_float32_and_numpy_elsewher
     np.testing.assert_array_equal(in_place, ours)
     x64 = x.astype(np.float64)
     np.testing.assert_array_equal(expm1_into(x64, np.empty_like(x64)), np.expm1(x64))
+
+
+def test_the_fast_expm1_choice_follows_numpys_dispatch():
+    """backend.NUMPY_EXPM1_IS_FAST: False in a process whose NumPy is held below AVX-512 (there
+    expm1_into takes the tanh identity); natively, whatever NumPy's feature table says."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from smartmixed_np.backend import NUMPY_EXPM1_IS_FAST; print(NUMPY_EXPM1_IS_FAST)"
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    from smartmixed_np import backend
+
+    assert backend.NUMPY_EXPM1_IS_FAST == backend._numpy_expm1_is_vectorised()

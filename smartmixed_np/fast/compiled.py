@@ -21,9 +21,11 @@ Rules:
   checks every pair for equality. The transcendental functions (``exp``, ``expm1``,
   ``tanh``) are NumPy's, applied in place between compiled passes: Numba's would be
   the C library's, which rounds some results differently from NumPy's vectorised ones.
-  One exception, stated where it applies: in float32, ``expm1`` (elu, selu) is computed
-  from NumPy's ``exp`` by :func:`expm1_from_exp`, within 3 ulps of ``np.expm1``, because
-  NumPy's own is the C library's scalar one on CPUs without AVX-512, thirty times slower.
+  One exception, stated where it applies: on a CPU without AVX-512, where NumPy's float32
+  ``expm1`` is the C library's scalar one, thirty times slower than its ``exp``
+  (:data:`smartmixed_np.backend.NUMPY_EXPM1_IS_FAST` is False), float32 ``expm1`` (elu,
+  selu) is computed from NumPy's ``exp`` by :func:`expm1_from_exp`, within 3 ulps of
+  ``np.expm1``.
 * Compiled on first use, and cached on disk by Numba, so only the first run on a
   machine pays the compilation (about a second per loop).
 """
@@ -38,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import NUMPY_EXPM1_IS_FAST
 from ..core.activations import ELU_ALPHA, LEAKY_SLOPE, SELU_ALPHA, SELU_SCALE, clamp_limits
 from .kernels import has_kernel
 
@@ -521,14 +524,15 @@ def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch:
     Three steps, whatever the number of groups: one compiled pass writes the argument
     of each group's transcendental function into ``scratch`` in sorted order ($-|z|$
     for sigmoid, $z$ for tanh, $\min(z, 0)$ for elu and selu); NumPy's vectorised
-    ``exp``, ``tanh`` and ``expm1`` run in place over those runs (in float32, elu's and
-    selu's ``expm1`` is NumPy's ``exp`` followed by :func:`expm1_from_exp`); one compiled
+    ``exp``, ``tanh`` and ``expm1`` run in place over those runs (in float32 on a CPU
+    without AVX-512, elu's and selu's ``expm1`` is NumPy's ``exp`` followed by
+    :func:`expm1_from_exp`); one compiled
     pass finishes every group and the clamp. Each neuron's row is read and written where
     it lies, so masked groups need no gather or scatter.
 
     Reference: :func:`smartmixed_np.fast.phase2.grouped_forward_fused` over the sorted rows
     (the per-activation kernels of :mod:`smartmixed_np.fast.kernels`): the same numbers,
-    but float32 elu and selu, within 2 and 6 ulps (measured: 2 and 5; ``expm1_from_exp``'s
+    but there float32 elu and selu, within 2 and 6 ulps (measured: 2 and 5; ``expm1_from_exp``'s
     3 ulps, and for selu two roundings more).
 
     Args:
@@ -553,7 +557,7 @@ def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch:
             np.exp(t, out=t)
         elif code == TANH:
             np.tanh(t, out=t)
-        elif t.dtype == np.float32:  # ELU and SELU: expm1(min(z, 0)) from NumPy's exp
+        elif t.dtype == np.float32 and not NUMPY_EXPM1_IS_FAST:  # ELU and SELU: expm1(min(z, 0)) from NumPy's exp
             np.exp(t, out=t)
             expm1_from_exp(zT, table.rows[start:stop], t, t, False)
         else:
@@ -671,7 +675,7 @@ def selected_group_table(selected: np.ndarray, table: CandidateTable) -> GroupTa
     :func:`grouped_forward` with it computes $\\mathrm{clip}(f_{s_n}(z_n), lo_{s_n}, hi_{s_n})$ for
     every neuron, each transcendental function once per element by NumPy over one contiguous
     run: the selected candidate's values alone, those of the fused kernels (bitwise, but
-    float32 elu and selu: see :func:`grouped_forward`).
+    float32 elu and selu without AVX-512: see :func:`grouped_forward`).
 
     Args:
         selected: (N,) host ints, each neuron's candidate.
@@ -814,14 +818,14 @@ def shared_exponentials(zT: np.ndarray, tT: np.ndarray, mT: np.ndarray) -> None:
 
     Shared by every candidate: $t$ by NumPy's vectorised ``exp`` (on this library's test
     machine, AMD Zen 4, a fifth of one C-library ``exp`` call per element inside a compiled
-    loop); $m$ by ``np.expm1`` in float64, and in float32 from $t$ by :func:`expm1_from_exp`
-    (within 3 ulps of ``np.expm1``, and thirty times faster than it without AVX-512). Both
+    loop); $m$ by ``np.expm1``, but in float32 on a CPU without AVX-512 from $t$ by
+    :func:`expm1_from_exp` (within 3 ulps of ``np.expm1``, and thirty times faster there). Both
     are needed: $t$ keeps its relative precision for large $|z|$ (where $1 + m$ would not),
     $m$ for small $|z|$ (where $t - 1$ cancels).
     """
     np.abs(zT, out=tT)
     np.negative(tT, out=tT)
-    if tT.dtype == np.float32:
+    if tT.dtype == np.float32 and not NUMPY_EXPM1_IS_FAST:
         np.exp(tT, out=tT)
         expm1_from_exp(zT, np.arange(zT.shape[0], dtype=np.int64), tT, mT, True)
         return
@@ -835,8 +839,8 @@ def shared_candidate_values(zT: np.ndarray, table: CandidateTable) -> np.ndarray
     From $t = e^{-|z|}$ and $m = \mathrm{expm1}(-|z|)$ (:func:`shared_exponentials`):
     relu, leaky relu, elu and selu by the fused kernels' operations, and sigmoid as
     $e^{\min(z,0)}/(1 + t)$ (for $z < 0$, $e^{\min(z,0)}$ is $t$ itself): all bitwise the
-    reference's values but float32 elu and selu (within 2 and 6 ulps: their $m$, see
-    :func:`shared_exponentials`); tanh as $\mathrm{sign}(z)\,(-m)(1 + t)/(1 + t^2)$, which is
+    reference's values but float32 elu and selu without AVX-512 (within 2 and 6 ulps: their $m$,
+    see :func:`shared_exponentials`); tanh as $\mathrm{sign}(z)\,(-m)(1 + t)/(1 + t^2)$, which is
     $(1 - e^{-2|z|})/(1 + e^{-2|z|})$ with $1 - t^2 = -m(1 + t)$ free of cancellation near 0,
     within a few ulps of ``np.tanh`` (the bound: :func:`shared_backward`). For tests and inspection.
     """
@@ -877,7 +881,7 @@ def shared_backward(doutT: np.ndarray, zT: np.ndarray, aT: np.ndarray, selected:
 
     Reference: :func:`smartmixed_np.core.phase1.mixture_backward`'s $dy$ and $dz$ (``clamp_grad="open"``).
     $dz$ is bitwise that of the fused kernels; each $a_k$ is bitwise the reference's but
-    float32 elu's and selu's (within 2 and 6 ulps, :func:`shared_candidate_values`) and
+    float32 elu's and selu's without AVX-512 (within 2 and 6 ulps, :func:`shared_candidate_values`) and
     tanh's, which is within 4 ulps of ``np.tanh`` (measured on this machine: at most 3 in
     float32 and in float64, over 2.5 million inputs each, magnitudes from the smallest
     subnormal to $10^3$, zeros included; ``tests/test_phase1_single.py`` asserts 4); why:

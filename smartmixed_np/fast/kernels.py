@@ -12,8 +12,9 @@ times slower than plain arithmetic. The kernels here write into a caller's buffe
 (``out=``) with a few ufunc calls and no ``where``, and their forward values are
 *bitwise equal* to the reference's (the same operations on the same operands; only
 the selection between branches is done arithmetically), but for elu and selu on host
-float32 arrays, whose ``expm1`` is :func:`smartmixed_np.backend.expm1_into`'s (within 4
-ulps of ``np.expm1``, which is scalar and slow on CPUs without AVX-512):
+float32 arrays on a CPU without AVX-512, whose ``expm1`` is
+:func:`smartmixed_np.backend.expm1_into`'s (within 4 ulps of ``np.expm1``, which is
+scalar and slow there):
 
 * relu: $\mathrm{clip}(z, 0, c)$; $f' [a < c] = [a > 0][a < c]$.
 * sigmoid: with $e = e^{-|z|}$, the reference's $1/(1+e)$ (for $z \ge 0$) or

@@ -15,8 +15,8 @@ compiled pass; host arrays with Numba). They give the same numbers
 (``tests/test_compiled.py``).
 
 A third pair keeps no stack: :func:`mixture_forward_single` computes the selected
-candidate's value alone (bitwise the reference's, but float32 elu and selu, within a few
-ulps: :func:`smartmixed_np.fast.compiled.grouped_forward`) and :func:`mixture_backward_single`
+candidate's value alone (bitwise the reference's, but float32 elu and selu without AVX-512,
+within a few ulps: :func:`smartmixed_np.fast.compiled.grouped_forward`) and :func:`mixture_backward_single`
 recomputes every candidate's value from two shared exponentials of each element in
 one compiled pass per neuron, for $d\alpha$ (within a few ulps of the reference, see
 there) and $dz$ (bitwise). Host arrays with Numba; ``tests/test_phase1_single.py``.
@@ -189,8 +189,8 @@ def mixture_forward_single(
     selection (:func:`~smartmixed_np.fast.compiled.selected_group_table`): one compiled pass
     for the arguments, one NumPy transcendental per element (of the selected candidate
     only, over contiguous runs), one compiled pass to finish. Bitwise the reference's
-    values (the same operations as the fused kernels), but float32 elu and selu, within 2
-    and 6 ulps (their ``expm1`` from NumPy's ``exp``, :func:`smartmixed_np.fast.compiled.expm1_from_exp`).
+    values (the same operations as the fused kernels), but float32 elu and selu on a CPU
+    without AVX-512, within 2 and 6 ulps (their ``expm1`` from NumPy's ``exp``, :func:`smartmixed_np.fast.compiled.expm1_from_exp`).
 
     Host arrays with Numba on, ``z.T`` C-contiguous of float32 or float64 (the networks'
     feature-major layout), a pool of built-ins; otherwise :func:`mixture_forward_fused`,
@@ -249,8 +249,8 @@ def mixture_backward_single(
 
     Agreement with the reference: $dz$ bitwise that of :func:`mixture_backward_fused`
     (which is the reference's to rounding, ``tests/test_mixture.py``); each candidate value
-    is bitwise the reference's but float32 elu's and selu's (within 2 and 6 ulps, their
-    $m$ from $t$: :func:`smartmixed_np.fast.compiled.shared_exponentials`) and tanh's,
+    is bitwise the reference's but float32 elu's and selu's without AVX-512 (within 2 and 6
+    ulps, their $m$ from $t$: :func:`smartmixed_np.fast.compiled.shared_exponentials`) and tanh's,
     $\mathrm{sign}(z)(-m)(1+t)/(1+t^2)$, within 4 ulps of ``np.tanh``; $dy$ is summed in float64 (the reference sums in the arrays'
     dtype), so $d\alpha$ agrees to a few ulps of $\sum_b |dout_{bn} a_{kbn}|$
     (``tests/test_phase1_single.py``).

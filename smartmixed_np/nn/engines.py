@@ -33,7 +33,7 @@ Phase 1 (training passes; an evaluation pass runs the layer's frozen phase-2 lay
   no noise, built-ins.
 * :class:`CompiledMixture`: no (K, N, B) candidate stack: the selected candidate's value
   alone forward (:func:`~smartmixed_np.fast.phase1.mixture_forward_single`, bitwise but float32
-  elu and selu, a few ulps), every
+  elu and selu without AVX-512, a few ulps), every
   candidate recomputed from shared exponentials backward
   (:func:`~smartmixed_np.fast.phase1.mixture_backward_single`: dz bitwise, the logits'
   gradient to a stated tolerance). Host arrays.
@@ -379,7 +379,7 @@ class FusedMixture(ReferenceMixture):
 
 class CompiledMixture(FusedMixture):
     """:class:`FusedMixture` without the candidate stack: :func:`~smartmixed_np.fast.phase1.mixture_forward_single`
-    (the selected candidate alone, bitwise but float32 elu and selu) and :func:`~smartmixed_np.fast.phase1.mixture_backward_single`
+    (the selected candidate alone, bitwise but float32 elu and selu without AVX-512) and :func:`~smartmixed_np.fast.phase1.mixture_backward_single`
     (every candidate recomputed from shared exponentials, one compiled pass per neuron): host arrays, Numba on."""
 
     name = "compiled"
