@@ -973,8 +973,11 @@ def _figure(report: dict[str, Any], path: str) -> None:
     load = machine.get("load_average_at_start")
     load_text = f", 1-min load average at start {load[0]:.1f}" if load else ""
     simd = f" ({machine['simd']})" if machine.get("simd") else ""
+    if machine.get("isa_limit", "native") != "native":
+        simd = f" ({machine.get('simd')}, every library held to {machine['isa_limit'].upper()})"
+    jit = "" if str(machine.get("compiled_loops", "")).startswith("numba") else ", NumPy paths only"
     fig.suptitle(f"smartmixed_np benchmarks: {machine['cpu']}{simd}, {machine['cpu_count']} cores, {machine['blas_threads']} BLAS threads "
-                 f"(torch threads {machine.get('torch_threads')}), float32{load_text}", fontsize=10)
+                 f"(torch threads {machine.get('torch_threads')}), float32{jit}{load_text}", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_writer(path, "wb") as file:
