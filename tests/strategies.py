@@ -86,3 +86,11 @@ def nudge_biases_away_from_kinks(model, x, noise=None, margin: float = 1e-3, max
             h, _ = act.forward(z_device, train, noise=noise.get(i) if train else None)
         else:
             h, _ = act.forward(z_device)
+
+
+def ulps(ours, reference, dtype=None) -> np.ndarray:
+    """|ours - reference| in units in the last place of ``reference`` rounded to ``dtype`` (default:
+    its own dtype), in float64: how far apart two results are, in the precision they were made in."""
+    reference = np.asarray(reference)
+    spacing = np.spacing(np.abs(reference.astype(dtype or reference.dtype))).astype(np.float64)
+    return np.abs(np.asarray(ours).astype(np.float64) - reference.astype(np.float64)) / spacing

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from smartmixed_np.fast import compiled
 from smartmixed_np.nn.optim import Adam, adam_update_reference
 from test_activations import assert_relatively_accurate, negative_inputs
+from strategies import ulps
 from test_phase1_single import assert_values_close
 
 numba = pytest.importorskip("numba", reason="the compiled loops need the 'fast' extra (numba)")
@@ -346,11 +347,6 @@ def test_grouped_forward_ignores_stale_scratch():
 
 
 # --------------------------------------------------------------------------- expm1 from exp
-def _ulps32(ours, reference):
-    """|ours - reference| in float32 ulps of the reference (its spacing)."""
-    return np.abs(ours.astype(np.float64) - reference.astype(np.float64)) / np.spacing(np.abs(reference.astype(np.float32))).astype(np.float64)
-
-
 @pytest.mark.parametrize("absolute", [True, False])
 def test_expm1_from_exp_is_within_its_stated_ulps_of_numpy_and_of_the_exact_value(absolute):
     """compiled.expm1_from_exp in float32: within 2 ulps of the exact expm1 and 3 of np.expm1,
@@ -368,8 +364,8 @@ def test_expm1_from_exp_is_within_its_stated_ulps_of_numpy_and_of_the_exact_valu
     e = np.exp(x)
     out = compiled.expm1_from_exp(np.ascontiguousarray(z), np.zeros(1, np.int64), e, np.empty_like(z), absolute)
     exact = np.expm1(x.astype(np.float64))
-    assert _ulps32(out, exact).max() <= 2
-    assert _ulps32(out, np.expm1(x)).max() <= 3
+    assert ulps(out, exact, np.float32).max() <= 2
+    assert ulps(out, np.expm1(x)).max() <= 3
     # in place, over rows picked by index, positives (absolute=False: min(z, 0) = 0 there)
     zT = np.ascontiguousarray(np.stack([z[0], np.abs(z[0])]))
     rows = np.array([1, 0], dtype=np.int64)

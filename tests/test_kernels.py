@@ -11,14 +11,8 @@ from smartmixed_np.core.activations import DEFAULT_POOL, get_activation, registe
 from smartmixed_np.backend import expm1_into, to_host
 from smartmixed_np.core.phase2 import clamp_limits
 from smartmixed_np.fast.kernels import activation_backward_into, activation_forward_into, has_kernel
-from strategies import beyond_clamp, default_candidates, seeds
+from strategies import beyond_clamp, default_candidates, seeds, ulps
 from test_activations import assert_relatively_accurate, negative_inputs
-
-
-def ulps(ours, reference):
-    """|ours - reference| in units of the last place of ``reference`` (in its dtype)."""
-    spacing = np.spacing(np.abs(reference)).astype(np.float64)
-    return np.abs(ours.astype(np.float64) - reference.astype(np.float64)) / spacing
 
 
 def _reference(activation, z, da, lo, hi):

@@ -16,7 +16,7 @@ from smartmixed_np.fast.phase1 import (
     mixture_forward_fused, mixture_forward_single,
 )
 from smartmixed_np.fast.workspace import Workspace
-from strategies import beyond_clamp
+from strategies import beyond_clamp, ulps
 
 pytestmark = pytest.mark.skipif(
     not compiled.status().startswith("numba"), reason=f"the single-pass phase 1 needs Numba: {compiled.status()}"
@@ -85,12 +85,6 @@ def make_case(seed, batch, width, pool, dtype, clamp=10.0, scale=4.0, noise=True
     logits[np.arange(width), np.arange(width) % len(pool)] += 20.0
     gumbel = rng.gumbel(size=logits.shape).astype(dtype) if noise else None
     return feature_major(z.astype(dtype)), feature_major(dout.astype(dtype)), logits.astype(dtype), gumbel
-
-
-def ulps(ours, reference):
-    """|ours - reference| in units of the last place of ``reference`` (in its dtype)."""
-    spacing = np.spacing(np.abs(reference)).astype(np.float64)
-    return np.abs(ours.astype(np.float64) - reference.astype(np.float64)) / spacing
 
 
 # --------------------------------------------------------------------------- candidate values
