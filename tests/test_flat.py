@@ -323,11 +323,32 @@ def test_flat_adam_falls_back_whenever_anything_is_not_packed(monkeypatch):
         np.testing.assert_array_equal(twins[name], twins_ref[name])
 
 
-def test_without_the_compiled_loops_adam_keeps_its_state_per_parameter(monkeypatch):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_without_the_compiled_loops_a_packed_step_is_one_reference_update_over_the_flat_buffers(monkeypatch, dtype):
+    """NumPy alone: the reference's 13 array operations once over the flat arrays (not once per
+    parameter), bitwise the per-parameter reference update, the clip scale a 0-d array."""
     monkeypatch.setattr(compiled, "enabled", lambda: False)
-    _, params = pack(_arrays())
-    optimizer = Adam(params)
-    assert optimizer.fast_path is None and optimizer._flat is None and flat_of(optimizer.m) is None
+    start = _arrays(dtype)
+    _, flat_params = pack(start)
+    ref_params = {n: a.copy() for n, a in start.items()}
+    flat_opt, ref_opt = Adam(flat_params, lr=1e-2, weight_decay=0.01), reference.Adam(ref_params, lr=1e-2, weight_decay=0.01)
+    assert flat_opt.fast_path is None and flat_opt._flat is not None and flat_of(flat_opt.m) is not None
+    flat_g, flat_grads = pack({n: np.zeros(s, dtype) for n, s in SHAPES.items()})
+    calls = []
+    real = nn_optim.adam_update_reference
+    monkeypatch.setattr(nn_optim, "adam_update_reference", lambda *a, **k: (calls.append(a[0]), real(*a, **k)))
+    for t, grads in enumerate(_gradient_steps(dtype, steps=4)):
+        for name, g in grads.items():
+            flat_grads[name][...] = g
+        scale = clip_factor(grads, 1.0)[1] if t % 2 else None
+        calls.clear()
+        flat_opt.step(flat_grads, scale=scale)
+        assert len(calls) == 1 and calls[0].ndim == 1 and calls[0].size == flat_g.size
+        ref_opt.step(grads, scale=scale)
+        for name in SHAPES:
+            np.testing.assert_array_equal(flat_params[name], ref_params[name])
+            np.testing.assert_array_equal(flat_opt.m[name], ref_opt.m[name])
+            np.testing.assert_array_equal(flat_opt.v[name], ref_opt.v[name])
 
 
 def test_on_the_gpu_a_packed_step_is_one_launch_over_the_flat_buffers(monkeypatch):

@@ -13,9 +13,10 @@ factor read on the device. SGD and the clipping functions are the reference's ow
 One pass over everything: when the parameters are laid end to end in one flat buffer and
 the gradients in another (:class:`~smartmixed_np.nn.mlp.MLP` packs both,
 :mod:`smartmixed_np.fast.flat`), :class:`Adam` keeps ``m`` and ``v`` flat too and makes
-*one* call of the compiled loop (or one launch of the CUDA kernel) over the flat arrays per
-step instead of one per parameter: the same elementwise loop over the concatenation, so
-bitwise the same numbers. Whenever anything is not packed it takes the per-parameter path.
+*one* call of the compiled loop (or one launch of the CUDA kernel, or, with neither, one
+run of the reference's array operations) over the flat arrays per step instead of one per
+parameter: the same elementwise operations over the concatenation, so bitwise the same
+numbers. Whenever anything is not packed it takes the per-parameter path.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import math
 import operator
 from typing import Any
 
-from ..backend import backend_of, get_backend
+from ..backend import array_module, backend_of, get_backend
 from ..core import optim as reference
 from ..core.optim import SGD, Optimizer, adam_update_reference, clip_factor, clip_grad_norm, global_grad_norm
 from ..fast import compiled, cuda
@@ -57,7 +58,7 @@ class Adam(reference.Adam):
     (asked once, here, of :func:`compiled_adam`), or on a GPU the CUDA kernel (asked once, here,
     of :func:`cuda_adam`; ``cuda`` holds it, else None).
 
-    Flat state: when a fast update is in use and the parameters tile one flat buffer
+    Flat state: when the parameters tile one flat buffer
     (:func:`smartmixed_np.fast.flat.flat_of`, asked once, here), ``m`` and ``v`` are views of
     flat buffers of their own (:func:`~smartmixed_np.fast.flat.pack`; by name, as before, for
     :meth:`state_dict`) and ``_flat`` holds (the names; the parameter, ``m`` and ``v`` arrays
@@ -72,7 +73,8 @@ class Adam(reference.Adam):
         self.cuda = cuda_adam(params)
         self._flat: tuple | None = None
         self._flat_grads: tuple | None = None
-        flat_p = flat_of(params) if self.fast_path is not None or self.cuda is not None else None
+        self._flat_scratch: Any = None
+        flat_p = flat_of(params)
         if flat_p is not None:
             flat_m, self.m = pack(self.m)
             flat_v, self.v = pack(self.v)
@@ -112,7 +114,10 @@ class Adam(reference.Adam):
         g = flat_of(grads)
         if g is None or g.dtype != p.dtype:
             return None
-        usable = cuda.applies(self.cuda, p, g, m, v) if self.cuda is not None else compiled.applies(p, g, m, v)
+        if self.cuda is not None:
+            usable = cuda.applies(self.cuda, p, g, m, v)
+        else:  # the compiled loop takes host arrays only; the reference update takes any
+            usable = compiled.applies(p, g, m, v) if self.fast_path is not None else True
         return (p, g, m, v) if usable else None
 
     def step(self, grads: dict[str, Any], scale: Any = None) -> None:
@@ -120,13 +125,23 @@ class Adam(reference.Adam):
 
         Packed (see :meth:`_flat_arrays`): one :func:`smartmixed_np.fast.compiled.adam_update`
         over the flat arrays (when ``scale`` is a host number or None, as the reference's
-        compiled path asks), or on a GPU one :func:`smartmixed_np.fast.cuda.adam_update`.
+        compiled path asks), or on a GPU one :func:`smartmixed_np.fast.cuda.adam_update`, or
+        with neither one :func:`~smartmixed_np.core.optim.adam_update_reference` (its 13 array
+        operations once over the flat arrays instead of once per parameter: 13 calls a step,
+        not 13 per parameter).
         Otherwise per parameter: the reference's step (with its compiled update), or with
         the CUDA kernel the step size and bias correction of the reference's step, then one
         launch per parameter that :func:`smartmixed_np.fast.cuda.applies` to (the others
         take :func:`~smartmixed_np.core.optim.adam_update_reference`).
         """
         flat = self._flat_arrays(grads)
+        if flat is not None and self.cuda is None and self.fast_path is None:  # NumPy (or CuPy) alone
+            self._check_grads(grads)
+            self.step_count += 1
+            if self._flat_scratch is None:
+                self._flat_scratch = array_module(flat[0]).empty_like(flat[0])
+            adam_update_reference(*flat, scratch=self._flat_scratch, scale=scale, **self._settings())
+            return None
         if flat is not None and self.cuda is None:
             host_scale = 1.0 if scale is None else float(scale) if backend_of(scale) in (None, get_backend("numpy")) else None
             if host_scale is not None:
