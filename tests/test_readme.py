@@ -21,8 +21,10 @@ def test_ci_runs_the_readme_commands():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'pip install -e ".[dev,fast]"' in readme and 'pip install -e ".[dev]"' in readme
-    suites = re.findall(r'^run_suite \S+ "([\w,]+)"$', ci, flags=re.M)
-    extras = [set(s.split(",")) for s in suites]
+    installs = re.findall(r'^install (\S+) "([\w,]+)"$', ci, flags=re.M)
+    suites = re.findall(r'^suite (\S+) "([\w,]+)"', ci, flags=re.M)
+    assert installs and sorted(installs) == sorted(suites), f"each install gets its suite: {installs} {suites}"
+    extras = [set(e.split(",")) for _, e in suites]
     assert {"dev"} in extras, f"CI does not run the NumPy-only install: {suites}"
     assert any({"dev", "fast"} <= e for e in extras), f"CI does not run the full install: {suites}"
     assert 'pip install --quiet -e ".[${extras}]"' in ci
