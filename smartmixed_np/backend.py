@@ -43,6 +43,7 @@ __all__ = [
     "expm1_into",
     "NUMPY_EXPM1_IS_FAST",
     "get_backend",
+    "numpy_simd",
     "register_backend",
     "to_host",
 ]
@@ -298,18 +299,25 @@ def clip_into(x: Any, lo: float, hi: float, out: Any) -> Any:
     return array_module(x).clip(x, lo, hi, out=out)
 
 
+def numpy_simd() -> list[str] | None:
+    """The SIMD targets NumPy dispatches to in this process (its feature table after
+    ``NPY_DISABLE_CPU_FEATURES``), e.g. ``["X86_V3", "X86_V4", "AVX512_ICL"]``; None where the
+    table cannot be read."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    except ImportError:  # NumPy 1
+        try:
+            from numpy.core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+        except ImportError:  # pragma: no cover - no feature table
+            return None
+    return [name for name in __cpu_dispatch__ if __cpu_features__.get(name)]
+
+
 def _numpy_expm1_is_vectorised() -> bool:
     """Whether NumPy dispatches its float32 ``expm1`` to vectorised code on this CPU: it does with
     AVX-512 (its SVML loops; the target is named ``X86_V4`` from NumPy 2.4, ``AVX512_SKX`` before),
-    and otherwise calls the C library's scalar function."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as features
-    except ImportError:  # NumPy 1
-        try:
-            from numpy.core._multiarray_umath import __cpu_features__ as features
-        except ImportError:  # pragma: no cover - no feature table: assume the slow case
-            return False
-    return bool(features.get("X86_V4") or features.get("AVX512_SKX"))
+    and otherwise calls the C library's scalar function (also where the table cannot be read)."""
+    return bool({"X86_V4", "AVX512_SKX"} & set(numpy_simd() or ()))
 
 
 #: True where NumPy's float32 ``expm1`` is vectorised (AVX-512); where it is not, the elu and

@@ -305,7 +305,7 @@ def test_numpy_under_the_avx2_limit_dispatches_to_nothing_wider():
     import subprocess
     import sys
 
-    code = "from smartmixed_np.experiments.bench import _numpy_simd; print(' '.join(_numpy_simd()))"
+    code = "from smartmixed_np.backend import numpy_simd; print(' '.join(numpy_simd()))"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **bench.isa_environment("avx2")},
                          capture_output=True, text=True, check=True).stdout.split()
     assert not any(name.startswith(("AVX512", "X86_V4")) for name in out), out

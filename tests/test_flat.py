@@ -238,13 +238,38 @@ def _gradient_steps(dtype, steps=5, seed=3):
             for t in range(steps)]
 
 
+def _steps_side_by_side(calls, flat_opt, flat_grads, ref_opt, dtype, steps, clip_at, split_opt=None):
+    """Step the packed optimizer, the per-parameter one (when given) and the reference alike on
+    :func:`_gradient_steps` (clipped at the steps ``clip_at(t)`` picks): one call a step over the
+    flat buffer for the packed one, one per parameter for the split one, and after every step the
+    reference's parameters and moments, bitwise."""
+    size = sum(int(np.prod(shape)) for shape in SHAPES.values())
+    for t, grads in enumerate(_gradient_steps(dtype, steps=steps)):
+        for name, g in grads.items():
+            flat_grads[name][...] = g
+        scale = clip_factor(grads, 1.0)[1] if clip_at(t) else None
+        assert scale is None or scale.dtype == dtype
+        calls.clear()
+        flat_opt.step(flat_grads, scale=scale)
+        assert len(calls) == 1 and calls[0].ndim == 1 and calls[0].size == size  # one call, the flat buffer
+        if split_opt is not None:
+            split_opt.step(grads, scale=scale)
+            assert len(calls) == 1 + len(SHAPES)
+        ref_opt.step(grads, scale=scale)
+        for opt in (flat_opt,) if split_opt is None else (flat_opt, split_opt):
+            for name in SHAPES:
+                np.testing.assert_array_equal(opt.params[name], ref_opt.params[name])
+                np.testing.assert_array_equal(opt.m[name], ref_opt.m[name])
+                np.testing.assert_array_equal(opt.v[name], ref_opt.v[name])
+
+
 @needs_numba
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 def test_flat_adam_is_the_per_parameter_and_the_reference_update_bitwise(monkeypatch, dtype, weight_decay):
     start = _arrays(dtype)
     _, flat_params = pack(start)
-    flat_g, flat_grads = pack({n: np.zeros(s, dtype) for n, s in SHAPES.items()})
+    _, flat_grads = pack({n: np.zeros(s, dtype) for n, s in SHAPES.items()})
     split_params = {n: a.copy() for n, a in start.items()}
     ref_params = {n: a.copy() for n, a in start.items()}
     settings = dict(lr=1e-2, weight_decay=weight_decay)
@@ -253,22 +278,7 @@ def test_flat_adam_is_the_per_parameter_and_the_reference_update_bitwise(monkeyp
     assert flat_opt._flat is not None and split_opt._flat is None and ref_opt.fast_path is None
     assert flat_of(flat_opt.m) is not None and flat_of(flat_opt.v) is not None
     calls = _counting(monkeypatch, compiled)
-    for t, grads in enumerate(_gradient_steps(dtype)):
-        for name, g in grads.items():
-            flat_grads[name][...] = g
-        scale = clip_factor(grads, 1.0)[1] if t % 3 else None  # clipping active on the large steps
-        assert scale is None or scale.dtype == dtype
-        calls.clear()
-        flat_opt.step(flat_grads, scale=scale)
-        assert len(calls) == 1 and calls[0].ndim == 1 and calls[0].size == flat_g.size  # one call, the flat buffer
-        split_opt.step(grads, scale=scale)
-        assert len(calls) == 1 + len(SHAPES)
-        ref_opt.step(grads, scale=scale)
-        for name in SHAPES:
-            np.testing.assert_array_equal(flat_params[name], split_params[name])
-            np.testing.assert_array_equal(flat_params[name], ref_params[name])
-            np.testing.assert_array_equal(flat_opt.m[name], ref_opt.m[name])
-            np.testing.assert_array_equal(flat_opt.v[name], ref_opt.v[name])
+    _steps_side_by_side(calls, flat_opt, flat_grads, ref_opt, dtype, 5, lambda t: t % 3, split_opt)  # clip the large steps
     assert flat_opt.step_count == ref_opt.step_count == 5
     state = flat_opt.state_dict()  # by name, as before
     assert state.keys() == ref_opt.state_dict().keys()
@@ -333,22 +343,11 @@ def test_without_the_compiled_loops_a_packed_step_is_one_reference_update_over_t
     ref_params = {n: a.copy() for n, a in start.items()}
     flat_opt, ref_opt = Adam(flat_params, lr=1e-2, weight_decay=0.01), reference.Adam(ref_params, lr=1e-2, weight_decay=0.01)
     assert flat_opt.fast_path is None and flat_opt._flat is not None and flat_of(flat_opt.m) is not None
-    flat_g, flat_grads = pack({n: np.zeros(s, dtype) for n, s in SHAPES.items()})
+    _, flat_grads = pack({n: np.zeros(s, dtype) for n, s in SHAPES.items()})
     calls = []
     real = nn_optim.adam_update_reference
     monkeypatch.setattr(nn_optim, "adam_update_reference", lambda *a, **k: (calls.append(a[0]), real(*a, **k)))
-    for t, grads in enumerate(_gradient_steps(dtype, steps=4)):
-        for name, g in grads.items():
-            flat_grads[name][...] = g
-        scale = clip_factor(grads, 1.0)[1] if t % 2 else None
-        calls.clear()
-        flat_opt.step(flat_grads, scale=scale)
-        assert len(calls) == 1 and calls[0].ndim == 1 and calls[0].size == flat_g.size
-        ref_opt.step(grads, scale=scale)
-        for name in SHAPES:
-            np.testing.assert_array_equal(flat_params[name], ref_params[name])
-            np.testing.assert_array_equal(flat_opt.m[name], ref_opt.m[name])
-            np.testing.assert_array_equal(flat_opt.v[name], ref_opt.v[name])
+    _steps_side_by_side(calls, flat_opt, flat_grads, ref_opt, dtype, 4, lambda t: t % 2)
 
 
 def test_on_the_gpu_a_packed_step_is_one_launch_over_the_flat_buffers(monkeypatch):
@@ -367,21 +366,9 @@ def test_on_the_gpu_a_packed_step_is_one_launch_over_the_flat_buffers(monkeypatc
         flat_opt, split_opt = Adam(flat_params, lr=1e-2, weight_decay=0.01), Adam(split_params, lr=1e-2, weight_decay=0.01)
         ref_opt = reference.Adam(ref_params, lr=1e-2, weight_decay=0.01)
         assert flat_opt.cuda is kernels and flat_opt._flat is not None
-        flat_g, flat_grads = pack({n: np.zeros(s) for n, s in SHAPES.items()})
+        _, flat_grads = pack({n: np.zeros(s) for n, s in SHAPES.items()})
         launches = _counting(monkeypatch, cuda)
-        for t, grads in enumerate(_gradient_steps(np.float64, steps=3)):
-            for name, g in grads.items():
-                flat_grads[name][...] = g
-            scale = clip_factor(grads, 1.0)[1] if t else None
-            launches.clear()
-            flat_opt.step(flat_grads, scale=scale)
-            assert len(launches) == 1 and launches[0].size == flat_g.size
-            split_opt.step(grads, scale=scale)
-            assert len(launches) == 1 + len(SHAPES)
-            ref_opt.step(grads, scale=scale)
-            for name in SHAPES:
-                np.testing.assert_array_equal(flat_params[name], ref_params[name])
-                np.testing.assert_array_equal(split_params[name], ref_params[name])
+        _steps_side_by_side(launches, flat_opt, flat_grads, ref_opt, np.float64, 3, bool, split_opt)
     finally:
         cuda.enable(None)
         cuda.reset()

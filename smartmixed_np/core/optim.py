@@ -212,16 +212,9 @@ class Adam(Optimizer):
         """One update of every parameter, in place (see :meth:`Optimizer.step`)."""
         self._check_grads(grads)
         self.step_count += 1
-        t = self.step_count
-        step_size = self.lr / (1 - self.beta1**t)
-        inv_sqrt_bc2 = 1.0 / math.sqrt(1 - self.beta2**t)
-        settings = dict(beta1=self.beta1, beta2=self.beta2, eps=self.eps, step_size=step_size,
-                        inv_sqrt_bc2=inv_sqrt_bc2, weight_decay=self.weight_decay)
+        settings = self._settings()
         fast = self.fast_path
-        # The compiled loop takes the scale as a host number: only a host (or no) scale qualifies.
-        host_scale = None
-        if fast is not None:
-            host_scale = 1.0 if scale is None else float(scale) if backend_of(scale) in (None, get_backend("numpy")) else None
+        host_scale = host_number(scale) if fast is not None else None
         for name, p in self.params.items():
             m, v, g = self.m[name], self.v[name], grads[name]
             if host_scale is not None and fast.applies(p, g, m, v):
@@ -229,12 +222,27 @@ class Adam(Optimizer):
             else:
                 adam_update_reference(p, g, m, v, scratch=self._scratch_for(name), scale=scale, **settings)
 
+    def _settings(self) -> dict[str, float]:
+        """The update's constants at step ``step_count``: the step size $\\eta / (1 - \\beta_1^t)$
+        and the bias correction $1/\\sqrt{1 - \\beta_2^t}$ folded in, as PyTorch folds them."""
+        t = self.step_count
+        return dict(beta1=self.beta1, beta2=self.beta2, eps=self.eps, step_size=self.lr / (1 - self.beta1**t),
+                    inv_sqrt_bc2=1.0 / math.sqrt(1 - self.beta2**t), weight_decay=self.weight_decay)
+
     def _scratch_for(self, name: str) -> Any:
         """The reference update's scratch buffer like parameter ``name`` (allocated the first time)."""
         buffer = self._scratch.get(name)
         if buffer is None:
             buffer = self._scratch[name] = array_module(self.params[name]).empty_like(self.params[name])
         return buffer
+
+
+def host_number(scale: Any) -> float | None:
+    """``scale`` as a Python float when it lives on the host (None: 1.0), else None: the compiled
+    update takes its clipping factor as a host number, so only a host (or no) scale qualifies."""
+    if scale is None:
+        return 1.0
+    return float(scale) if backend_of(scale) in (None, get_backend("numpy")) else None
 
 
 def adam_update_reference(

@@ -75,7 +75,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..fast import compiled
-from ..backend import Backend, get_backend, to_host
+from ..backend import Backend, get_backend, numpy_simd, to_host
 from ..core.activations import DEFAULT_POOL
 from ..errors import UserError
 from ..fileio import atomic_writer, write_json
@@ -826,15 +826,6 @@ def isa_environment(limit: str) -> dict[str, str]:
     return {**ISA_LIMITS[limit], ISA_ENV: limit}
 
 
-def _numpy_simd() -> list[str] | None:
-    """The SIMD targets NumPy dispatches to in this process (after ``NPY_DISABLE_CPU_FEATURES``)."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
-    except ImportError:  # pragma: no cover - NumPy 1 or a later rename
-        return None
-    return [name for name in __cpu_dispatch__ if __cpu_features__.get(name)]
-
-
 def parse_cpuinfo(text: str) -> dict[str, Any]:
     """The CPU's model name, vector extensions and their summary, from the text of ``/proc/cpuinfo``.
 
@@ -895,7 +886,7 @@ def _machine(threads: int, cpuinfo_path: str = "/proc/cpuinfo", with_jax: bool =
         "numpy": np.__version__, "blas_threads": threads, "dtype": "float32", "compiled_loops": compiled.status(),
         "blas_library": blas_libraries[0] if blas_libraries else None, "blas_libraries": blas_libraries,
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "numpy_simd": _numpy_simd(), "isa_limit": os.environ.get(ISA_ENV) or "native",
+        "numpy_simd": numpy_simd(), "isa_limit": os.environ.get(ISA_ENV) or "native",
         "isa_environment": {k: os.environ[k] for k in ISA_LIMITS.get(os.environ.get(ISA_ENV, ""), {}) if k in os.environ},
     }
     try:

@@ -209,15 +209,18 @@ class MLP:
         warnings.warn("MLP.kind is deprecated: read MLP.phase (1 or 2)", DeprecationWarning, stacklevel=2)
         return _KINDS[self.phase]
 
-    def _named(self, weight: str, bias: str, logits: str) -> dict[str, Any]:
-        arrays: dict[str, Any] = {}
+    def _slots(self, weight: str, bias: str, logits: str):
+        """``(name, layer, attribute)`` of each parameter-like array, in :meth:`parameters`' order:
+        every Linear's ``weight`` and ``bias`` attributes, then each phase-1 layer's ``logits``."""
         for i, linear in enumerate(self.linears):
-            arrays[f"layers.{i}.weight"] = getattr(linear, weight)
-            arrays[f"layers.{i}.bias"] = getattr(linear, bias)
+            yield f"layers.{i}.weight", linear, weight
+            yield f"layers.{i}.bias", linear, bias
         for i, act in enumerate(self.activations):
             if isinstance(act, SmartMixedActivation):
-                arrays[f"activations.{i}.logits"] = getattr(act, logits)
-        return arrays
+                yield f"activations.{i}.logits", act, logits
+
+    def _named(self, weight: str, bias: str, logits: str) -> dict[str, Any]:
+        return {name: getattr(layer, attribute) for name, layer, attribute in self._slots(weight, bias, logits)}
 
     def _pack(self) -> None:
         """Lay the parameters end to end in one flat buffer and the gradients in another.
@@ -231,15 +234,10 @@ class MLP:
         :meth:`to`) calls this again. A layer swapped in by hand simply leaves the model
         unpacked: the optimizers then take their per-parameter path.
         """
-        for names, arrays in ((("W", "b", "logits"), self.parameters()), (("dW", "db", "dlogits"), self.gradients())):
-            _, views = pack(arrays)
-            weight, bias, logits = names
-            for i, linear in enumerate(self.linears):
-                setattr(linear, weight, views[f"layers.{i}.weight"])
-                setattr(linear, bias, views[f"layers.{i}.bias"])
-            for i, act in enumerate(self.activations):
-                if isinstance(act, SmartMixedActivation):
-                    setattr(act, logits, views[f"activations.{i}.logits"])
+        for attributes in (("W", "b", "logits"), ("dW", "db", "dlogits")):
+            _, views = pack(self._named(*attributes))
+            for name, layer, attribute in self._slots(*attributes):
+                setattr(layer, attribute, views[name])
 
     def parameters(self) -> dict[str, Any]:
         """Trainable arrays by name (live references, updated in place by optimizers)."""

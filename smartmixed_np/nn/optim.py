@@ -21,13 +21,13 @@ numbers. Whenever anything is not packed it takes the per-parameter path.
 
 from __future__ import annotations
 
-import math
 import operator
 from typing import Any
 
-from ..backend import array_module, backend_of, get_backend
+from ..backend import array_module, backend_of
 from ..core import optim as reference
-from ..core.optim import SGD, Optimizer, adam_update_reference, clip_factor, clip_grad_norm, global_grad_norm
+from ..core.optim import (SGD, Optimizer, adam_update_reference, clip_factor, clip_grad_norm, global_grad_norm,
+                          host_number)
 from ..fast import compiled, cuda
 from ..fast.flat import flat_of, pack
 
@@ -81,12 +81,6 @@ class Adam(reference.Adam):
             self._flat = (tuple(params), tuple(params.values()), tuple(self.m.values()), tuple(self.v.values()),
                           flat_p, flat_m, flat_v)
 
-    def _settings(self) -> dict[str, float]:
-        """The update's constants at step ``step_count``, as the reference's step computes them."""
-        t = self.step_count
-        return dict(beta1=self.beta1, beta2=self.beta2, eps=self.eps, step_size=self.lr / (1 - self.beta1**t),
-                    inv_sqrt_bc2=1.0 / math.sqrt(1 - self.beta2**t), weight_decay=self.weight_decay)
-
     def _flat_arrays(self, grads: dict[str, Any]) -> tuple | None:
         """``(p, g, m, v)``, the four flat buffers, when a one-pass update can take this step; else None.
 
@@ -135,28 +129,25 @@ class Adam(reference.Adam):
         take :func:`~smartmixed_np.core.optim.adam_update_reference`).
         """
         flat = self._flat_arrays(grads)
-        if flat is not None and self.cuda is None and self.fast_path is None:  # NumPy (or CuPy) alone
+        host_scale = host_number(scale) if flat is not None and self.fast_path is not None else None
+        if flat is not None and (self.cuda is not None or self.fast_path is None or host_scale is not None):
             self._check_grads(grads)
             self.step_count += 1
-            if self._flat_scratch is None:
-                self._flat_scratch = array_module(flat[0]).empty_like(flat[0])
-            adam_update_reference(*flat, scratch=self._flat_scratch, scale=scale, **self._settings())
+            settings = self._settings()
+            if self.cuda is not None:
+                cuda.adam_update(self.cuda, *flat, scale=scale, **settings)
+            elif self.fast_path is not None:
+                compiled.adam_update(*flat, scale=host_scale, **settings)
+            else:  # NumPy (or CuPy) alone
+                if self._flat_scratch is None:
+                    self._flat_scratch = array_module(flat[0]).empty_like(flat[0])
+                adam_update_reference(*flat, scratch=self._flat_scratch, scale=scale, **settings)
             return None
-        if flat is not None and self.cuda is None:
-            host_scale = 1.0 if scale is None else float(scale) if backend_of(scale) in (None, get_backend("numpy")) else None
-            if host_scale is not None:
-                self._check_grads(grads)
-                self.step_count += 1
-                compiled.adam_update(*flat, scale=host_scale, **self._settings())
-                return None
         if self.cuda is None:
             return super().step(grads, scale)
         self._check_grads(grads)
         self.step_count += 1
         settings = self._settings()
-        if flat is not None:
-            cuda.adam_update(self.cuda, *flat, scale=scale, **settings)
-            return None
         for name, p in self.params.items():
             m, v, g = self.m[name], self.v[name], grads[name]
             if cuda.applies(self.cuda, p, g, m, v):
