@@ -221,6 +221,9 @@ def to_host(array: Any) -> np.ndarray:
     return backend._to_host(array)
 
 
+_BELOW_ONE = np.nextafter(1.0, 0.0)  # the largest double below 1
+
+
 class SeededRNG:
     """A seeded random stream, drawn on the host and delivered to a backend.
 
@@ -251,9 +254,23 @@ class SeededRNG:
         self._generator.bit_generator.state = value
 
     def gumbel(self, shape: tuple[int, ...], dtype: Any, backend: Backend) -> Any:
-        """Standard Gumbel noise ``g = -log(-log(u))``, ``u ~ U(0, 1)``, on ``backend``."""
-        host = self._generator.gumbel(size=shape).astype(dtype, copy=False)
-        return backend.asarray(host)
+        """Standard Gumbel noise ``g = -log(-log(u))``, ``u ~ U(0, 1)``, on ``backend``.
+
+        ``u = 1 - U`` with ``U`` from ``Generator.random``: the stream and the formula of
+        ``Generator.gumbel``, in float64, but with NumPy's vectorised ``log`` (a third of
+        ``Generator.gumbel``'s time, which calls the C library's ``log`` element by element).
+        Each float64 value is within a few ulps of ``Generator.gumbel``'s for the same
+        seed, and in float32 the same (``tests/test_backend.py``). Where ``Generator.gumbel``
+        draws again (``U = 0``, probability $2^{-53}$), ``u`` is the largest double below 1.
+        """
+        u = self._generator.random(size=shape)
+        np.subtract(1.0, u, out=u)
+        np.minimum(u, _BELOW_ONE, out=u)
+        np.log(u, out=u)
+        np.negative(u, out=u)
+        np.log(u, out=u)
+        np.negative(u, out=u)
+        return backend.asarray(u.astype(dtype, copy=False))
 
     def uniform(self, low: float, high: float, shape: tuple[int, ...], dtype: Any, backend: Backend) -> Any:
         """Uniform draws in ``[low, high)`` of ``shape`` on ``backend``."""

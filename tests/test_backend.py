@@ -77,6 +77,28 @@ def test_seeded_rng_is_reproducible_and_resumable(backend):
 
 
 # ---------------------------------------------------------------- the strict boundary
+def test_gumbel_noise_is_numpys_gumbel_stream_to_a_few_ulps_and_the_same_in_float32():
+    """The vectorised -log(-log(1 - U)) against Generator.gumbel on the same seeds: float64 to
+    a few ulps of max(1, |g|) (the two logs round differently by an ulp at most), float32
+    identical on these draws, and the stream left at the same place."""
+    cpu = B.get_backend("cpu")
+    for seed in range(5):
+        ours, theirs = B.SeededRNG(seed), np.random.default_rng(seed)
+        g64 = ours.gumbel((400, 250), np.float64, cpu)
+        reference = theirs.gumbel(size=(400, 250))
+        assert np.max(np.abs(g64 - reference) / np.maximum(1.0, np.abs(reference))) <= 4 * np.finfo(np.float64).eps
+        np.testing.assert_array_equal(ours.gumbel((400, 250), np.float32, cpu), theirs.gumbel(size=(400, 250)).astype(np.float32))
+        assert ours.generator.random() == theirs.random()  # one double per draw, as Generator.gumbel's
+
+
+def test_gumbel_noise_stays_finite_where_the_uniform_draw_is_zero(monkeypatch):
+    rng = B.SeededRNG(0)
+    zeros = type("Zeros", (), {"random": staticmethod(lambda size: np.zeros(size))})()
+    monkeypatch.setattr(rng, "_generator", zeros)
+    g = rng.gumbel((3,), np.float64, B.get_backend("cpu"))
+    assert np.all(np.isfinite(g)) and np.all(g > 36)  # u, the largest double below 1: -log(-log(u)) = 36.7
+
+
 def test_strict_arrays_refuse_implicit_conversion():
     strict = B.get_backend("strict")
     x = strict.asarray(np.ones(3))

@@ -384,3 +384,107 @@ def test_expm1_from_exp_keeps_zeros_signs_infinities_and_nan():
         x = -np.abs(z) if absolute else np.where(z > 0, np.float32(0), z)
         out = compiled.expm1_from_exp(z, np.zeros(1, np.int64), np.exp(x), np.empty_like(z), absolute)
         assert_bitwise_equal(out[0], np.array(expected, np.float32))
+
+
+# --------------------------------------------------------------------------- phase-1 selection
+from smartmixed_np.core.activations import resolve_pool  # noqa: E402
+from smartmixed_np.core.phase1 import gumbel_softmax_weights, softmax_backward  # noqa: E402
+
+
+@st.composite
+def selection_inputs(draw):
+    """Logits (N, K) with K up to the loops' limit, with ties, zeros and wide ranges; noise or None."""
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    width, k = draw(st.integers(1, 70)), draw(st.integers(1, compiled.SELECTION_MAX_K))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([1e-3, 1.0, 40.0]))
+    logits = (rng.standard_normal((width, k)) * scale).astype(dtype)
+    if draw(st.booleans()):  # ties: repeated values, exact zeros
+        logits[rng.random((width, k)) < 0.3] = 0
+        logits[:, -1] = logits[:, 0]
+    noise = rng.gumbel(size=(width, k)).astype(dtype) if draw(st.booleans()) else None
+    tau = draw(st.sampled_from([0.05, 0.3, 1.0, 3.0]))
+    return logits, noise, tau
+
+
+@given(selection_inputs())
+def test_softmax_selection_is_bitwise_the_reference_weights_and_argmax(case):
+    logits, noise, tau = case
+    weights = np.empty_like(logits)
+    selected = compiled.softmax_selection(logits, noise, tau, weights)
+    reference = gumbel_softmax_weights(logits, noise, tau)
+    assert_bitwise_equal(weights, reference)
+    np.testing.assert_array_equal(selected, np.argmax(reference, axis=-1))
+    assert selected.dtype == np.int64
+
+
+@given(selection_inputs(), st.integers(0, 2**32 - 1))
+def test_softmax_backward_scaled_is_bitwise_the_reference(case, seed):
+    logits, _, tau = case
+    weights = gumbel_softmax_weights(logits, None, tau)
+    dy = np.random.default_rng(seed).standard_normal(logits.shape)  # float64, as the phase-1 loop gives it
+    out = compiled.softmax_backward_scaled(dy, weights, tau, np.empty_like(weights))
+    assert_bitwise_equal(out, softmax_backward(dy.astype(weights.dtype), weights) / tau)
+
+
+def test_softmax_selection_keeps_nan_and_selects_it_first_as_argmax_does():
+    logits = np.array([[0.0, np.nan, 1.0], [np.nan, 2.0, np.nan], [1.0, 3.0, 2.0]], np.float32)
+    weights = np.empty_like(logits)
+    selected = compiled.softmax_selection(logits, None, 0.3, weights)
+    reference = gumbel_softmax_weights(logits, None, 0.3)
+    assert_bitwise_equal(weights, reference)
+    np.testing.assert_array_equal(selected, np.argmax(reference, axis=-1))
+
+
+def test_selection_loops_refuse_what_they_cannot_take():
+    logits = np.zeros((4, compiled.SELECTION_MAX_K + 1), np.float32)
+    with pytest.raises(ValueError, match="K <="):
+        compiled.softmax_selection(logits, None, 1.0, np.empty_like(logits))
+    logits = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        compiled.softmax_selection(logits, np.zeros((4, 2), np.float32), 1.0, np.empty_like(logits))
+    with pytest.raises(ValueError, match="dtype"):
+        compiled.softmax_selection(logits, np.zeros((4, 3)), 1.0, np.empty_like(logits))
+    with pytest.raises(ValueError, match="K <="):
+        compiled.softmax_backward_scaled(np.zeros((4, 2)), logits, 1.0, np.empty_like(logits))
+
+
+def _group_table_reference(selected, table):
+    """selected_group_table's fields by plain NumPy: a stable argsort by code, runs by searchsorted."""
+    row_codes = table.codes[selected]
+    rows = np.argsort(row_codes, kind="stable")
+    present = np.unique(row_codes)
+    sorted_codes = row_codes[rows]
+    candidate = [int(np.flatnonzero(table.codes == code)[0]) for code in present]
+    return dict(rows=rows, codes=present, starts=np.searchsorted(sorted_codes, present, side="left"),
+                stops=np.searchsorted(sorted_codes, present, side="right"), lo=table.lo[candidate], hi=table.hi[candidate],
+                row_codes=row_codes, row_lo=table.lo[selected], row_hi=table.hi[selected],
+                exp_rows=np.flatnonzero(np.isin(row_codes, [compiled.ELU, compiled.SELU])), identity=np.arange(len(selected)))
+
+
+@given(
+    pool=st.lists(st.sampled_from(list(compiled.ACTIVATION_CODES)), min_size=1, max_size=6, unique=True),
+    width=st.integers(1, 300),
+    clamp=st.sampled_from([None, 10.0, 0.5]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_selected_group_table_is_the_stable_sort_by_code(pool, width, clamp, dtype, seed):
+    table = compiled.candidate_table(tuple(resolve_pool(pool)), clamp, np.dtype(dtype))
+    selected = np.random.default_rng(seed).integers(0, len(pool), width)
+    ours = compiled.selected_group_table(selected, table)
+    for name, expected in _group_table_reference(selected, table).items():
+        got = getattr(ours, name)
+        np.testing.assert_array_equal(got, expected, err_msg=name)
+        assert got.dtype == (np.int64 if expected.dtype.kind == "i" else dtype), name
+    # the runs: every position in exactly one prepass or idle run, each run within one code's span
+    covered = sorted([(start, stop) for _, start, stop in ours.prepass] + list(ours.idle))
+    assert [p for start, stop in covered for p in range(start, stop)] == list(range(width))
+    np.testing.assert_array_equal(ours.prepass_array.reshape(-1, 3), np.asarray(ours.prepass, np.int64).reshape(-1, 3))
+
+
+def test_selected_group_table_refuses_a_candidate_outside_the_pool():
+    table = compiled.candidate_table(tuple(resolve_pool(["relu", "tanh"])), None, np.dtype(np.float32))
+    for bad in ([0, 2], [-1, 0]):
+        with pytest.raises(ValueError, match="outside 0..1"):
+            compiled.selected_group_table(np.array(bad), table)

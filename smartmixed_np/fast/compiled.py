@@ -48,6 +48,7 @@ __all__ = [
     "JIT_ENV", "enabled", "status", "applies", "adam_update", "ACTIVATION_CODES", "GroupTable", "group_table", "grouped_forward",
     "grouped_backward", "CandidateTable", "candidate_table", "selected_backward", "selected_group_table",
     "shared_exponentials", "shared_candidate_values", "shared_backward", "expm1_from_exp",
+    "SELECTION_MAX_K", "softmax_selection", "softmax_backward_scaled",
 ]
 
 JIT_ENV = "SMARTMIXED_JIT"
@@ -260,17 +261,7 @@ def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
     codes = np.asarray([ACTIVATION_CODES[g.activation.name] for g in groups], dtype=np.int64)
     lo = np.asarray([-np.inf if g.lo is None else g.lo for g in groups], dtype=dtype)
     hi = np.asarray([np.inf if g.hi is None else g.hi for g in groups], dtype=dtype)
-    prepass: list[tuple[int, int, int]] = []
-    idle: list[tuple[int, int]] = []
-    for code, start, stop in zip(codes.tolist(), starts, stops):
-        if code in (RELU, LEAKY_RELU):
-            idle.append((start, stop))
-            continue
-        code = ELU if code == SELU else code  # both need expm1(min(z, 0))
-        if prepass and prepass[-1][0] == code and prepass[-1][2] == start:
-            prepass[-1] = (code, prepass[-1][1], stop)
-        else:
-            prepass.append((code, start, stop))
+    prepass, idle = _runs(codes.tolist(), starts, stops)
     group_of_row = np.empty(n, dtype=np.int64)  # each neuron's group, in the neurons' own order
     for k, (start, stop) in enumerate(zip(starts, stops)):
         group_of_row[rows[start:stop]] = k
@@ -282,8 +273,8 @@ def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
         lo=lo,
         hi=hi,
         constants=_constants(dtype),
-        prepass=tuple(prepass),
-        idle=tuple(idle),
+        prepass=prepass,
+        idle=idle,
         prepass_array=np.asarray(prepass, dtype=np.int64).reshape(-1, 3),
         row_codes=codes[group_of_row],
         row_lo=lo[group_of_row],
@@ -291,6 +282,22 @@ def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
         identity=np.arange(n, dtype=np.int64),
         exp_rows=_exp_rows(codes[group_of_row]),
     )
+
+
+def _runs(codes: list, starts: list, stops: list) -> tuple[tuple, tuple]:
+    """A group table's ``(prepass, idle)`` runs (see :class:`GroupTable`) from its groups' codes and spans."""
+    prepass: list[tuple[int, int, int]] = []
+    idle: list[tuple[int, int]] = []
+    for code, start, stop in zip(codes, starts, stops):
+        if code in (RELU, LEAKY_RELU):
+            idle.append((start, stop))
+            continue
+        code = ELU if code == SELU else code  # both need expm1(min(z, 0)); sorted by code, elu's run meets selu's
+        if prepass and prepass[-1][0] == code and prepass[-1][2] == start:
+            prepass[-1] = (code, prepass[-1][1], stop)
+        else:
+            prepass.append((code, start, stop))
+    return tuple(prepass), tuple(idle)
 
 
 def _exp_rows(row_codes: np.ndarray) -> np.ndarray:
@@ -681,35 +688,165 @@ def selected_group_table(selected: np.ndarray, table: CandidateTable) -> GroupTa
         selected: (N,) host ints, each neuron's candidate.
         table: the pool's :class:`CandidateTable`.
     """
-    selected = np.asarray(selected, dtype=np.int64)
-    row_codes = table.codes[selected]
-    rows = np.argsort(row_codes, kind="stable").astype(np.int64)
-    sorted_codes = row_codes[rows]
-    present = np.flatnonzero(np.bincount(sorted_codes, minlength=len(ACTIVATION_CODES)))
-    starts = np.searchsorted(sorted_codes, present, side="left").astype(np.int64)
-    stops = np.searchsorted(sorted_codes, present, side="right").astype(np.int64)
+    selected = np.ascontiguousarray(selected, dtype=np.int64)
+    width = selected.shape[0]
+    rows, row_codes = np.empty(width, dtype=np.int64), np.empty(width, dtype=np.int64)
+    row_lo, row_hi = np.empty(width, dtype=table.lo.dtype), np.empty(width, dtype=table.hi.dtype)
+    counts, exp_rows = np.empty(len(ACTIVATION_CODES), dtype=np.int64), np.empty(width, dtype=np.int64)
+    exps = _sort_by_code_loop(selected, table.codes, table.lo, table.hi, rows, row_codes, row_lo, row_hi, counts, exp_rows)
+    if exps < 0:
+        raise ValueError(f"selected holds a candidate outside 0..{len(table.codes) - 1}")
+    present, starts, stops, position = [], [], [], 0
+    for code, count in enumerate(counts.tolist()):
+        if count:
+            present.append(code)
+            starts.append(position)
+            stops.append(position + count)
+        position += count
     # One group per code; the clamp of a code is that of the one candidate that has it.
-    candidate_of_code = np.empty(len(ACTIVATION_CODES), dtype=np.int64)
-    candidate_of_code[table.codes] = np.arange(len(table.codes))
-    group_candidates = candidate_of_code[present]
-    prepass: list[tuple[int, int, int]] = []
-    idle: list[tuple[int, int]] = []
-    for code, start, stop in zip(present.tolist(), starts.tolist(), stops.tolist()):
-        if code in (RELU, LEAKY_RELU):
-            idle.append((start, stop))
-            continue
-        code = ELU if code == SELU else code  # both need expm1(min(z, 0)); sorted, elu's run meets selu's
-        if prepass and prepass[-1][0] == code and prepass[-1][2] == start:
-            prepass[-1] = (code, prepass[-1][1], stop)
-        else:
-            prepass.append((code, start, stop))
+    candidate_of_code = {code: k for k, code in enumerate(table.codes.tolist())}
+    group_candidates = [candidate_of_code[code] for code in present]
+    prepass, idle = _runs(present, starts, stops)
     return GroupTable(
-        rows=rows, starts=starts, stops=stops, codes=present.astype(np.int64),
-        lo=table.lo[group_candidates], hi=table.hi[group_candidates], constants=table.constants,
-        prepass=tuple(prepass), idle=tuple(idle), prepass_array=np.asarray(prepass, dtype=np.int64).reshape(-1, 3),
-        row_codes=row_codes, row_lo=table.lo[selected], row_hi=table.hi[selected],
-        identity=np.arange(len(selected), dtype=np.int64), exp_rows=_exp_rows(row_codes),
+        rows=rows, starts=np.asarray(starts, dtype=np.int64), stops=np.asarray(stops, dtype=np.int64),
+        codes=np.asarray(present, dtype=np.int64), lo=table.lo[group_candidates], hi=table.hi[group_candidates],
+        constants=table.constants, prepass=prepass, idle=idle,
+        prepass_array=np.asarray(prepass, dtype=np.int64).reshape(-1, 3),
+        row_codes=row_codes, row_lo=row_lo, row_hi=row_hi, identity=np.arange(width, dtype=np.int64),
+        exp_rows=exp_rows[:exps],
     )
+
+
+@_jit
+def _sort_by_code_loop(selected, candidate_codes, candidate_lo, candidate_hi, rows, row_codes, row_lo, row_hi, counts,
+                       exp_rows):
+    # Neuron n's code and clamp, those of its candidate selected[n]; counts[c], the neurons of
+    # code c; rows, the neurons stably sorted by code (a counting sort); exp_rows, the elu and
+    # selu neurons in order (_exp_rows), and their number is returned; -1 for a bad candidate.
+    counts[:] = 0
+    exps = 0
+    for n in range(selected.shape[0]):
+        k = selected[n]
+        if k < 0 or k >= candidate_codes.shape[0]:
+            return -1
+        code = candidate_codes[k]
+        row_codes[n], row_lo[n], row_hi[n] = code, candidate_lo[k], candidate_hi[k]
+        counts[code] += 1
+        if code == ELU or code == SELU:
+            exp_rows[exps] = n
+            exps += 1
+    position = 0
+    for code in range(counts.shape[0]):  # counts[c] becomes the next free position of code c
+        count = counts[code]
+        counts[code] = position
+        position += count
+    for n in range(selected.shape[0]):
+        code = row_codes[n]
+        rows[counts[code]] = n
+        counts[code] += 1
+    for code in range(counts.shape[0] - 1, 0, -1):  # back to the counts
+        counts[code] -= counts[code - 1]
+    return exps
+
+
+
+
+# --------------------------------------------------------------------------- phase-1 selection
+#: NumPy sums a row of fewer than 8 values in order, left to right (its pairwise sum starts at 8):
+#: the selection loops reproduce that order, so they apply to pools of at most this many candidates.
+SELECTION_MAX_K = 7
+
+
+@_jit
+def _selection_scores_loop(logits, noise, has_noise, tau, s):
+    # s = (logits + noise) / tau - max_k (...), row by row: gumbel_softmax_weights' operations
+    for n in range(logits.shape[0]):
+        for k in range(logits.shape[1]):
+            x = logits[n, k] + noise[n, k] if has_noise else logits[n, k]
+            s[n, k] = x / tau
+        top = s[n, 0]
+        for k in range(1, s.shape[1]):  # np.maximum: the first operand unless it is smaller (NaN wins)
+            top = top if (top >= s[n, k] or top != top) else s[n, k]
+        for k in range(s.shape[1]):
+            s[n, k] = s[n, k] - top
+
+
+@_jit
+def _selection_finish_loop(e, selected):
+    # e / sum_k e (the sum in NumPy's order for a short row), then the first argmax (NaN first)
+    for n in range(e.shape[0]):
+        total = e[n, 0]
+        for k in range(1, e.shape[1]):
+            total = total + e[n, k]
+        best = 0
+        for k in range(e.shape[1]):
+            e[n, k] = e[n, k] / total
+        for k in range(1, e.shape[1]):
+            if e[n, best] != e[n, best]:
+                break
+            if e[n, k] > e[n, best] or e[n, k] != e[n, k]:
+                best = k
+        selected[n] = best
+
+
+def softmax_selection(logits: np.ndarray, noise: np.ndarray | None, tau: float, weights: np.ndarray) -> np.ndarray:
+    r"""A hard phase-1 layer's selection: $y = \mathrm{softmax}((\alpha + g)/\tau)$ into ``weights``
+    and $s_n = \arg\max_k y_{nk}$, in two compiled passes around NumPy's ``exp``.
+
+    Reference: :func:`smartmixed_np.core.phase1.gumbel_softmax_weights`, then ``np.argmax(y, axis=-1)``;
+    bitwise equal (the same operations in the same order: NumPy sums a row of fewer than 8
+    values left to right; :data:`SELECTION_MAX_K`). About a tenth of their time on a (512, 6)
+    layer, where NumPy's reductions over a short last axis cost most.
+
+    Args:
+        logits: (N, K) selection logits, K <= :data:`SELECTION_MAX_K`.
+        noise: (N, K) Gumbel noise of the same dtype, or None.
+        tau: the temperature, rounded to the dtype as NumPy rounds a Python scalar.
+        weights: (N, K) output buffer (not ``logits`` or ``noise``).
+
+    Returns:
+        ``selected``: (N,) int64.
+    """
+    if logits.ndim != 2 or logits.shape[-1] > SELECTION_MAX_K:
+        raise ValueError(f"softmax_selection takes (N, K) logits with K <= {SELECTION_MAX_K}, got {logits.shape}")
+    if weights.shape != logits.shape or (noise is not None and (noise.shape != logits.shape or noise.dtype != logits.dtype)):
+        raise ValueError(f"softmax_selection needs noise and weights of the logits' shape {logits.shape} and dtype")
+    has_noise = noise is not None
+    _selection_scores_loop(logits, noise if has_noise else logits, has_noise, logits.dtype.type(tau), weights)
+    np.exp(weights, out=weights)
+    selected = np.empty(logits.shape[0], dtype=np.int64)
+    _selection_finish_loop(weights, selected)
+    return selected
+
+
+@_jit
+def _softmax_backward_loop(dy, y, tau, out):
+    # out = y (dy - sum_k y dy) / tau, row by row; the sum left to right, NumPy's order for a short row
+    for n in range(y.shape[0]):
+        inner = y[n, 0] * dy[n, 0]
+        for k in range(1, y.shape[1]):
+            inner = inner + y[n, k] * dy[n, k]
+        for k in range(y.shape[1]):
+            out[n, k] = (y[n, k] * (dy[n, k] - inner)) / tau
+
+
+def softmax_backward_scaled(dy: np.ndarray, weights: np.ndarray, tau: float, out: np.ndarray) -> np.ndarray:
+    r"""$d\alpha = y \odot (dy - \langle y, dy \rangle) / \tau$ into ``out`` (N, K), in one compiled pass.
+
+    Reference: ``softmax_backward(dy.astype(y.dtype), y) / tau``
+    (:func:`smartmixed_np.core.phase1.softmax_backward`); bitwise equal for K <=
+    :data:`SELECTION_MAX_K` (the inner product summed left to right, as NumPy sums a short row).
+
+    Args:
+        dy: (N, K) float64 or the weights' dtype; rounded to the weights' dtype first.
+        weights: (N, K) the selection's softmax weights ``y``.
+        tau: the temperature.
+        out: (N, K) output buffer of the weights' dtype.
+    """
+    if weights.ndim != 2 or weights.shape[-1] > SELECTION_MAX_K or dy.shape != weights.shape or out.shape != weights.shape:
+        raise ValueError(f"softmax_backward_scaled takes (N, K) arrays with K <= {SELECTION_MAX_K}, got {dy.shape}, {weights.shape}")
+    _softmax_backward_loop(dy.astype(weights.dtype, copy=False), weights, weights.dtype.type(tau), out)
+    return out
 
 
 @_jit(reassociate=True)

@@ -171,6 +171,18 @@ def _single_table(pool: Sequence[Activation], clamp: float | None, *arrays: Any)
     return compiled.candidate_table(tuple(pool), clamp, arrays[0].dtype)
 
 
+def _selection(logits: Any, noise: Any, tau: float) -> tuple[Any, Any]:
+    """``(weights, selected)``: :func:`~smartmixed_np.core.phase1.gumbel_softmax_weights` and its
+    argmax, by :func:`smartmixed_np.fast.compiled.softmax_selection` where it applies (bitwise)."""
+    arrays = (logits,) if noise is None else (logits, noise)
+    if (compiled.applies(*arrays) and logits.ndim == 2 and logits.shape[-1] <= compiled.SELECTION_MAX_K
+            and (noise is None or noise.shape == logits.shape)):
+        weights = np.empty_like(logits)
+        return weights, compiled.softmax_selection(logits, noise, tau, weights)
+    weights = gumbel_softmax_weights(logits, noise, tau)
+    return weights, np.argmax(weights, axis=-1)
+
+
 def mixture_forward_single(
     z: Any,
     logits: Any,
@@ -213,8 +225,7 @@ def mixture_forward_single(
     if table is None:
         return mixture_forward_fused(z, logits, noise, pool, tau=tau, clamp=clamp, workspace=workspace)
     batch, width = z.shape
-    weights = gumbel_softmax_weights(logits, noise, tau)
-    selected = np.argmax(weights, axis=-1)
+    weights, selected = _selection(logits, noise, tau)
     outT = get_buffer(workspace, np, "out", (width, batch), z.dtype)
     scratch = get_buffer(workspace, np, "scratch", (width, batch), z.dtype)
     compiled.grouped_forward(zT, compiled.selected_group_table(selected, table), outT, scratch)
@@ -282,5 +293,8 @@ def mixture_backward_single(
     tT = get_buffer(workspace, np, "scratch", (width, batch), dout.dtype)
     mT = get_buffer(workspace, np, "expm1", (width, batch), dout.dtype)
     dy = compiled.shared_backward(doutT, zT, aT, cache.selected, cache.table, tT, mT, dzT)
-    dlogits = softmax_backward(dy.astype(cache.weights.dtype, copy=False), cache.weights) / cache.tau
+    if compiled.applies(cache.weights) and cache.weights.shape[-1] <= compiled.SELECTION_MAX_K:
+        dlogits = compiled.softmax_backward_scaled(dy, cache.weights, cache.tau, np.empty_like(cache.weights))
+    else:
+        dlogits = softmax_backward(dy.astype(cache.weights.dtype, copy=False), cache.weights) / cache.tau
     return dzT.T, dlogits
