@@ -950,6 +950,13 @@ def _shared_backward_loop(doutT, zT, aT, tT, mT, selected, codes, lo, hi, consta
                 o[j] = o[j] * (one if a[j] < h else zero)
 
 
+@_jit
+def _negative_magnitude_loop(z, out):
+    # out = -|z| (exact): np.negative(np.abs(z)) in one pass
+    for i in range(z.shape[0]):
+        out[i] = -abs(z[i])
+
+
 def shared_exponentials(zT: np.ndarray, tT: np.ndarray, mT: np.ndarray) -> None:
     r"""$t = e^{-|z|}$ into ``tT`` and $m = \mathrm{expm1}(-|z|)$ into ``mT`` (all (N, B)).
 
@@ -960,8 +967,10 @@ def shared_exponentials(zT: np.ndarray, tT: np.ndarray, mT: np.ndarray) -> None:
     are needed: $t$ keeps its relative precision for large $|z|$ (where $1 + m$ would not),
     $m$ for small $|z|$ (where $t - 1$ cancels).
     """
-    np.abs(zT, out=tT)
-    np.negative(tT, out=tT)
+    if applies(zT, tT):
+        _negative_magnitude_loop(zT.reshape(-1), tT.reshape(-1))
+    else:
+        np.negative(np.abs(zT, out=tT), out=tT)
     if tT.dtype == np.float32 and not NUMPY_EXPM1_IS_FAST:
         np.exp(tT, out=tT)
         expm1_from_exp(zT, np.arange(zT.shape[0], dtype=np.int64), tT, mT, True)
