@@ -12,6 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from smartmixed_np.core.activations import resolve_pool
+from smartmixed_np.core.phase1 import gumbel_softmax_weights, softmax_backward
 from smartmixed_np.fast import compiled
 from smartmixed_np.nn.optim import Adam, adam_update_reference
 from test_activations import assert_relatively_accurate, negative_inputs
@@ -387,10 +389,6 @@ def test_expm1_from_exp_keeps_zeros_signs_infinities_and_nan():
 
 
 # --------------------------------------------------------------------------- phase-1 selection
-from smartmixed_np.core.activations import resolve_pool  # noqa: E402
-from smartmixed_np.core.phase1 import gumbel_softmax_weights, softmax_backward  # noqa: E402
-
-
 @st.composite
 def selection_inputs(draw):
     """Logits (N, K) with K up to the loops' limit, with ties, zeros and wide ranges; noise or None."""

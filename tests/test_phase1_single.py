@@ -8,11 +8,13 @@ import pytest
 
 from smartmixed_np.core.activations import Activation, clamp_limits, resolve_pool
 from smartmixed_np.core.gradcheck import check_vjp
-from smartmixed_np.core.phase1 import MixtureCache, mixture_backward, mixture_forward, straight_through_surrogate
+from smartmixed_np.core.phase1 import (
+    MixtureCache, gumbel_softmax_weights, mixture_backward, mixture_forward, straight_through_surrogate,
+)
 from smartmixed_np.fast import compiled
 from smartmixed_np.fast.kernels import activation_forward_into
 from smartmixed_np.fast.phase1 import (
-    SelectedMixtureCache, mixture_backward_compiled, mixture_backward_fused, mixture_backward_single,
+    SelectedMixtureCache, _selection, mixture_backward_compiled, mixture_backward_fused, mixture_backward_single,
     mixture_forward_fused, mixture_forward_single,
 )
 from smartmixed_np.fast.workspace import Workspace
@@ -297,3 +299,24 @@ def test_arrays_the_loops_cannot_take_fall_back_with_the_same_numbers(monkeypatc
     dz_off, dlogits_off = mixture_backward_single(dout, cache_off, SIX)
     np.testing.assert_allclose(dz_off, dz_ref, rtol=1e-14)
     np.testing.assert_allclose(dlogits_off, dlogits_ref, rtol=1e-12, atol=1e-15)
+
+
+def test_the_selection_takes_the_compiled_loops_or_the_reference_with_the_same_numbers():
+    """Contiguous logits and noise of one dtype: the compiled selection; transposed logits or
+    noise of another dtype: the reference. The same weights and choices either way."""
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((40, 6)).astype(np.float32)
+    noise = rng.gumbel(size=(40, 6)).astype(np.float32)
+    calls = []
+    real = compiled.softmax_selection
+    compiled_selection = lambda *args: calls.append(1) or real(*args)  # noqa: E731
+    for lg, nz, expect_compiled in ((logits, noise, True), (logits, None, True),
+                                    (np.asfortranarray(logits), noise, False), (logits, noise.astype(np.float64), False)):
+        calls.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(compiled, "softmax_selection", compiled_selection)
+            weights, selected = _selection(lg, nz, 0.3)
+        assert bool(calls) == (expect_compiled and compiled.status().startswith("numba"))
+        reference = gumbel_softmax_weights(lg, nz, 0.3)
+        np.testing.assert_array_equal(weights, reference)
+        np.testing.assert_array_equal(selected, np.argmax(reference, axis=-1))

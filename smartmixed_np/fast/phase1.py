@@ -195,7 +195,8 @@ def mixture_forward_single(
 ) -> tuple[Any, MixtureCache]:
     r""":func:`mixture_forward_fused` without the (K, N, B) stack: the selected candidate's value alone.
 
-    $y = \mathrm{softmax}((\alpha + g)/\tau)$, $s_n = \arg\max_k y_{nk}$, then
+    $y = \mathrm{softmax}((\alpha + g)/\tau)$, $s_n = \arg\max_k y_{nk}$ (both by
+    :func:`smartmixed_np.fast.compiled.softmax_selection`, bitwise the reference's), then
     $out_{bn} = \mathrm{clip}(f_{s_n}(z_{bn}), lo_{s_n}, hi_{s_n})$ by
     :func:`smartmixed_np.fast.compiled.grouped_forward` with the neurons grouped by their
     selection (:func:`~smartmixed_np.fast.compiled.selected_group_table`): one compiled pass
@@ -256,7 +257,8 @@ def mixture_backward_single(
     candidates: every candidate's clamped value $a_k$ from $t$ and $m$,
     $dy_{nk} = \sum_b dout_{bn} a_{kbn}$, and
     $dz_{bn} = dout_{bn} f'_{s_n}(z_{bn}) [lo < a_{s_n} < hi]$; then
-    $d\alpha = \mathrm{softmax\_backward}(dy, y)/\tau$.
+    $d\alpha = \mathrm{softmax\_backward}(dy, y)/\tau$ (by
+    :func:`smartmixed_np.fast.compiled.softmax_backward_scaled`, bitwise NumPy's on the same $dy$).
 
     Agreement with the reference: $dz$ bitwise that of :func:`mixture_backward_fused`
     (which is the reference's to rounding, ``tests/test_mixture.py``); each candidate value
