@@ -749,8 +749,6 @@ def _sort_by_code_loop(selected, candidate_codes, candidate_lo, candidate_hi, ro
     return exps
 
 
-
-
 # --------------------------------------------------------------------------- phase-1 selection
 #: NumPy sums a row of fewer than 8 values in order, left to right (its pairwise sum starts at 8):
 #: the selection loops reproduce that order, so they apply to pools of at most this many candidates.
@@ -778,9 +776,9 @@ def _selection_finish_loop(e, selected):
         total = e[n, 0]
         for k in range(1, e.shape[1]):
             total = total + e[n, k]
-        best = 0
         for k in range(e.shape[1]):
             e[n, k] = e[n, k] / total
+        best = 0
         for k in range(1, e.shape[1]):
             if e[n, best] != e[n, best]:
                 break
@@ -795,7 +793,7 @@ def softmax_selection(logits: np.ndarray, noise: np.ndarray | None, tau: float, 
 
     Reference: :func:`smartmixed_np.core.phase1.gumbel_softmax_weights`, then ``np.argmax(y, axis=-1)``;
     bitwise equal (the same operations in the same order: NumPy sums a row of fewer than 8
-    values left to right; :data:`SELECTION_MAX_K`). About a tenth of their time on a (512, 6)
+    values left to right; :data:`SELECTION_MAX_K`). About a fifth of their time on a (512, 6)
     layer, where NumPy's reductions over a short last axis cost most.
 
     Args:
