@@ -257,10 +257,11 @@ class SeededRNG:
         """Standard Gumbel noise ``g = -log(-log(u))``, ``u ~ U(0, 1)``, on ``backend``.
 
         ``u = 1 - U`` with ``U`` from ``Generator.random``: the stream and the formula of
-        ``Generator.gumbel``, in float64, but with NumPy's vectorised ``log`` (a third of
-        ``Generator.gumbel``'s time, which calls the C library's ``log`` element by element).
-        Each float64 value is within a few ulps of ``Generator.gumbel``'s for the same
-        seed, and in float32 the same (``tests/test_backend.py``). Where ``Generator.gumbel``
+        ``Generator.gumbel``, in float64, but with NumPy's vectorised ``log`` (under half of
+        ``Generator.gumbel``'s time, which calls the C library's ``log`` element by element:
+        20 against 48 us for (512, 6)). Each float64 value is within 4 eps of max(1, |g|) of
+        ``Generator.gumbel``'s for the same seed, and in float32 the same on every one of the
+        2 million draws tested (``tests/test_backend.py``: 1 million). Where ``Generator.gumbel``
         draws again (``U = 0``, probability $2^{-53}$), ``u`` is the largest double below 1.
         """
         u = self._generator.random(size=shape)
