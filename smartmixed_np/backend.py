@@ -261,7 +261,7 @@ class SeededRNG:
         ``Generator.gumbel``'s time, which calls the C library's ``log`` element by element:
         20 against 48 us for (512, 6)). Each float64 value is within 4 eps of max(1, |g|) of
         ``Generator.gumbel``'s for the same seed, and in float32 the same on every one of the
-        2 million draws tested (``tests/test_backend.py``: 1 million). Where ``Generator.gumbel``
+        2 million draws tested (``tests/test_backend.py`` checks half a million). Where ``Generator.gumbel``
         draws again (``U = 0``, probability $2^{-53}$), ``u`` is the largest double below 1.
         """
         u = self._generator.random(size=shape)
