@@ -486,3 +486,13 @@ def test_selected_group_table_refuses_a_candidate_outside_the_pool():
     for bad in ([0, 2], [-1, 0]):
         with pytest.raises(ValueError, match="outside 0..1"):
             compiled.selected_group_table(np.array(bad), table)
+
+
+def test_selection_applies_to_host_arrays_of_one_shape_and_dtype_with_few_candidates():
+    logits = np.zeros((5, 6), np.float32)
+    assert compiled.selection_applies(logits, None) and compiled.selection_applies(logits, logits.copy())
+    assert not compiled.selection_applies(logits, np.zeros((5, 6)))  # another dtype
+    assert not compiled.selection_applies(logits, np.zeros((5, 5), np.float32))  # another shape
+    assert not compiled.selection_applies(np.zeros((5, compiled.SELECTION_MAX_K + 1), np.float32))
+    assert not compiled.selection_applies(np.zeros(6, np.float32))  # not (N, K)
+    assert not compiled.selection_applies(np.asfortranarray(np.zeros((5, 6), np.float32)))

@@ -48,7 +48,7 @@ __all__ = [
     "JIT_ENV", "enabled", "status", "applies", "adam_update", "ACTIVATION_CODES", "GroupTable", "group_table", "grouped_forward",
     "grouped_backward", "CandidateTable", "candidate_table", "selected_backward", "selected_group_table",
     "shared_exponentials", "shared_candidate_values", "shared_backward", "expm1_from_exp",
-    "SELECTION_MAX_K", "softmax_selection", "softmax_backward_scaled",
+    "SELECTION_MAX_K", "selection_applies", "softmax_selection", "softmax_backward_scaled",
 ]
 
 JIT_ENV = "SMARTMIXED_JIT"
@@ -735,17 +735,15 @@ def _sort_by_code_loop(selected, candidate_codes, candidate_lo, candidate_hi, ro
         if code == ELU or code == SELU:
             exp_rows[exps] = n
             exps += 1
+    free = np.empty_like(counts)  # the next free position of each code
     position = 0
-    for code in range(counts.shape[0]):  # counts[c] becomes the next free position of code c
-        count = counts[code]
-        counts[code] = position
-        position += count
+    for code in range(counts.shape[0]):
+        free[code] = position
+        position += counts[code]
     for n in range(selected.shape[0]):
         code = row_codes[n]
-        rows[counts[code]] = n
-        counts[code] += 1
-    for code in range(counts.shape[0] - 1, 0, -1):  # back to the counts
-        counts[code] -= counts[code - 1]
+        rows[free[code]] = n
+        free[code] += 1
     return exps
 
 
@@ -785,6 +783,15 @@ def _selection_finish_loop(e, selected):
             if e[n, k] > e[n, best] or e[n, k] != e[n, k]:
                 best = k
         selected[n] = best
+
+
+def selection_applies(*arrays: Any) -> bool:
+    """True if :func:`softmax_selection` and :func:`softmax_backward_scaled` can take ``arrays``
+    (None entries skipped): :func:`applies`, and all (N, K) of one shape with K <= :data:`SELECTION_MAX_K`."""
+    arrays = tuple(a for a in arrays if a is not None)
+    shape = getattr(arrays[0], "shape", None) if arrays else None
+    return (applies(*arrays) and len(shape) == 2 and shape[1] <= SELECTION_MAX_K
+            and all(a.shape == shape for a in arrays))
 
 
 def softmax_selection(logits: np.ndarray, noise: np.ndarray | None, tau: float, weights: np.ndarray) -> np.ndarray:

@@ -174,9 +174,7 @@ def _single_table(pool: Sequence[Activation], clamp: float | None, *arrays: Any)
 def _selection(logits: Any, noise: Any, tau: float) -> tuple[Any, Any]:
     """``(weights, selected)``: :func:`~smartmixed_np.core.phase1.gumbel_softmax_weights` and its
     argmax, by :func:`smartmixed_np.fast.compiled.softmax_selection` where it applies (bitwise)."""
-    arrays = (logits,) if noise is None else (logits, noise)
-    if (compiled.applies(*arrays) and logits.ndim == 2 and logits.shape[-1] <= compiled.SELECTION_MAX_K
-            and (noise is None or noise.shape == logits.shape)):
+    if compiled.selection_applies(logits, noise):
         weights = np.empty_like(logits)
         return weights, compiled.softmax_selection(logits, noise, tau, weights)
     weights = gumbel_softmax_weights(logits, noise, tau)
@@ -295,7 +293,7 @@ def mixture_backward_single(
     tT = get_buffer(workspace, np, "scratch", (width, batch), dout.dtype)
     mT = get_buffer(workspace, np, "expm1", (width, batch), dout.dtype)
     dy = compiled.shared_backward(doutT, zT, aT, cache.selected, cache.table, tT, mT, dzT)
-    if compiled.applies(cache.weights) and cache.weights.shape[-1] <= compiled.SELECTION_MAX_K:
+    if compiled.selection_applies(cache.weights):
         dlogits = compiled.softmax_backward_scaled(dy, cache.weights, cache.tau, np.empty_like(cache.weights))
     else:
         dlogits = softmax_backward(dy.astype(cache.weights.dtype, copy=False), cache.weights) / cache.tau
