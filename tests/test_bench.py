@@ -17,6 +17,8 @@ RATIO_KEYS = [
     "phase2_masked_vs_relu_step_ratio",
     "relu_vs_floor_step_ratio",
     "phase1_vs_relu_step_ratio",
+    "floor_update_vs_floor_step_ratio",
+    "relu_vs_floor_update_step_ratio",
 ]
 TORCH_RATIO_KEYS = ["phase1_vs_torch_step_ratio", "phase2_vs_torch_step_ratio", "relu_vs_torch_step_ratio"]
 EPOCH_RATIO_KEYS = ["epoch_throughput_vs_torch_ratio", "phase1_epoch_throughput_vs_torch_ratio"]
@@ -81,6 +83,36 @@ def test_every_contender_is_timed_for_step_and_inference(quick_report):
         for name in names:
             timing = report["main"][kind][name]
             assert timing["median_ms"] > 0 and timing["repeats"] >= 1
+    # the products plus the update: a training step's contender only
+    assert report["main"]["step"]["floor_update"]["median_ms"] > 0 and "floor_update" not in report["main"]["infer"]
+    assert "floor_update_vs_floor_infer_ratio" not in report["ratios"]
+
+
+def test_floor_update_runs_the_update_of_a_step():
+    """The update contender is the floor's products, then the clipping factor and Adam's step
+    over a ReLU network's fixed random gradients: its parameters after two calls are those
+    of a twin network updated by hand."""
+    from smartmixed_np.core.optim import clip_factor
+    from smartmixed_np.nn.mlp import MLP
+    from smartmixed_np.nn.optim import Adam
+
+    calls = []
+    step = bench._floor_update([6, 5, 3], 0, lambda: calls.append(1))
+    twin = MLP([6, 5, 3], "relu", seed=0)
+    grads = twin.gradients()
+    rng = np.random.default_rng(2)
+    for g in grads.values():
+        g[...] = rng.standard_normal(g.shape).astype(twin.dtype)
+    optimizer = Adam(twin.parameters(), lr=1e-3)
+    start = {k: v.copy() for k, v in twin.parameters().items()}
+    for _ in range(2):
+        step()
+        optimizer.step(grads, scale=clip_factor(grads, 1.0)[1])
+    assert calls == [1, 1]
+    ours = step.model.parameters()
+    for name, p in twin.parameters().items():
+        assert np.array_equal(ours[name], p), name
+        assert not np.array_equal(p, start[name]), name  # every parameter moved
 
 
 def test_memory_section_reports_growth_per_network(quick_report):

@@ -8,6 +8,13 @@ One call, :func:`run_benchmarks`, measures (CPU, float32, one process):
   - ``floor``: the matrix products of a step alone, with preallocated outputs
     (per layer ``x @ W.T``, ``dz.T @ x``, and ``dz @ W`` except for the first layer,
     whose input needs no gradient; inference: ``x @ W.T`` per layer);
+  - ``floor_update`` (training step only): the floor's products, then the global
+    gradient norm and Adam's update with the clipping factor over a ReLU network's flat
+    gradients, as a step runs them (:func:`_floor_update`): what a step with Adam and
+    clipping costs at the least, were the activations, loss and biases free. Both
+    passes are bound by memory (every parameter, gradient and moment is read), so
+    ``floor_update_vs_floor_step_ratio`` is the least ``relu_vs_floor_step_ratio``
+    can be on the machine;
   - ``relu``: ``MLP(sizes, "relu")``;
   - ``phase1``: ``MLP(sizes, "smartmixed")`` in training mode (inference: its
     evaluation forward, the argmax network);
@@ -90,7 +97,7 @@ DATA_ENV = "SMARTMIXED_DATA"
 CLAMP = 10.0
 TAU = 0.3
 
-OURS = ("floor", "relu", "phase1", "phase2_masked", "phase2_contiguous")
+OURS = ("floor", "floor_update", "relu", "phase1", "phase2_masked", "phase2_contiguous")
 THEIRS = ("torch_relu", "torch_phase1", "torch_phase2")
 JAX = ("jax_relu", "jax_phase1", "jax_phase2")
 
@@ -195,6 +202,28 @@ def _floor(sizes: Sequence[int], batch: int, seed: int, dev: _Device = _CPU) -> 
             xp.matmul(layer["x"], layer["W"].T, out=layer["z"])
 
     return step, infer
+
+
+def _floor_update(sizes: Sequence[int], seed: int, floor_step: Callable[[], None], dev: _Device = _CPU) -> Callable[[], None]:
+    """:func:`_floor`'s training step followed by the update of a step: ``clip_factor`` (the
+    global norm of every gradient) and ``Adam.step`` with that factor, over the parameters and
+    (random, fixed) gradients of ``MLP(sizes, "relu")``, laid out flat as a network lays them.
+    The function returned keeps that network as ``model`` (for tests)."""
+    from ..core.optim import clip_factor
+
+    model = MLP(sizes, "relu", seed=seed, device=dev.backend)
+    grads = model.gradients()
+    rng = np.random.default_rng(seed + 2)
+    for g in grads.values():
+        g[...] = dev.backend.asarray(rng.standard_normal(tuple(g.shape)).astype(model.dtype))
+    optimizer = Adam(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        floor_step()
+        optimizer.step(grads, scale=clip_factor(grads, 1.0)[1])
+
+    step.model = model  # type: ignore[attr-defined]
+    return step
 
 
 # --------------------------------------------------------------------------- PyTorch contenders
@@ -563,7 +592,7 @@ def _measure(sizes: Sequence[int], batch: int, seed: int, repeats: int, warmup: 
     y_host = rng.integers(0, sizes[-1], batch)
     x, y = dev.backend.asarray(x_host), dev.backend.asarray(y_host)
     floor_step, floor_infer = _floor(sizes, batch, seed, dev)
-    steps: dict[str, Callable[[], None]] = {"floor": floor_step}
+    steps: dict[str, Callable[[], None]] = {"floor": floor_step, "floor_update": _floor_update(sizes, seed, floor_step, dev)}
     infers: dict[str, Callable[[], None]] = {"floor": floor_infer}
     networks = _numpy_networks(sizes, seed, dev)
     if with_jax:  # copies of the weights before our steps change them
@@ -601,6 +630,9 @@ def _ratios(timings: dict[str, Any], statistic: str = "median_ms") -> dict[str, 
         out[f"phase2_masked_vs_relu_{kind}_ratio"] = ratio(kind, "phase2_masked", "relu")
         out[f"phase1_vs_relu_{kind}_ratio"] = ratio(kind, "phase1", "relu")
         out[f"relu_vs_floor_{kind}_ratio"] = ratio(kind, "relu", "floor")
+        if kind == "step":  # the update has no inference twin
+            out["floor_update_vs_floor_step_ratio"] = ratio(kind, "floor_update", "floor")
+            out["relu_vs_floor_update_step_ratio"] = ratio(kind, "relu", "floor_update")
         out[f"phase1_vs_torch_{kind}_ratio"] = ratio(kind, "phase1", "torch_phase1")
         out[f"phase2_vs_torch_{kind}_ratio"] = ratio(kind, "phase2_contiguous", "torch_phase2")
         out[f"phase2_masked_vs_torch_{kind}_ratio"] = ratio(kind, "phase2_masked", "torch_phase2")
@@ -934,10 +966,13 @@ def _figure(report: dict[str, Any], path: str) -> None:
 
     main = report["main"]
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
-    names = [n for n in OURS + THEIRS + JAX if n in main["step"]]
-    colors = ["#555555" if n == "floor" else "#d62728" if n.startswith("torch") else "#2ca02c" if n.startswith("jax")
-              else "#1f77b4" for n in names]
+    def color(n: str) -> str:
+        return ("#555555" if n.startswith("floor") else "#d62728" if n.startswith("torch") else "#2ca02c" if n.startswith("jax")
+                else "#1f77b4")
+
     for ax, kind, title in ((axes[0], "step", "training step"), (axes[1], "infer", "inference forward")):
+        names = [n for n in OURS + THEIRS + JAX if n in main[kind]]
+        colors = [color(n) for n in names]
         med = [main[kind][n]["median_ms"] for n in names]
         err = [[m - main[kind][n]["q25_ms"] for n, m in zip(names, med)], [main[kind][n]["q75_ms"] - m for n, m in zip(names, med)]]
         ax.barh(names, med, xerr=err, color=colors)
@@ -949,10 +984,11 @@ def _figure(report: dict[str, Any], path: str) -> None:
     ax = axes[2]
     sweep = report["batch_sweep"]
     batches = [row["batch"] for row in sweep]
-    for name in names:
+    palette = plt.get_cmap("tab20").colors  # one colour per contender: no two lines alike
+    for i, name in enumerate(OURS + THEIRS + JAX):
         ys = [1e3 * row["step"][name]["median_ms"] / row["batch"] for row in sweep if name in row["step"]]
-        if len(ys) == len(batches):
-            ax.plot(batches, ys, marker="o", label=name,
+        if name in main["step"] and len(ys) == len(batches):
+            ax.plot(batches, ys, marker="o", label=name, color=palette[i % len(palette)],
                     linestyle="--" if name.startswith("torch") else ":" if name.startswith("jax") else "-")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
