@@ -855,15 +855,16 @@ def softmax_backward_scaled(dy: np.ndarray, weights: np.ndarray, tau: float, out
 
 
 @_jit(reassociate=True)
-def _dot64(x, y):
-    # sum_j x[j] y[j] in float64, in the order the compiler vectorises it (fixed, not sequential)
-    total = 0.0
+def _dot(x, y, zero):
+    # sum_j x[j] y[j] in the arrays' dtype (zero: a 0 of it), in the order the compiler
+    # vectorises it: fixed in the compiled code, so two calls agree, but not sequential
+    total = zero
     for j in range(x.shape[0]):
-        total += np.float64(x[j]) * np.float64(y[j])
+        total += x[j] * y[j]
     return total
 
 
-_dot64_compiled = None  # _dot64's compiled function, once bound by _shared_pass
+_dot_compiled = None  # _dot's compiled function, once bound by _shared_pass
 
 
 @_jit
@@ -871,7 +872,7 @@ def _shared_backward_loop(doutT, zT, aT, tT, mT, selected, codes, lo, hi, consta
     # Per neuron n: first, for every candidate k, its clamped value a_k from the shared
     # t = e^{-|z|} and m = expm1(-|z|) into the row buffer (one loop per code: the branch on
     # the code is loop-invariant, and the compiler hoists it and vectorises the loop), and
-    # dy[n, k] = sum_b dout[n, b] a_k[n, b] in float64 by _dot64 (whose sum the compiler
+    # dy[n, k] = sum_b dout[n, b] a_k[n, b] in the arrays' dtype by _dot (whose sum the compiler
     # may reorder; this loop's own operations it may not) (the row is copied to values[k, n]
     # when keep is set); then
     # dz[n] = dout[n] f'_s(z) [lo < a < hi] for the selected candidate s, from the forward's
@@ -894,10 +895,10 @@ def _shared_backward_loop(doutT, zT, aT, tT, mT, selected, codes, lo, hi, consta
                     y = (one if z[j] >= zero else t[j]) / (t[j] + one)
                     y = l if y < l else y
                     row[j] = h if y > h else y
-            elif code == TANH:  # sign(z) (1 - t^2) / (1 + t^2), with 1 - t^2 = -m (1 + t); in float64
+            elif code == TANH:  # sign(z) (1 - t^2) / (1 + t^2), with 1 - t^2 = -m (1 + t)
                 for j in range(batch):
-                    u, v = np.float64(t[j]), np.float64(m[j])
-                    y = math.copysign(-(v * (u + 1.0)) / (u * u + 1.0), z[j])  # tanh(-0) = -0
+                    u, v = t[j], m[j]
+                    y = math.copysign(-(v * (u + one)) / (u * u + one), z[j])  # tanh(-0) = -0
                     y = l if y < l else y
                     row[j] = h if y > h else y
             elif code == LEAKY_RELU:  # max(0.01 z, z)
@@ -918,7 +919,7 @@ def _shared_backward_loop(doutT, zT, aT, tT, mT, selected, codes, lo, hi, consta
                     row[j] = h if y > h else y
             if keep:
                 values[k, n, :] = row
-            total = _dot64_compiled(d, row)
+            total = _dot_compiled(d, row, zero)
             dy[n, k] = total
         s = selected[n]
         code, l, h = codes[s], lo[s], hi[s]
@@ -1003,13 +1004,13 @@ def shared_candidate_values(zT: np.ndarray, table: CandidateTable) -> np.ndarray
 
 def _shared_pass(doutT, zT, aT, selected, table, tT, mT, dzT, values):
     # A compiled loop calls only compiled functions, and finds them among the module's globals
-    # when it is compiled: bind _dot64's before _shared_backward_loop's first call. (Passed as an
+    # when it is compiled: bind _dot's before _shared_backward_loop's first call. (Passed as an
     # argument instead, it kept Numba from reusing the on-disk cache: a compilation every run.)
-    global _dot64_compiled
-    if _dot64_compiled is None:
-        _dot64_compiled = _dot64.dispatcher()
+    global _dot_compiled
+    if _dot_compiled is None:
+        _dot_compiled = _dot.dispatcher()
     shared_exponentials(zT, tT, mT)
-    dy = np.empty((zT.shape[0], len(table.codes)), dtype=np.float64)
+    dy = np.empty((zT.shape[0], len(table.codes)), dtype=zT.dtype)
     row = np.empty(zT.shape[1], dtype=zT.dtype)
     keep = values is not None
     values = values if keep else np.empty((1, 1, 1), dtype=zT.dtype)
@@ -1026,20 +1027,24 @@ def shared_backward(doutT: np.ndarray, zT: np.ndarray, aT: np.ndarray, selected:
     (:func:`shared_exponentials`, into ``tT`` and ``mT``), one compiled pass over each
     neuron's row computes every candidate's clamped value $a_k$ from them
     (:func:`shared_candidate_values`), $dy_{nk} = \sum_b dout_{nb}\, a_{knb}$ (accumulated in
-    float64 in a fixed order, so two calls give the same bits), and
+    the arrays' dtype, as the reference sums, in a fixed order, so two calls give the same bits), and
     $dz_n = dout_n\, f'_{s_n}(z_n)\, [lo < a < hi]$ for the selected candidate from the
     forward's value ``aT`` and $t$ (as :func:`selected_backward` does, bitwise its numbers).
 
     Reference: :func:`smartmixed_np.core.phase1.mixture_backward`'s $dy$ and $dz$ (``clamp_grad="open"``).
     $dz$ is bitwise that of the fused kernels; each $a_k$ is bitwise the reference's but
     float32 elu's and selu's without AVX-512 (within 2 and 6 ulps, :func:`shared_candidate_values`) and
-    tanh's, which is within 4 ulps of ``np.tanh`` (measured on this machine: at most 3 in
-    float32 and in float64, over 2.5 million inputs each, magnitudes from the smallest
-    subnormal to $10^3$, zeros included; ``tests/test_phase1_single.py`` asserts 4); why:
-    ``np.tanh`` rounds once, here $m$, $t$ (NumPy's, each within about an ulp) and the
-    float64 arithmetic on them round before the one rounding to the dtype. $dy$ then
-    differs from the reference's sum by that and by the order and precision of the sum
-    (here float64 throughout, in the order the compiler vectorises :func:`_dot64`).
+    tanh's, which is within 5 ulps of ``np.tanh`` in float32 and 4 in float64. Measured: in
+    float32, over every positive float32 below 10 (1.09 billion inputs; tanh rounds to 1
+    above, and the formula is odd in $z$), at most 5 (58 inputs) with AVX-512 and 4 under the
+    AVX2 limit, and at most 4 from the correctly rounded tanh on both; in float64 at most 3
+    over 2.5 million inputs; ``tests/test_phase1_single.py`` asserts 5 and 4. Why: ``np.tanh``
+    rounds once, here $m$, $t$ (NumPy's, each within about an ulp) and the five operations on
+    them round in the dtype. (The float64 arithmetic that this pass used before was within 4
+    in float32, and took 60 us more per step of the benchmark's network.) $dy$ then differs
+    from the reference's sum by that and by the order of the sum (here the compiler's
+    vectorised order, :func:`_dot`; the reference's, NumPy's), each within $B$ roundings of
+    $\sum_b |dout_{nb}\, a_{knb}|$.
 
     Args:
         doutT, zT, aT: (N, B) upstream gradient, pre-activation and the forward's output, C-contiguous.
@@ -1049,6 +1054,6 @@ def shared_backward(doutT: np.ndarray, zT: np.ndarray, aT: np.ndarray, selected:
         dzT: (N, B) output buffer, not overlapping the inputs.
 
     Returns:
-        ``dy`` (N, K) in float64.
+        ``dy`` (N, K) in the arrays' dtype.
     """
     return _shared_pass(doutT, zT, aT, selected, table, tT, mT, dzT, None)

@@ -262,8 +262,9 @@ def mixture_backward_single(
     (which is the reference's to rounding, ``tests/test_mixture.py``); each candidate value
     is bitwise the reference's but float32 elu's and selu's without AVX-512 (within 2 and 6
     ulps, their $m$ from $t$: :func:`smartmixed_np.fast.compiled.shared_exponentials`) and tanh's,
-    $\mathrm{sign}(z)(-m)(1+t)/(1+t^2)$, within 4 ulps of ``np.tanh``; $dy$ is summed in float64 (the reference sums in the arrays'
-    dtype), so $d\alpha$ agrees to a few ulps of $\sum_b |dout_{bn} a_{kbn}|$
+    $\mathrm{sign}(z)(-m)(1+t)/(1+t^2)$, within 5 ulps of ``np.tanh`` in float32 (4 in float64);
+    $dy$ is summed in the arrays' dtype, as the reference sums it but in another order, so
+    $d\alpha$ agrees to within $B$ roundings of $\sum_b |dout_{bn} a_{kbn}|$ per sum
     (``tests/test_phase1_single.py``).
 
     A cache with the stack (the forward's fallback) goes to :func:`mixture_backward_compiled`
