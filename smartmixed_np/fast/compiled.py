@@ -214,9 +214,10 @@ class GroupTable:
         prepass: ``(code, start, stop)`` runs of positions whose transcendental part
             NumPy computes first; neighbouring elu and selu groups share one run.
         idle: ``(start, stop)`` runs of positions with no transcendental part (relu,
-            leaky relu), whose scratch rows :func:`grouped_forward` zeroes: the
-            finishing loop evaluates every branch for every element and selects, and
-            stale values there (NaN, subnormals) slowed it down tenfold.
+            leaky relu), whose scratch rows are never written: the finishing loop reads
+            their own ``z`` rows in their place (it evaluates every branch for every
+            element and selects, and stale scratch values, NaN or subnormals, slowed it
+            tenfold; zeroing those rows first cost a pass).
         prepass_array: the same as a (R, 3) int64 array, for the compiled loop.
         row_codes, row_lo, row_hi: (N,) the code and clamp of each neuron, in the
             neurons' own order (for the row-wise backward loop).
@@ -424,19 +425,28 @@ def _grouped_forward_loop(zT, t, out, rows, starts, stops, codes, lo, hi, consta
         code, l, h = codes[k], lo[k], hi[k]
         if code == RELU:  # relu's clamp: [0, hi]
             l = zero
+        if code == RELU or code == LEAKY_RELU:  # idle rows: no scratch row (see GroupTable.idle)
+            for i in range(starts[k], stops[k]):
+                z, o = zT[rows[i]], out[rows[i]]
+                for j in range(width):
+                    y = z[j]
+                    if code == LEAKY_RELU:  # leaky relu: max(0.01 z, z); relu: z, clamped to [0, hi]
+                        y = z[j] * slope
+                        if z[j] > y:
+                            y = z[j]
+                    if y < l:
+                        y = l
+                    if y > h:
+                        y = h
+                    o[j] = y
+            continue
         for i in range(starts[k], stops[k]):
             z, e, o = zT[rows[i]], t[i], out[rows[i]]
             for j in range(width):
-                if code == RELU:  # relu: z, clamped to [0, hi]
-                    y = z[j]
-                elif code == SIGMOID:  # sigmoid: exp(min(z, 0)) / (1 + e), e = exp(-|z|)
+                if code == SIGMOID:  # sigmoid: exp(min(z, 0)) / (1 + e), e = exp(-|z|)
                     y = (one if z[j] >= zero else e[j]) / (e[j] + one)
                 elif code == TANH:  # tanh: e = tanh(z)
                     y = e[j]
-                elif code == LEAKY_RELU:  # leaky relu: max(0.01 z, z)
-                    y = z[j] * slope
-                    if z[j] > y:
-                        y = z[j]
                 elif code == ELU:  # elu: max(alpha e, z), e = expm1(min(z, 0))
                     y = e[j] * elu_alpha
                     if z[j] > y:
@@ -551,12 +561,10 @@ def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch:
     Returns:
         ``out``.
     """
-    if not table.prepass:  # relu and leaky relu only: the loop reads its e rows but uses none
+    if not table.prepass:  # relu and leaky relu only: no scratch row is read
         _grouped_forward_loop(zT, zT, out, table.rows, table.starts, table.stops, table.codes, table.lo, table.hi,
                               table.constants)
         return out
-    for start, stop in table.idle:
-        scratch[start:stop] = 0
     _prepass_arguments_loop(zT, scratch, table.rows, table.prepass_array, table.constants[0])
     for code, start, stop in table.prepass:
         t = scratch[start:stop]
