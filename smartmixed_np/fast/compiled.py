@@ -280,7 +280,7 @@ def group_table(groups: Any, rows: np.ndarray, dtype: Any) -> GroupTable:
         row_codes=codes[group_of_row],
         row_lo=lo[group_of_row],
         row_hi=hi[group_of_row],
-        identity=np.arange(n, dtype=np.int64),
+        identity=_identity(n),
         exp_rows=_exp_rows(codes[group_of_row]),
     )
 
@@ -630,12 +630,26 @@ def candidate_table(pool: tuple, clamp: float | None, dtype: Any) -> CandidateTa
     """The :class:`CandidateTable` of ``pool`` (a tuple of activations) under a
     ``[-clamp, clamp]`` clamp, or None if a candidate is no built-in with a kernel
     (:func:`smartmixed_np.fast.kernels.has_kernel`). Cached: a layer asks at every step."""
-    # The kernel test is by identity, so it comes before the cache, whose keys compare
-    # by value: an equal copy of a built-in (which has no kernel) must neither find nor
-    # leave the built-in's table there.
-    if not all(has_kernel(a) and a.name in ACTIVATION_CODES for a in pool):
-        return None
-    return _candidate_table(tuple(a.name for a in pool), tuple(clamp_limits(a, clamp) for a in pool), np.dtype(dtype))
+    # The kernel test is by identity, so the cache is keyed by the activations' identities
+    # (an equal copy of a built-in, which has no kernel, must neither find nor leave the
+    # built-in's table there); each entry keeps its activations alive, so that their ids
+    # cannot pass to other objects while it is there.
+    key = (tuple(map(id, pool)), clamp, dtype)
+    kept = _CANDIDATE_TABLES.get(key)
+    if kept is not None:
+        return kept[1]
+    if all(has_kernel(a) and a.name in ACTIVATION_CODES for a in pool):
+        table = _candidate_table(tuple(a.name for a in pool), tuple(clamp_limits(a, clamp) for a in pool), np.dtype(dtype))
+    else:
+        table = None
+    if len(_CANDIDATE_TABLES) >= 64:
+        _CANDIDATE_TABLES.clear()
+    _CANDIDATE_TABLES[key] = (tuple(pool), table)
+    return table
+
+
+#: candidate_table's answers: {(ids of the pool's activations, clamp, dtype): (the pool, its table or None)}
+_CANDIDATE_TABLES: dict[tuple, tuple] = {}
 
 
 @functools.lru_cache(maxsize=64)
@@ -697,62 +711,71 @@ def selected_group_table(selected: np.ndarray, table: CandidateTable) -> GroupTa
         table: the pool's :class:`CandidateTable`.
     """
     selected = np.ascontiguousarray(selected, dtype=np.int64)
-    width = selected.shape[0]
-    rows, row_codes = np.empty(width, dtype=np.int64), np.empty(width, dtype=np.int64)
-    row_lo, row_hi = np.empty(width, dtype=table.lo.dtype), np.empty(width, dtype=table.hi.dtype)
-    counts, exp_rows = np.empty(len(ACTIVATION_CODES), dtype=np.int64), np.empty(width, dtype=np.int64)
-    exps = _sort_by_code_loop(selected, table.codes, table.lo, table.hi, rows, row_codes, row_lo, row_hi, counts, exp_rows)
+    width, codes = selected.shape[0], len(ACTIVATION_CODES)
+    ints = np.empty((3, width), dtype=np.int64)  # rows, row_codes, exp_rows: one allocation
+    limits = np.empty((2, width), dtype=table.lo.dtype)  # row_lo, row_hi
+    spans = np.empty((3, codes), dtype=np.int64)  # the groups' starts, stops and codes
+    group_limits = np.empty((2, codes), dtype=table.lo.dtype)  # their lo, hi
+    rows, row_codes, exp_rows = ints
+    exps, groups = _sort_by_code_loop(selected, table.codes, table.lo, table.hi, rows, row_codes, limits[0], limits[1],
+                                      exp_rows, spans, group_limits)
     if exps < 0:
         raise ValueError(f"selected holds a candidate outside 0..{len(table.codes) - 1}")
-    present, starts, stops, position = [], [], [], 0
-    for code, count in enumerate(counts.tolist()):
-        if count:
-            present.append(code)
-            starts.append(position)
-            stops.append(position + count)
-        position += count
-    # One group per code; the clamp of a code is that of the one candidate that has it.
-    candidate_of_code = {code: k for k, code in enumerate(table.codes.tolist())}
-    group_candidates = [candidate_of_code[code] for code in present]
-    prepass, idle = _runs(present, starts, stops)
+    starts, stops, group_codes = spans[:, :groups]
+    prepass, idle = _runs(group_codes.tolist(), starts.tolist(), stops.tolist())
     return GroupTable(
-        rows=rows, starts=np.asarray(starts, dtype=np.int64), stops=np.asarray(stops, dtype=np.int64),
-        codes=np.asarray(present, dtype=np.int64), lo=table.lo[group_candidates], hi=table.hi[group_candidates],
+        rows=rows, starts=starts, stops=stops, codes=group_codes, lo=group_limits[0, :groups], hi=group_limits[1, :groups],
         constants=table.constants, prepass=prepass, idle=idle,
         prepass_array=np.asarray(prepass, dtype=np.int64).reshape(-1, 3),
-        row_codes=row_codes, row_lo=row_lo, row_hi=row_hi, identity=np.arange(width, dtype=np.int64),
-        exp_rows=exp_rows[:exps],
+        row_codes=row_codes, row_lo=limits[0], row_hi=limits[1], identity=_identity(width), exp_rows=exp_rows[:exps],
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _identity(width: int) -> np.ndarray:
+    """``arange(width)`` (int64), kept per width and read-only: the loops only read it."""
+    identity = np.arange(width, dtype=np.int64)
+    identity.flags.writeable = False
+    return identity
+
+
 @_jit
-def _sort_by_code_loop(selected, candidate_codes, candidate_lo, candidate_hi, rows, row_codes, row_lo, row_hi, counts,
-                       exp_rows):
-    # Neuron n's code and clamp, those of its candidate selected[n]; counts[c], the neurons of
-    # code c; rows, the neurons stably sorted by code (a counting sort); exp_rows, the elu and
-    # selu neurons in order (_exp_rows), and their number is returned; -1 for a bad candidate.
-    counts[:] = 0
+def _sort_by_code_loop(selected, candidate_codes, candidate_lo, candidate_hi, rows, row_codes, row_lo, row_hi, exp_rows,
+                       spans, group_limits):
+    # Neuron n's code and clamp, those of its candidate selected[n]; rows, the neurons stably
+    # sorted by code (a counting sort); exp_rows, the elu and selu neurons in order (_exp_rows);
+    # spans[:, g] = (start, stop, code) of the g-th code present, in code order, and
+    # group_limits[:, g] its clamp (that of the candidate with the code). Returns the number of
+    # elu and selu neurons and of groups, or (-1, 0) for a candidate outside the pool.
+    codes = spans.shape[1]
+    counts = np.zeros(codes, dtype=np.int64)
+    code_lo, code_hi = np.empty(codes, dtype=row_lo.dtype), np.empty(codes, dtype=row_hi.dtype)
     exps = 0
     for n in range(selected.shape[0]):
         k = selected[n]
         if k < 0 or k >= candidate_codes.shape[0]:
-            return -1
+            return -1, 0
         code = candidate_codes[k]
         row_codes[n], row_lo[n], row_hi[n] = code, candidate_lo[k], candidate_hi[k]
+        code_lo[code], code_hi[code] = candidate_lo[k], candidate_hi[k]
         counts[code] += 1
         if code == ELU or code == SELU:
             exp_rows[exps] = n
             exps += 1
     free = np.empty_like(counts)  # the next free position of each code
-    position = 0
-    for code in range(counts.shape[0]):
+    position, groups = 0, 0
+    for code in range(codes):
         free[code] = position
+        if counts[code] > 0:
+            spans[0, groups], spans[1, groups], spans[2, groups] = position, position + counts[code], code
+            group_limits[0, groups], group_limits[1, groups] = code_lo[code], code_hi[code]
+            groups += 1
         position += counts[code]
     for n in range(selected.shape[0]):
         code = row_codes[n]
         rows[free[code]] = n
         free[code] += 1
-    return exps
+    return exps, groups
 
 
 # --------------------------------------------------------------------------- phase-1 selection
