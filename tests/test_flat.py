@@ -350,6 +350,39 @@ def test_without_the_compiled_loops_a_packed_step_is_one_reference_update_over_t
     _steps_side_by_side(calls, flat_opt, flat_grads, ref_opt, dtype, 4, lambda t: t % 2)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_without_the_compiled_loops_the_flat_update_goes_chunk_by_chunk_with_the_same_bits(monkeypatch, dtype):
+    """NumPy alone, flat arrays longer than a chunk: the reference's operations over consecutive
+    stretches of CHUNK_BYTES that tile the flat buffer in order (the last one shorter), and the
+    parameters and moments bitwise those of the per-parameter reference update."""
+    monkeypatch.setattr(compiled, "enabled", lambda: False)
+    monkeypatch.setattr(nn_optim, "CHUNK_BYTES", 9 * np.dtype(dtype).itemsize)  # 9 elements a stretch
+    start = _arrays(dtype)
+    flat_start, flat_params = pack(start)
+    ref_params = {n: a.copy() for n, a in start.items()}
+    flat_opt, ref_opt = Adam(flat_params, lr=1e-2), reference.Adam(ref_params, lr=1e-2)
+    _, flat_grads = pack({n: np.zeros(s, dtype) for n, s in SHAPES.items()})
+    stretches = []
+    real = nn_optim.adam_update_reference
+    monkeypatch.setattr(nn_optim, "adam_update_reference", lambda *a, **k: (stretches.append(a[0]), real(*a, **k)))
+    size = flat_start.size
+    for t, grads in enumerate(_gradient_steps(dtype, steps=3)):
+        for name, g in grads.items():
+            flat_grads[name][...] = g
+        scale = clip_factor(grads, 1.0)[1]
+        stretches.clear()
+        flat_opt.step(flat_grads, scale=scale)
+        assert size % 9 and [a.size for a in stretches] == [9] * (size // 9) + [size % 9]
+        base = flat_start.__array_interface__["data"][0]
+        offsets = [(a.__array_interface__["data"][0] - base) // flat_start.itemsize for a in stretches]
+        assert offsets == list(range(0, size, 9))  # in order, tiling the flat buffer
+        ref_opt.step(grads, scale=scale)
+        for name in SHAPES:
+            np.testing.assert_array_equal(flat_opt.params[name], ref_opt.params[name])
+            np.testing.assert_array_equal(flat_opt.m[name], ref_opt.m[name])
+            np.testing.assert_array_equal(flat_opt.v[name], ref_opt.v[name])
+
+
 def test_on_the_gpu_a_packed_step_is_one_launch_over_the_flat_buffers(monkeypatch):
     """On the emulated fake GPU of tests/test_cuda_engine.py (its kernels run their contract in NumPy)."""
     from test_cuda_engine import _emulating_xp, _fake_backend

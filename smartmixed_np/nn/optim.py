@@ -17,12 +17,21 @@ the gradients in another (:class:`~smartmixed_np.nn.mlp.MLP` packs both,
 run of the reference's array operations) over the flat arrays per step instead of one per
 parameter: the same elementwise operations over the concatenation, so bitwise the same
 numbers. Whenever anything is not packed it takes the per-parameter path.
+
+With NumPy alone, that run goes chunk by chunk (:func:`chunked_reference_update`): the
+reference's 13 array operations over each stretch of :data:`CHUNK_BYTES` per array in turn,
+so that the stretch's five arrays stay in the CPU's cache from one operation to the next
+instead of streaming all of them from memory 13 times. Elementwise operations, so the same
+numbers, bit for bit; on the Xeon of the README, 1.76 against 1.15 ms for the benchmark's
+570k parameters after a matrix product.
 """
 
 from __future__ import annotations
 
 import operator
 from typing import Any
+
+import numpy as np
 
 from ..backend import array_module, backend_of
 from ..core import optim as reference
@@ -31,8 +40,29 @@ from ..core.optim import (SGD, Optimizer, adam_update_reference, clip_factor, cl
 from ..fast import compiled, cuda
 from ..fast.flat import flat_of, pack
 
-__all__ = ["Optimizer", "SGD", "Adam", "adam_update_reference", "compiled_adam", "cuda_adam", "clip_factor",
+__all__ = ["Optimizer", "SGD", "Adam", "adam_update_reference", "chunked_reference_update", "compiled_adam", "cuda_adam", "clip_factor",
            "clip_grad_norm", "global_grad_norm"]
+
+
+#: The stretch of each array that :func:`chunked_reference_update` updates at a time: 128 KiB
+#: (32k float32 values), so that the five arrays of a stretch (640 KiB) fit a 1 MiB L2 cache.
+CHUNK_BYTES = 128 * 1024
+
+
+def chunked_reference_update(p: Any, g: Any, m: Any, v: Any, *, scratch: Any, **settings: Any) -> None:
+    """:func:`~smartmixed_np.core.optim.adam_update_reference` over 1-D host arrays, one stretch of
+    :data:`CHUNK_BYTES` per array at a time (the same elementwise operations on every element, so
+    bitwise the one call's numbers); any other arrays (CuPy's: one launch per operation is what
+    they want) in one call. ``settings``: the reference's keywords (``scale`` included)."""
+    size = p.shape[0] if p.ndim == 1 else 0
+    step = max(1, CHUNK_BYTES // p.itemsize)
+    if type(p) is not np.ndarray or size <= step:
+        adam_update_reference(p, g, m, v, scratch=scratch, **settings)
+        return
+    for start in range(0, size, step):
+        stop = min(size, start + step)
+        adam_update_reference(p[start:stop], g[start:stop], m[start:stop], v[start:stop], scratch=scratch[start:stop],
+                              **settings)
 
 
 def compiled_adam() -> Any:
@@ -120,9 +150,8 @@ class Adam(reference.Adam):
         Packed (see :meth:`_flat_arrays`): one :func:`smartmixed_np.fast.compiled.adam_update`
         over the flat arrays (when ``scale`` is a host number or None, as the reference's
         compiled path asks), or on a GPU one :func:`smartmixed_np.fast.cuda.adam_update`, or
-        with neither one :func:`~smartmixed_np.core.optim.adam_update_reference` (its 13 array
-        operations once over the flat arrays instead of once per parameter: 13 calls a step,
-        not 13 per parameter).
+        with neither :func:`chunked_reference_update` (the reference's 13 array operations over
+        the flat arrays, a cache-sized stretch at a time, instead of once per parameter).
         Otherwise per parameter: the reference's step (with its compiled update), or with
         the CUDA kernel the step size and bias correction of the reference's step, then one
         launch per parameter that :func:`smartmixed_np.fast.cuda.applies` to (the others
@@ -141,7 +170,7 @@ class Adam(reference.Adam):
             else:  # NumPy (or CuPy) alone
                 if self._flat_scratch is None:
                     self._flat_scratch = array_module(flat[0]).empty_like(flat[0])
-                adam_update_reference(*flat, scratch=self._flat_scratch, scale=scale, **settings)
+                chunked_reference_update(*flat, scratch=self._flat_scratch, scale=scale, **settings)
             return None
         if self.cuda is None:
             return super().step(grads, scale)
