@@ -87,7 +87,7 @@ from ..core.activations import DEFAULT_POOL
 from ..errors import UserError
 from ..fileio import atomic_writer, write_json
 from ..nn.mlp import MLP
-from ..nn.optim import Adam
+from ..nn.optim import Adam, clip_factor
 from ..nn.step import train_step
 
 __all__ = ["run_benchmarks", "DEFAULT_SIZES", "DATA_ENV"]
@@ -209,8 +209,6 @@ def _floor_update(sizes: Sequence[int], seed: int, floor_step: Callable[[], None
     global norm of every gradient) and ``Adam.step`` with that factor, over the parameters and
     (random, fixed) gradients of ``MLP(sizes, "relu")``, laid out flat as a network lays them.
     The function returned keeps that network as ``model`` (for tests)."""
-    from ..core.optim import clip_factor
-
     model = MLP(sizes, "relu", seed=seed, device=dev.backend)
     grads = model.gradients()
     rng = np.random.default_rng(seed + 2)
@@ -966,6 +964,7 @@ def _figure(report: dict[str, Any], path: str) -> None:
 
     main = report["main"]
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+
     def color(n: str) -> str:
         return ("#555555" if n.startswith("floor") else "#d62728" if n.startswith("torch") else "#2ca02c" if n.startswith("jax")
                 else "#1f77b4")

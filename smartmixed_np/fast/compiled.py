@@ -214,10 +214,11 @@ class GroupTable:
         prepass: ``(code, start, stop)`` runs of positions whose transcendental part
             NumPy computes first; neighbouring elu and selu groups share one run.
         idle: ``(start, stop)`` runs of positions with no transcendental part (relu,
-            leaky relu), whose scratch rows are never written: the finishing loop reads
-            their own ``z`` rows in their place (it evaluates every branch for every
-            element and selects, and stale scratch values, NaN or subnormals, slowed it
-            tenfold; zeroing those rows first cost a pass).
+            leaky relu), whose scratch rows are neither written nor read: the finishing
+            loop takes them in an inner loop of their own, from ``z`` alone (its loop for
+            the other groups evaluates every branch for every element and selects, and
+            stale scratch values there, NaN or subnormals, slowed it tenfold; zeroing
+            those rows first, as before, cost a pass).
         prepass_array: the same as a (R, 3) int64 array, for the compiled loop.
         row_codes, row_lo, row_hi: (N,) the code and clamp of each neuron, in the
             neurons' own order (for the row-wise backward loop).

@@ -40,8 +40,8 @@ from ..core.optim import (SGD, Optimizer, adam_update_reference, clip_factor, cl
 from ..fast import compiled, cuda
 from ..fast.flat import flat_of, pack
 
-__all__ = ["Optimizer", "SGD", "Adam", "adam_update_reference", "chunked_reference_update", "compiled_adam", "cuda_adam", "clip_factor",
-           "clip_grad_norm", "global_grad_norm"]
+__all__ = ["Optimizer", "SGD", "Adam", "adam_update_reference", "chunked_reference_update", "compiled_adam", "cuda_adam",
+           "clip_factor", "clip_grad_norm", "global_grad_norm"]
 
 
 #: The stretch of each array that :func:`chunked_reference_update` updates at a time: 128 KiB
