@@ -658,7 +658,6 @@ def candidate_table(pool: tuple, clamp: float | None, dtype: Any) -> CandidateTa
 _CANDIDATE_TABLES: dict[tuple, tuple] = {}
 
 
-@functools.lru_cache(maxsize=64)
 def _candidate_table(names: tuple, limits: tuple, dtype: np.dtype) -> CandidateTable:
     return CandidateTable(
         codes=np.asarray([ACTIVATION_CODES[name] for name in names], dtype=np.int64),
