@@ -339,8 +339,8 @@ def _numpy_expm1_is_vectorised() -> bool:
 
 
 #: True where NumPy's float32 ``expm1`` is vectorised (AVX-512); where it is not, the elu and
-#: selu paths compute it from NumPy's vectorised ``tanh`` (:func:`expm1_into`) or ``exp``
-#: (:func:`smartmixed_np.fast.compiled.expm1_from_exp`). Fixed when the module loads.
+#: selu kernels compute it from NumPy's vectorised ``tanh`` (:func:`expm1_into`; the compiled
+#: loops compute their float32 exponentials themselves). Fixed when the module loads.
 NUMPY_EXPM1_IS_FAST = _numpy_expm1_is_vectorised()
 
 

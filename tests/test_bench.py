@@ -330,6 +330,32 @@ def test_isa_environment_names_every_library_and_refuses_an_unknown_limit():
         bench.isa_environment("avx9")
 
 
+def test_compiled_loops_under_the_avx2_limit_use_no_avx512_instruction(tmp_path):
+    """Numba, started with the limit's environment, emits no zmm register and no mask register
+    (with NUMBA_CPU_NAME alone it would: the features default to the host's)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("numba", reason="the compiled loops need the 'fast' extra (numba)")
+    code = (
+        "import re, numpy as np\n"
+        "from smartmixed_np.fast import compiled\n"
+        "from smartmixed_np.nn.layers import FixedMixedActivation\n"
+        "layer = FixedMixedActivation(np.arange(6), None, contiguous=True)\n"
+        "zT = np.ones((6, 64), np.float32)\n"
+        "compiled.grouped_forward(zT, layer.engine.table(zT.dtype), np.empty_like(zT), np.empty_like(zT))\n"
+        "loop = compiled._float32_forward_loop.dispatcher()\n"
+        "asm = loop.inspect_asm(loop.signatures[0])\n"
+        "print(len(re.findall('zmm', asm)), len(re.findall('%k[1-7]', asm)), len(asm))"
+    )
+    env = {**os.environ, **bench.isa_environment("avx2"), "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    zmm, masks, size = map(int, done.stdout.split())
+    assert size > 1000 and zmm == 0 and masks == 0
+
+
 def test_numpy_under_the_avx2_limit_dispatches_to_nothing_wider():
     """In a process started with the limit's environment NumPy reports no AVX-512 target
     (on a CPU without AVX-512 that holds trivially; on one with it, it is the limit at work)."""

@@ -840,7 +840,8 @@ ISA_LIMITS: dict[str, dict[str, str]] = {
     "avx2": {
         "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # NumPy's dispatched loops (NumPy 2.4 names)
         "OPENBLAS_CORETYPE": "Haswell",  # OpenBLAS's GEMM kernels
-        "NUMBA_CPU_NAME": "haswell",  # the compiled loops' target
+        "NUMBA_CPU_NAME": "haswell",  # the compiled loops' target: Haswell's tuning,
+        "NUMBA_CPU_FEATURES": "+avx2,+fma",  # and Haswell's instructions (with the name alone, the host's)
         "XLA_FLAGS": "--xla_cpu_max_isa=AVX2",  # JAX
         "ATEN_CPU_CAPABILITY": "avx2",  # PyTorch's elementwise kernels
         "ONEDNN_MAX_CPU_ISA": "AVX2",  # PyTorch's matrix products

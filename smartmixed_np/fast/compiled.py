@@ -18,14 +18,16 @@ Rules:
   the results are *bitwise equal* (Numba does not reassociate or contract
   floating-point operations unless told to, and it is not told to here). The
   reference of each loop is named in its docstring, and ``tests/test_compiled.py``
-  checks every pair for equality. The transcendental functions (``exp``, ``expm1``,
-  ``tanh``) are NumPy's, applied in place between compiled passes: Numba's would be
-  the C library's, which rounds some results differently from NumPy's vectorised ones.
-  One exception, stated where it applies: on a CPU without AVX-512, where NumPy's float32
-  ``expm1`` is the C library's scalar one, thirty times slower than its ``exp``
-  (:data:`smartmixed_np.backend.NUMPY_EXPM1_IS_FAST` is False), float32 ``expm1`` (elu,
-  selu) is computed from NumPy's ``exp`` by :func:`expm1_from_exp`, within 3 ulps of
-  ``np.expm1``.
+  checks every pair for equality. In float64 the transcendental functions (``exp``,
+  ``expm1``, ``tanh``) are NumPy's, applied in place between compiled passes (Numba's
+  would be the C library's, scalar, and rounded differently from NumPy's vectorised ones).
+  One exception, stated where it applies: in float32, the phase-2 forward
+  (:func:`grouped_forward`) and phase 1's shared exponentials (:func:`shared_exponentials`)
+  compute $e^x$ and $\mathrm{expm1}(x)$ inside the loop (:func:`_exp_parts`: a range
+  reduction and a polynomial in float32 arithmetic, which the compiler vectorises), one
+  pass where NumPy's functions took three. Their values are within a few ulps of NumPy's
+  (each bound stated and measured over every float32 input), closer than NumPy's to the
+  exact values, and the same bits on every instruction set.
 * Compiled on first use, and cached on disk by Numba, so only the first run on a
   machine pays the compilation (about a second per loop).
 """
@@ -40,14 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import NUMPY_EXPM1_IS_FAST
 from ..core.activations import ELU_ALPHA, LEAKY_SLOPE, SELU_ALPHA, SELU_SCALE, clamp_limits
 from .kernels import has_kernel
 
 __all__ = [
     "JIT_ENV", "enabled", "status", "applies", "adam_update", "ACTIVATION_CODES", "GroupTable", "group_table", "grouped_forward",
     "grouped_backward", "CandidateTable", "candidate_table", "selected_backward", "selected_group_table",
-    "shared_exponentials", "shared_candidate_values", "shared_backward", "expm1_from_exp",
+    "shared_exponentials", "shared_candidate_values", "shared_backward",
     "SELECTION_MAX_K", "selection_applies", "softmax_selection", "softmax_backward_scaled",
 ]
 
@@ -100,7 +101,7 @@ def applies(*arrays: Any) -> bool:
     )
 
 
-def _jit(function: Any = None, *, reassociate: bool = False) -> Any:
+def _jit(function: Any = None, *, reassociate: bool = False, helper: bool = False) -> Any:
     """Compile ``function`` with Numba on first call (no fast-math: exact IEEE operations).
 
     ``error_model="numpy"``: a division by zero gives inf or nan as in NumPy, rather
@@ -112,15 +113,23 @@ def _jit(function: Any = None, *, reassociate: bool = False) -> Any:
     NumPy's: for sums whose reference is a tolerance, not bits. The wrapper's
     ``dispatcher()`` is the compiled function itself, for passing into another loop
     (a compiled loop can call only a Numba function, not this wrapper).
+
+    ``helper=True``: a function that other loops call. A loop
+    finds it among the module's globals when it is compiled, under the name that
+    :data:`_HELPERS` gives it, which :func:`_bind_helpers` binds to the compiled
+    function first. (Passed as an argument instead, a compiled function kept Numba
+    from reusing the on-disk cache: a compilation every run.)
     """
     if function is None:
-        return functools.partial(_jit, reassociate=reassociate)
+        return functools.partial(_jit, reassociate=reassociate, helper=helper)
     compiled = None
     options = dict(error_model="numpy", nogil=True, **({"fastmath": {"reassoc"}} if reassociate else {}))
 
     def dispatcher() -> Any:
         nonlocal compiled
         if compiled is None:
+            if not helper:
+                _bind_helpers()
             njit = _numba().njit
             try:
                 compiled = njit(cache=True, **options)(function)
@@ -134,6 +143,13 @@ def _jit(function: Any = None, *, reassociate: bool = False) -> Any:
 
     call.dispatcher = dispatcher
     return call
+
+
+def _bind_helpers() -> None:
+    """Bind each helper's compiled function to its global name (see :func:`_jit`)."""
+    for name, helper in _HELPERS.items():
+        if globals()[name] is None:
+            globals()[name] = helper.dispatcher()
 
 
 # --------------------------------------------------------------------------- Adam
@@ -359,63 +375,44 @@ def _exponentials(zT: np.ndarray, rows: np.ndarray, zero: Any) -> np.ndarray:
     return t
 
 
-# --------------------------------------------------------------------------- expm1 from exp
-# 1/k! for k = 9, 8, ..., 1: the Taylor polynomial of expm1 on [-ln 2, 0], highest term first.
-_EXPM1_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(9, 0, -1))
-_LN2 = math.log(2.0)
+# --------------------------------------------------------------------------- float32 exp in the loop
+# exp and expm1 of x <= 0 in float32 arithmetic, inside a compiled loop that the compiler
+# vectorises: NumPy's exp is one pass of its own (with the passes that prepare its argument
+# and use its result, three passes where one suffices), and the C library's, which a
+# compiled loop would call, is scalar. Only for arguments x <= 0: -|z| and min(z, 0).
+#
+# x = k ln 2 + r with k an integer and |r| <= ln(2)/2 (Cody and Waite's reduction: ln 2 in
+# two parts, the first with 16 significant bits, so that k ln2_hi is exact for |k| < 2^8);
+# expm1(r) = r + r^2 P(r) with P of degree 4 (a minimax fit of (expm1(r) - r)/r^2 on
+# [-ln(2)/2, ln(2)/2], relative error 1.7e-8 with these float32 coefficients, a seventh of
+# float32's epsilon); and 2^k as the bits ((k + 127 + 64) << 23), that is 2^(k+64), scaled back by
+# 2^-64 at the end so that results down to the smallest subnormal come out right.
+_EXP_LOG2E = np.float32(1.4426950408889634)
+_EXP_SHIFT = np.float32(12582912.0)  # 1.5 * 2^23: adding it rounds x log2(e) to the integer k in the low bits
+_EXP_LN2_HI = np.float32(0.693145751953125)
+_EXP_LN2_LO = np.float32(1.4286068203094173e-06)  # ln 2 - _EXP_LN2_HI
+_EXP_P = tuple(np.float32(c) for c in (0.49999997019767761, 0.16666543483734131, 0.041667200624942780,
+                                         0.0083665139973163605, 0.0013882522471249104))
+_EXP_FLOOR = np.float32(-104.0)  # exp(-104) < 2^-150: rounds to 0 (and -inf comes here)
+_EXP_TWO_M64 = np.float32(2.0**-64)
 
 
-@_jit
-def _expm1_from_exp_loop(zT, rows, e, out, absolute, row, c9, c8, c7, c6, c5, c4, c3, c2, c1, ln2):
-    # out[i] = expm1(x) for x = -|z| (absolute) or min(z, 0) of neuron rows[i], given e[i] = exp(x):
-    # e - 1 below -ln 2, the Taylor polynomial above; in float64, rounded once. out may be e: each
-    # row of e is read from a copy in `row`, as a loop that reads and writes one array at the same
-    # places was left unvectorised by the compiler (seven times slower).
-    # One inner loop per argument (a branch on `absolute` inside it kept the compiler from vectorising).
-    width = zT.shape[1]
-    for i in range(rows.shape[0]):
-        z, o, ei = zT[rows[i]], out[i], e[i]
-        for j in range(width):
-            row[j] = ei[j]
-        ei = row
-        if absolute:
-            for j in range(width):
-                x = -abs(np.float64(z[j]))
-                p = ((((((((c9 * x + c8) * x + c7) * x + c6) * x + c5) * x + c4) * x + c3) * x + c2) * x + c1) * x
-                o[j] = np.float64(ei[j]) - 1.0 if x < -ln2 else p
-        else:
-            for j in range(width):
-                x = np.float64(z[j])
-                x = 0.0 if x > 0.0 else x  # min(z, 0) as the prepass forms it: -0 and NaN kept
-                p = ((((((((c9 * x + c8) * x + c7) * x + c6) * x + c5) * x + c4) * x + c3) * x + c2) * x + c1) * x
-                o[j] = np.float64(ei[j]) - 1.0 if x < -ln2 else p
+@_jit(helper=True)
+def _exp_parts(x):
+    # For float32 x <= 0 (or NaN): (q, p) with expm1(r) = q and 2^(k+64) = p, x = k ln 2 + r, so that
+    # exp(x) = (q p + p) 2^-64 and expm1(x) = (q p) 2^-64 + (p 2^-64 - 1). NaN gives q = NaN.
+    if x < _EXP_FLOOR:
+        x = _EXP_FLOOR
+    shifted = x * _EXP_LOG2E + _EXP_SHIFT
+    k = shifted - _EXP_SHIFT
+    r = (x - k * _EXP_LN2_HI) - k * _EXP_LN2_LO
+    p2, p3, p4, p5, p6 = _EXP_P
+    q = (((((p6 * r + p5) * r + p4) * r + p3) * r + p2) * r) * r + r
+    bits = np.float32(shifted).view(np.int32) - np.int32(0x4B400000)  # k, from the low bits of the sum
+    return q, np.int32((bits + 191) << 23).view(np.float32)
 
 
-def expm1_from_exp(zT: np.ndarray, rows: np.ndarray, e: np.ndarray, out: np.ndarray, absolute: bool) -> np.ndarray:
-    r"""$\mathrm{expm1}(x)$ into ``out`` from $e = e^x$, for $x = -|z|$ (``absolute``) or $\min(z, 0)$.
-
-    Stands in for ``np.expm1``, which on a CPU without AVX-512 is the C library's scalar
-    function (about 12 ns an element on an AMD Zen 4 core limited to AVX2, thirty times
-    NumPy's vectorised ``exp``): for $x < -\ln 2$, $e - 1$; for $-\ln 2 \le x \le 0$, the
-    Taylor polynomial $\sum_{k=1}^{9} x^k / k!$ (its remainder is below $10^{-8}$ of $|x|$
-    there); both in float64, rounded once to the dtype. In float32 this is within 2 ulps
-    of the exact value, and within 3 of ``np.expm1`` on either instruction set (measured:
-    at most 2 against both, over 10 million arguments from $-100$ to $-2^{-149}$;
-    ``tests/test_compiled.py``). Zeros keep their sign, $-\infty$ gives $-1$, NaN stays NaN.
-    For float32 only: in float64 the polynomial would need twice the terms.
-
-    Args:
-        zT: (N, B) pre-activations, C-contiguous.
-        rows: (R,) int64, the neurons whose rows ``e`` and ``out`` hold, in order.
-        e: (R, B) $e^x$ of those rows (NumPy's ``exp``).
-        out: (R, B) C-contiguous output; may be ``e`` itself.
-        absolute: True for $x = -|z|$, False for $x = \min(z, 0)$.
-
-    Returns:
-        ``out``.
-    """
-    _expm1_from_exp_loop(zT, rows, e, out, absolute, np.empty(zT.shape[1], dtype=e.dtype), *_EXPM1_TAYLOR, _LN2)
-    return out
+_exp_parts_compiled = None  # _exp_parts's compiled function, once bound by _bind_helpers
 
 
 # In the loops below a clamp is written out as "if y < lo: y = lo; if y > hi: y = hi",
@@ -467,6 +464,66 @@ def _grouped_forward_loop(zT, t, out, rows, starts, stops, codes, lo, hi, consta
                 if y > h:
                     y = h
                 o[j] = y
+
+
+@_jit
+def _float32_forward_loop(zT, out, rows, starts, stops, codes, lo, hi, constants):
+    # grouped_forward in float32 in one pass: _grouped_forward_loop's operations, each
+    # transcendental function by _exp_parts in the loop (one inner loop per code: the branch
+    # on it is hoisted and each loop vectorised). Where z >= 0 the value does not come from
+    # the exponential (elu: z; selu's exponential part: min(z, 0)), so zeros keep their sign.
+    zero, one, slope, elu_alpha, selu_alpha, selu_scale, _, _ = constants
+    two, scale_back = np.float32(2.0), _EXP_TWO_M64
+    width = zT.shape[1]
+    for k in range(codes.shape[0]):
+        code, l, h = codes[k], lo[k], hi[k]
+        if code == RELU:  # relu's clamp: [0, hi]
+            l = zero
+        for i in range(starts[k], stops[k]):
+            z, o = zT[rows[i]], out[rows[i]]
+            if code == RELU:  # z, clamped to [0, hi]
+                for j in range(width):
+                    y = z[j]
+                    y = l if y < l else y
+                    o[j] = h if y > h else y
+            elif code == LEAKY_RELU:  # max(0.01 z, z)
+                for j in range(width):
+                    y = z[j] * slope
+                    y = z[j] if z[j] > y else y
+                    y = l if y < l else y
+                    o[j] = h if y > h else y
+            elif code == SIGMOID:  # exp(min(z, 0)) / (1 + e), e = exp(-|z|)
+                for j in range(width):
+                    q, p = _exp_parts_compiled(-abs(z[j]))
+                    e = (q * p + p) * scale_back
+                    y = (one if z[j] >= zero else e) / (e + one)
+                    y = l if y < l else y
+                    o[j] = h if y > h else y
+            elif code == TANH:  # sign(z) (-m) / (2 + m), m = expm1(-2|z|): (1 - e^{-2|z|}) / (1 + e^{-2|z|})
+                for j in range(width):
+                    q, p = _exp_parts_compiled(-two * abs(z[j]))
+                    m = (q * p) * scale_back + (p * scale_back - one)
+                    y = math.copysign(-m / (m + two), z[j])
+                    y = l if y < l else y
+                    o[j] = h if y > h else y
+            elif code == ELU:  # z, else expm1(z)
+                for j in range(width):
+                    x = zero if z[j] > zero else z[j]
+                    q, p = _exp_parts_compiled(x)
+                    m = (q * p) * scale_back + (p * scale_back - one)
+                    y = z[j] if z[j] >= zero else m * elu_alpha
+                    y = l if y < l else y
+                    o[j] = h if y > h else y
+            else:  # selu: scale (alpha expm1(min(z, 0)) + max(z, 0))
+                for j in range(width):
+                    x = zero if z[j] > zero else z[j]
+                    q, p = _exp_parts_compiled(x)
+                    m = (q * p) * scale_back + (p * scale_back - one)
+                    m = x if x >= zero else m
+                    positive = zero if z[j] < zero else z[j]
+                    y = (m * selu_alpha + positive) * selu_scale
+                    y = l if y < l else y
+                    o[j] = h if y > h else y
 
 
 @_jit
@@ -525,18 +582,51 @@ def _exp_backward_loop(daT, a_source, a_rows, e_source, rows, out, codes, lo, hi
             o[j] = d
 
 
+@_jit
+def _float32_exp_backward_loop(daT, a_source, a_rows, zT, rows, out, codes, lo, hi, constants):
+    # _exp_backward_loop in float32, with e = exp(min(z, 0)) computed in the loop (_exp_parts)
+    # from z = zT[n] rather than read from NumPy's.
+    zero, _, _, _, _, selu_scale, selu_scale_alpha, big_cap = constants
+    scale_back = _EXP_TWO_M64
+    width = daT.shape[1]
+    for k in range(rows.shape[0]):
+        n = rows[k]
+        code, l, h = codes[n], lo[n], hi[n]
+        has_lo, has_hi = l != -np.inf, h != np.inf
+        da, a, z, o = daT[n], a_source[a_rows[n]], zT[n], out[n]
+        for j in range(width):
+            q, p = _exp_parts_compiled(zero if z[j] > zero else z[j])
+            e = (q * p + p) * scale_back
+            x = a[j]
+            if code == ELU:  # elu: exp(min(z, 0)) (alpha = 1)
+                d = e * da[j]
+            else:  # selu: lambda where z > 0 (a > 0), else lambda alpha exp(z)
+                s = e * selu_scale_alpha
+                cap = big_cap if x <= zero else selu_scale
+                d = (cap if cap < s else s) * da[j]
+            if has_lo and not x > l:
+                d = d * zero
+            if has_hi and not x < h:
+                d = d * zero
+            o[j] = d
+
+
 def _rowwise_backward(daT: np.ndarray, a_source: np.ndarray, a_rows: np.ndarray, zT: np.ndarray,
                       exp_rows: np.ndarray, out: np.ndarray, codes: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                       constants: tuple) -> None:
     """``out[n] = daT[n] f'_{codes[n]}(z) [lo[n] < a < hi[n]]`` with ``a = a_source[a_rows[n]]``.
 
-    The rows ``exp_rows`` (elu, selu) take $e^{\\min(z, 0)}$ from :func:`_exponentials`.
+    The rows ``exp_rows`` (elu, selu) take $e^{\min(z, 0)}$: in float32 computed in the loop
+    (:func:`_float32_exp_backward_loop`, by :func:`_exp_parts`), in float64 NumPy's
+    (:func:`_exponentials`).
     """
     if zT is None or zT.shape != out.shape or zT.dtype != out.dtype:
         got = "None" if zT is None else f"{zT.shape} {zT.dtype}"
         raise ValueError(f"zT must be {out.shape} {out.dtype}, got {got}")
     _rowwise_backward_loop(daT, a_source, a_rows, out, codes, lo, hi, constants)
-    if exp_rows.shape[0] > 0:
+    if exp_rows.shape[0] > 0 and out.dtype == np.float32:
+        _float32_exp_backward_loop(daT, a_source, a_rows, zT, exp_rows, out, codes, lo, hi, constants)
+    elif exp_rows.shape[0] > 0:
         e = _exponentials(zT, exp_rows, constants[0])
         _exp_backward_loop(daT, a_source, a_rows, e, exp_rows, out, codes, lo, hi, constants)
 
@@ -544,19 +634,32 @@ def _rowwise_backward(daT: np.ndarray, a_source: np.ndarray, a_rows: np.ndarray,
 def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
     r"""A phase-2 layer's forward: ``out[n] = clamp(f_{c_n}(zT[n]))`` for every neuron row ``n``.
 
-    Three steps, whatever the number of groups: one compiled pass writes the argument
-    of each group's transcendental function into ``scratch`` in sorted order ($-|z|$
-    for sigmoid, $z$ for tanh, $\min(z, 0)$ for elu and selu); NumPy's vectorised
-    ``exp``, ``tanh`` and ``expm1`` run in place over those runs (in float32 on a CPU
-    without AVX-512, elu's and selu's ``expm1`` is NumPy's ``exp`` followed by
-    :func:`expm1_from_exp`); one compiled
-    pass finishes every group and the clamp. Each neuron's row is read and written where
-    it lies, so masked groups need no gather or scatter.
+    In float32, one compiled pass (:func:`_float32_forward_loop`) that computes each
+    transcendental function in the loop from one exponential per element
+    (:func:`_exp_parts`): sigmoid $e^{\min(z,0)}/(1 + e^{-|z|})$, tanh
+    $\mathrm{sign}(z)\,(-m)/(2 + m)$ with $m = \mathrm{expm1}(-2|z|)$, elu and selu from
+    $\mathrm{expm1}(\min(z, 0))$. In float64, three steps: one compiled pass writes the
+    argument of each group's transcendental function into ``scratch`` in sorted order
+    ($-|z|$ for sigmoid, $z$ for tanh, $\min(z, 0)$ for elu and selu); NumPy's vectorised
+    ``exp``, ``tanh`` and ``expm1`` run in place over those runs; one compiled pass
+    finishes every group and the clamp. Either way each neuron's row is read and written
+    where it lies, so masked groups need no gather or scatter.
 
     Reference: :func:`smartmixed_np.fast.phase2.grouped_forward_fused` over the sorted rows
-    (the per-activation kernels of :mod:`smartmixed_np.fast.kernels`): the same numbers,
-    but there float32 elu and selu, within 2 and 6 ulps (measured: 2 and 5; ``expm1_from_exp``'s
-    3 ulps, and for selu two roundings more).
+    (the per-activation kernels of :mod:`smartmixed_np.fast.kernels`). Float64: the same
+    numbers. Float32: relu and leaky relu the same numbers; sigmoid, tanh, elu and selu
+    within 2.4, 2.5, 1.1 and 2.4 ulps of the exact values (the kernels, from NumPy's float32
+    functions: 3.6, 1.4, 2.4 and 3.5 with AVX-512; 3.6, 1.4, 2.9 and 4.0 under the AVX2
+    limit), and so within 4, 3, 3 and 5 ulps of the kernels'. Measured over every float32
+    $z$ with $|z| \le 104$ (2.24 billion inputs; beyond, every value is that at $\pm 104$ or
+    $z$ itself), natively and under the AVX2 limit (``tests/test_compiled.py`` asserts these
+    bounds on a sample, and the same bits under the limit). Why not NumPy's
+    functions: NumPy's ``exp`` is a pass of its own, between a pass that prepares its
+    argument and one that uses its result (and on a CPU without AVX-512 its float32
+    ``expm1`` is the C library's, scalar); in one pass the forward of the benchmark's
+    phase-2 network takes 30 us less a step on the Xeon. Unlike NumPy's, these values are
+    the same bits on every instruction set: plain float32 operations, none contracted.
+    The scratch buffer is not used in float32.
 
     Args:
         zT: (N, B) pre-activations, C-contiguous.
@@ -567,6 +670,10 @@ def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch:
     Returns:
         ``out``.
     """
+    if zT.dtype == np.float32:  # one pass, the exponentials in the loop
+        _float32_forward_loop(zT, out, table.rows, table.starts, table.stops, table.codes, table.lo, table.hi,
+                              table.constants)
+        return out
     if not table.prepass:  # relu and leaky relu only: no scratch row is read
         _grouped_forward_loop(zT, zT, out, table.rows, table.starts, table.stops, table.codes, table.lo, table.hi,
                               table.constants)
@@ -578,9 +685,6 @@ def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch:
             np.exp(t, out=t)
         elif code == TANH:
             np.tanh(t, out=t)
-        elif t.dtype == np.float32 and not NUMPY_EXPM1_IS_FAST:  # ELU and SELU: expm1(min(z, 0)) from NumPy's exp
-            np.exp(t, out=t)
-            expm1_from_exp(zT, table.rows[start:stop], t, t, False)
         else:
             np.expm1(t, out=t)
     _grouped_forward_loop(zT, scratch, out, table.rows, table.starts, table.stops, table.codes, table.lo, table.hi,
@@ -594,10 +698,14 @@ def grouped_backward(daT: np.ndarray, aT: np.ndarray, table: GroupTable, out: np
 
     The derivatives of relu, sigmoid, tanh and leaky relu are written in terms of the
     output ``a`` (see :mod:`smartmixed_np.fast.kernels`); those of elu and selu need
-    $e^{\min(z, 0)}$, which NumPy computes first for their rows only
-    (:func:`_exponentials`); then one compiled pass does the rest.
+    $e^{\min(z, 0)}$: in float32 one compiled pass computes it in the loop
+    (:func:`_exp_parts`, within 1.03 ulps of the exact value, NumPy's ``exp`` within about 2);
+    in float64 NumPy computes it first for their rows only (:func:`_exponentials`). One
+    compiled pass does the rest.
 
-    Reference: :func:`smartmixed_np.fast.phase2.grouped_backward_fused`: the same numbers.
+    Reference: :func:`smartmixed_np.fast.phase2.grouped_backward_fused`: the same numbers,
+    but float32 elu's and selu's derivatives, to 4 eps relatively (their $e^{\min(z,0)}$),
+    and, from a forward by :func:`grouped_forward`, sigmoid's and tanh's, which read its values.
 
     Args:
         daT, aT: (N, B) upstream gradient and the forward's output, C-contiguous.
@@ -673,13 +781,13 @@ def selected_backward(doutT: np.ndarray, stack: np.ndarray, selected: np.ndarray
 
     Only the selected candidate $s_n$ of each neuron reaches $dz$ (the forward output
     is that candidate's value), so only its derivative is computed, from its row
-    ``stack[s_n, n]`` of the candidate stack, in one pass over (N, B); for the
-    neurons that selected elu or selu, NumPy first computes $e^{\min(z, 0)}$ of
-    their rows (as in :func:`grouped_backward`).
+    ``stack[s_n, n]`` of the candidate stack, in one pass over (N, B); the
+    neurons that selected elu or selu take $e^{\min(z, 0)}$ as in :func:`grouped_backward`.
 
     Reference: every candidate's derivative by the kernels of
     :mod:`smartmixed_np.fast.kernels`, then the selected rows gathered
-    (:func:`smartmixed_np.fast.phase1.mixture_backward_fused`): the same numbers.
+    (:func:`smartmixed_np.fast.phase1.mixture_backward_fused`): the same numbers, but
+    float32 elu's and selu's, to 4 eps relatively (their $e^{\min(z, 0)}$).
 
     Args:
         doutT: (N, B) upstream gradient, C-contiguous.
@@ -890,7 +998,7 @@ def softmax_backward_scaled(dy: np.ndarray, weights: np.ndarray, tau: float, out
     return out
 
 
-@_jit(reassociate=True)
+@_jit(reassociate=True, helper=True)
 def _dot(x, y, zero):
     # sum_j x[j] y[j] in the arrays' dtype (zero: a 0 of it), in the order the compiler
     # vectorises it: fixed in the compiled code, so two calls agree, but not sequential
@@ -900,7 +1008,7 @@ def _dot(x, y, zero):
     return total
 
 
-_dot_compiled = None  # _dot's compiled function, once bound by _shared_pass
+_dot_compiled = None  # _dot's compiled function, once bound by _bind_helpers
 
 
 @_jit
@@ -999,24 +1107,36 @@ def _negative_magnitude_loop(z, out):
         out[i] = -abs(z[i])
 
 
+@_jit
+def _float32_shared_exponentials_loop(z, t, m):
+    # t = e^{-|z|} and m = expm1(-|z|) (flat float32 arrays) from one _exp_parts per element;
+    # m keeps the sign of a zero, as np.expm1 does: expm1(-0) = -0.
+    zero, one, scale_back = np.float32(0.0), np.float32(1.0), _EXP_TWO_M64
+    for i in range(z.shape[0]):
+        x = -abs(z[i])
+        q, p = _exp_parts_compiled(x)
+        t[i] = (q * p + p) * scale_back
+        v = (q * p) * scale_back + (p * scale_back - one)
+        m[i] = x if x == zero else v
+
+
 def shared_exponentials(zT: np.ndarray, tT: np.ndarray, mT: np.ndarray) -> None:
     r"""$t = e^{-|z|}$ into ``tT`` and $m = \mathrm{expm1}(-|z|)$ into ``mT`` (all (N, B)).
 
-    Shared by every candidate: $t$ by NumPy's vectorised ``exp`` (on this library's test
-    machine, AMD Zen 4, a fifth of one C-library ``exp`` call per element inside a compiled
-    loop); $m$ by ``np.expm1``, but in float32 on a CPU without AVX-512 from $t$ by
-    :func:`expm1_from_exp` (within 3 ulps of ``np.expm1``, and thirty times faster there). Both
-    are needed: $t$ keeps its relative precision for large $|z|$ (where $1 + m$ would not),
-    $m$ for small $|z|$ (where $t - 1$ cancels).
+    Shared by every candidate. Both are needed: $t$ keeps its relative precision for large
+    $|z|$ (where $1 + m$ would not), $m$ for small $|z|$ (where $t - 1$ cancels). In float32
+    (C-contiguous host arrays), both from one range reduction per element in one compiled
+    pass (:func:`_exp_parts`): $t$ within 1.03 ulps of the exact value and $m$ within 1.12
+    (measured over every float32 with $|z| \le 104$; NumPy's float32 ``exp`` and ``expm1``
+    are within about 2 there). Otherwise NumPy's ``exp`` and ``expm1``.
     """
+    if tT.dtype == np.float32 and applies(zT, tT, mT):
+        _float32_shared_exponentials_loop(zT.reshape(-1), tT.reshape(-1), mT.reshape(-1))
+        return
     if applies(zT, tT):
         _negative_magnitude_loop(zT.reshape(-1), tT.reshape(-1))
     else:
         np.negative(np.abs(zT, out=tT), out=tT)
-    if tT.dtype == np.float32 and not NUMPY_EXPM1_IS_FAST:
-        np.exp(tT, out=tT)
-        expm1_from_exp(zT, np.arange(zT.shape[0], dtype=np.int64), tT, mT, True)
-        return
     np.expm1(tT, out=mT)
     np.exp(tT, out=tT)
 
@@ -1026,11 +1146,11 @@ def shared_candidate_values(zT: np.ndarray, table: CandidateTable) -> np.ndarray
 
     From $t = e^{-|z|}$ and $m = \mathrm{expm1}(-|z|)$ (:func:`shared_exponentials`):
     relu, leaky relu, elu and selu by the fused kernels' operations, and sigmoid as
-    $e^{\min(z,0)}/(1 + t)$ (for $z < 0$, $e^{\min(z,0)}$ is $t$ itself): all bitwise the
-    reference's values but float32 elu and selu without AVX-512 (within 2 and 6 ulps: their $m$,
-    see :func:`shared_exponentials`); tanh as $\mathrm{sign}(z)\,(-m)(1 + t)/(1 + t^2)$, which is
-    $(1 - e^{-2|z|})/(1 + e^{-2|z|})$ with $1 - t^2 = -m(1 + t)$ free of cancellation near 0,
-    within a few ulps of ``np.tanh`` (the bound: :func:`shared_backward`). For tests and inspection.
+    $e^{\min(z,0)}/(1 + t)$ (for $z < 0$, $e^{\min(z,0)}$ is $t$ itself); tanh as
+    $\mathrm{sign}(z)\,(-m)(1 + t)/(1 + t^2)$, which is $(1 - e^{-2|z|})/(1 + e^{-2|z|})$ with
+    $1 - t^2 = -m(1 + t)$ free of cancellation near 0. Relu and leaky relu are bitwise the
+    kernels' values, and in float64 all but tanh; the bounds of the others:
+    :func:`shared_backward`. For tests and inspection.
     """
     values = np.empty((len(table.codes),) + zT.shape, dtype=zT.dtype)
     _shared_pass(np.zeros_like(zT), zT, zT, np.zeros(zT.shape[0], dtype=np.int64), table, np.empty_like(zT),
@@ -1039,12 +1159,6 @@ def shared_candidate_values(zT: np.ndarray, table: CandidateTable) -> np.ndarray
 
 
 def _shared_pass(doutT, zT, aT, selected, table, tT, mT, dzT, values):
-    # A compiled loop calls only compiled functions, and finds them among the module's globals
-    # when it is compiled: bind _dot's before _shared_backward_loop's first call. (Passed as an
-    # argument instead, it kept Numba from reusing the on-disk cache: a compilation every run.)
-    global _dot_compiled
-    if _dot_compiled is None:
-        _dot_compiled = _dot.dispatcher()
     shared_exponentials(zT, tT, mT)
     dy = np.empty((zT.shape[0], len(table.codes)), dtype=zT.dtype)
     row = np.empty(zT.shape[1], dtype=zT.dtype)
@@ -1065,19 +1179,21 @@ def shared_backward(doutT: np.ndarray, zT: np.ndarray, aT: np.ndarray, selected:
     (:func:`shared_candidate_values`), $dy_{nk} = \sum_b dout_{nb}\, a_{knb}$ (accumulated in
     the arrays' dtype, as the reference sums, in a fixed order, so two calls give the same bits), and
     $dz_n = dout_n\, f'_{s_n}(z_n)\, [lo < a < hi]$ for the selected candidate from the
-    forward's value ``aT`` and $t$ (as :func:`selected_backward` does, bitwise its numbers).
+    forward's value ``aT`` and $t$ (as :func:`selected_backward` does, bitwise its numbers
+    given the same $t$).
 
     Reference: :func:`smartmixed_np.core.phase1.mixture_backward`'s $dy$ and $dz$ (``clamp_grad="open"``).
-    $dz$ is bitwise that of the fused kernels; each $a_k$ is bitwise the reference's but
-    float32 elu's and selu's without AVX-512 (within 2 and 6 ulps, :func:`shared_candidate_values`) and
-    tanh's, which is within 5 ulps of ``np.tanh`` in float32 and 4 in float64. Measured: in
-    float32, over every positive float32 below 10 (1.09 billion inputs; tanh rounds to 1
-    above, and the formula is odd in $z$), at most 5 (58 inputs) with AVX-512 and 4 under the
-    AVX2 limit, and at most 4 from the correctly rounded tanh on both; in float64 at most 3
-    over 2.5 million inputs; ``tests/test_phase1_single.py`` asserts 5 and 4. Why: ``np.tanh``
-    rounds once, here $m$, $t$ (NumPy's, each within about an ulp) and the five operations on
-    them round in the dtype. (The float64 arithmetic that this pass used before was within 4
-    in float32, and took 60 us more per step of the benchmark's network.) $dy$ then differs
+    Float64: $dz$ bitwise that of the fused kernels, each $a_k$ bitwise the reference's
+    but tanh's, within 4 ulps of ``np.tanh`` (measured: at most 3 over 2.5 million inputs).
+    Float32 ($t$ and $m$ from :func:`_exp_parts`): relu and leaky relu bitwise; sigmoid, tanh,
+    elu and selu within 2.4, 3.5, 1.1 and 2.4 ulps of the exact values and 4, 4, 3 and 5 of
+    the kernels' (measured over every float32 with $|z| \le 104$, natively and under the AVX2
+    limit; ``tests/test_phase1_single.py`` asserts the latter); $dz$ that of the fused kernels
+    but elu's and selu's, from $t$, to 4 eps relatively, and sigmoid's and tanh's, which read
+    the forward's values (:func:`grouped_forward`). Why tanh is not one rounding: here $m$,
+    $t$ and the five operations on them round in the dtype. (Float64 arithmetic in this pass
+    was tried: within 4 ulps in float32, and 60 us more per step of the benchmark's
+    network.) $dy$ then differs
     from the reference's sum by that and by the order of the sum (here the compiler's
     vectorised order, :func:`_dot`; the reference's, NumPy's), each within $B$ roundings of
     $\sum_b |dout_{nb}\, a_{knb}|$.
@@ -1093,3 +1209,7 @@ def shared_backward(doutT: np.ndarray, zT: np.ndarray, aT: np.ndarray, selected:
         ``dy`` (N, K) in the arrays' dtype.
     """
     return _shared_pass(doutT, zT, aT, selected, table, tT, mT, dzT, None)
+
+
+#: The helpers' global names (see :func:`_jit`): each is bound to the compiled function of its helper.
+_HELPERS = {"_dot_compiled": _dot, "_exp_parts_compiled": _exp_parts}

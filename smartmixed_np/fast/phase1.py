@@ -15,11 +15,12 @@ compiled pass; host arrays with Numba). They give the same numbers
 (``tests/test_compiled.py``).
 
 A third pair keeps no stack: :func:`mixture_forward_single` computes the selected
-candidate's value alone (bitwise the reference's, but float32 elu and selu without AVX-512,
-within a few ulps: :func:`smartmixed_np.fast.compiled.grouped_forward`) and :func:`mixture_backward_single`
-recomputes every candidate's value from two shared exponentials of each element in
-one compiled pass per neuron, for $d\alpha$ (within a few ulps of the reference, see
-there) and $dz$ (bitwise). Host arrays with Numba; ``tests/test_phase1_single.py``.
+candidate's value alone (bitwise the reference's in float64; in float32 within a few ulps,
+its exponentials computed in the loop: :func:`smartmixed_np.fast.compiled.grouped_forward`) and
+:func:`mixture_backward_single` recomputes every candidate's value from two shared exponentials
+of each element in one compiled pass per neuron, for $d\alpha$ and $dz$ (within a few ulps
+of the reference, see there; bitwise where the operations are the same). Host arrays with
+Numba; ``tests/test_phase1_single.py``.
 """
 
 from __future__ import annotations
@@ -197,11 +198,11 @@ def mixture_forward_single(
     :func:`smartmixed_np.fast.compiled.softmax_selection`, bitwise the reference's), then
     $out_{bn} = \mathrm{clip}(f_{s_n}(z_{bn}), lo_{s_n}, hi_{s_n})$ by
     :func:`smartmixed_np.fast.compiled.grouped_forward` with the neurons grouped by their
-    selection (:func:`~smartmixed_np.fast.compiled.selected_group_table`): one compiled pass
-    for the arguments, one NumPy transcendental per element (of the selected candidate
-    only, over contiguous runs), one compiled pass to finish. Bitwise the reference's
-    values (the same operations as the fused kernels), but float32 elu and selu on a CPU
-    without AVX-512, within 2 and 6 ulps (their ``expm1`` from NumPy's ``exp``, :func:`smartmixed_np.fast.compiled.expm1_from_exp`).
+    selection (:func:`~smartmixed_np.fast.compiled.selected_group_table`): one transcendental
+    function per element, of the selected candidate only. In float64 bitwise the reference's
+    values (the same operations as the fused kernels); in float32 one pass with the
+    exponentials in the loop, sigmoid's, tanh's, elu's and selu's values within 4, 3, 3 and 5
+    ulps of the kernels' (:func:`smartmixed_np.fast.compiled.grouped_forward`).
 
     Host arrays with Numba on, ``z.T`` C-contiguous of float32 or float64 (the networks'
     feature-major layout), a pool of built-ins; otherwise :func:`mixture_forward_fused`,
@@ -258,11 +259,12 @@ def mixture_backward_single(
     $d\alpha = \mathrm{softmax\_backward}(dy, y)/\tau$ (by
     :func:`smartmixed_np.fast.compiled.softmax_backward_scaled`, bitwise NumPy's on the same $dy$).
 
-    Agreement with the reference: $dz$ bitwise that of :func:`mixture_backward_fused`
-    (which is the reference's to rounding, ``tests/test_mixture.py``); each candidate value
-    is bitwise the reference's but float32 elu's and selu's without AVX-512 (within 2 and 6
-    ulps, their $m$ from $t$: :func:`smartmixed_np.fast.compiled.shared_exponentials`) and tanh's,
-    $\mathrm{sign}(z)(-m)(1+t)/(1+t^2)$, within 5 ulps of ``np.tanh`` in float32 (4 in float64);
+    Agreement with the reference: $dz$ that of :func:`mixture_backward_fused` (which is the
+    reference's to rounding, ``tests/test_mixture.py``), bitwise in float64; each candidate
+    value the reference's, bitwise for relu and leaky relu and, in float64, all but tanh,
+    $\mathrm{sign}(z)(-m)(1+t)/(1+t^2)$ (within 4 ulps of ``np.tanh``); in float32 (its $t$
+    and $m$ computed in the loop) sigmoid, tanh, elu and selu within 4, 4, 3 and 5 ulps of
+    the kernels' (the bounds: :func:`smartmixed_np.fast.compiled.shared_backward`);
     $dy$ is summed in the arrays' dtype, as the reference sums it but in another order, so
     $d\alpha$ agrees to within $B$ roundings of $\sum_b |dout_{bn} a_{kbn}|$ per sum
     (``tests/test_phase1_single.py``).
