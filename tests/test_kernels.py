@@ -119,3 +119,30 @@ def test_the_fast_expm1_choice_follows_numpys_dispatch():
     from smartmixed_np import backend
 
     assert backend.NUMPY_EXPM1_IS_FAST == backend._numpy_expm1_is_vectorised()
+
+
+@given(seed=seeds, clamp=st.sampled_from([None, 10.0, 0.5]), dtype=st.sampled_from(["float32", "float64"]))
+def test_shared_parts_give_the_same_bits_and_are_computed_once(backend, seed, clamp, dtype):
+    """Every candidate's kernel with one SharedParts per pass (as phase 1 runs them) writes
+    the bits it writes alone; elu and selu read one expm1 and one exp between them."""
+    from smartmixed_np.fast.kernels import SharedParts
+
+    rng = np.random.default_rng(seed)
+    z = backend.asarray(rng.uniform(-15, 15, (6, 11)).astype(dtype))
+    da = backend.asarray(rng.standard_normal((6, 11)).astype(dtype))
+    forward_parts, backward_parts = SharedParts(z), SharedParts(z)
+    for name in DEFAULT_POOL:
+        activation = get_activation(name)
+        lo, hi = clamp_limits(activation, clamp)
+        alone, shared = (backend.asarray(np.full(z.shape, np.nan, dtype=dtype)) for _ in range(2))
+        activation_forward_into(activation, z, lo, hi, alone)
+        activation_forward_into(activation, z, lo, hi, shared, forward_parts)
+        np.testing.assert_array_equal(to_host(shared), to_host(alone))
+        dz_alone, dz_shared = (backend.asarray(np.full(z.shape, np.nan, dtype=dtype)) for _ in range(2))
+        activation_backward_into(activation, da, z, alone, lo, hi, dz_alone)
+        activation_backward_into(activation, da, z, alone, lo, hi, dz_shared, backward_parts)
+        np.testing.assert_array_equal(to_host(dz_shared), to_host(dz_alone))
+    assert sorted(forward_parts._parts) == ["expm1_min0"] and sorted(backward_parts._parts) == ["exp_min0"]
+    expm1 = forward_parts.expm1_of_min0()
+    assert forward_parts.expm1_of_min0() is expm1  # kept, not recomputed
+    np.testing.assert_array_equal(to_host(expm1), to_host(expm1_into(backend.xp.minimum(z, 0), backend.xp.empty_like(z))))

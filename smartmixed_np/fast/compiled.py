@@ -614,7 +614,7 @@ def _float32_exp_backward_loop(daT, a_source, a_rows, zT, rows, out, codes, lo, 
 def _rowwise_backward(daT: np.ndarray, a_source: np.ndarray, a_rows: np.ndarray, zT: np.ndarray,
                       exp_rows: np.ndarray, out: np.ndarray, codes: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                       constants: tuple) -> None:
-    """``out[n] = daT[n] f'_{codes[n]}(z) [lo[n] < a < hi[n]]`` with ``a = a_source[a_rows[n]]``.
+    r"""``out[n] = daT[n] f'_{codes[n]}(z) [lo[n] < a < hi[n]]`` with ``a = a_source[a_rows[n]]``.
 
     The rows ``exp_rows`` (elu, selu) take $e^{\min(z, 0)}$: in float32 computed in the loop
     (:func:`_float32_exp_backward_loop`, by :func:`_exp_parts`), in float64 NumPy's

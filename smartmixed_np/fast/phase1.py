@@ -34,7 +34,7 @@ from ..backend import array_module
 from ..core.activations import Activation, clamp_limits
 from ..core.phase1 import MixtureCache, gumbel_softmax_weights, mixture_backward, mixture_forward, softmax_backward
 from . import compiled
-from .kernels import activation_backward_into, activation_forward_into, has_kernel
+from .kernels import SharedParts, activation_backward_into, activation_forward_into, has_kernel
 from .workspace import Workspace, get_buffer
 
 __all__ = [
@@ -62,7 +62,8 @@ def mixture_forward_fused(
 
     The candidates are computed feature-major into one (K, N, B) stack by the kernels
     of :mod:`smartmixed_np.fast.kernels` (each skipping the clamp sides its range makes
-    idle), and the output is one row gather from the stack. The values are bitwise
+    idle; elu and selu sharing one expm1, :class:`~smartmixed_np.fast.kernels.SharedParts`),
+    and the output is one row gather from the stack. The values are bitwise
     those of the reference.
 
     Args:
@@ -79,9 +80,10 @@ def mixture_forward_fused(
     selected = xp.argmax(weights, axis=-1)
     stack = get_buffer(workspace, xp, "candidates", (len(pool), width, batch), z.dtype)
     zT = z.T
+    parts = SharedParts(zT, workspace)  # elu's and selu's expm1(min(z, 0)), computed once
     for k, activation in enumerate(pool):
         lo, hi = clamp_limits(activation, clamp)
-        activation_forward_into(activation, zT, lo, hi, stack[k])
+        activation_forward_into(activation, zT, lo, hi, stack[k], parts)
     outT = get_buffer(workspace, xp, "out", (width, batch), z.dtype)
     xp.take(stack.reshape(len(pool) * width, batch), _selected_rows(xp, selected, width), axis=0, out=outT)
     return outT.T, MixtureCache(z, stack.transpose(0, 2, 1), weights, selected, noise, tau, clamp)
@@ -110,7 +112,7 @@ def mixture_backward_fused(
     """:func:`~smartmixed_np.core.phase1.mixture_backward` for a cache of :func:`mixture_forward_fused`.
 
     $dz = dout \\cdot D_{s_n}$: each candidate's fused ``dout * f'_k`` into a (K, N, B)
-    buffer, then the selected rows gathered.
+    buffer (elu and selu sharing one exp), then the selected rows gathered.
 
     Args:
         dout: (B, N) upstream gradient.
@@ -124,9 +126,10 @@ def mixture_backward_fused(
     xp, stack, doutT, zT, dzT = _feature_major(dout, cache, workspace)
     width, batch = dzT.shape
     work = get_buffer(workspace, xp, "work", tuple(stack.shape), dout.dtype)
+    parts = SharedParts(zT, workspace)  # elu's and selu's e^{min(z, 0)}, computed once
     for k, activation in enumerate(pool):
         lo, hi = clamp_limits(activation, cache.clamp)
-        activation_backward_into(activation, doutT, zT, stack[k], lo, hi, work[k])
+        activation_backward_into(activation, doutT, zT, stack[k], lo, hi, work[k], parts)
     xp.take(work.reshape(len(pool) * width, batch), _selected_rows(xp, cache.selected, width), axis=0, out=dzT)
     return dzT.T, _dlogits(stack, doutT, cache)
 
@@ -238,9 +241,10 @@ def _restacked(cache: SelectedMixtureCache, pool: Sequence[Activation], workspac
     xp = array_module(cache.z)
     batch, width = cache.z.shape
     stack = get_buffer(workspace, xp, "candidates", (len(pool), width, batch), cache.z.dtype)
+    parts = SharedParts(cache.z.T, workspace)
     for k, activation in enumerate(pool):
         lo, hi = clamp_limits(activation, cache.clamp)
-        activation_forward_into(activation, cache.z.T, lo, hi, stack[k])
+        activation_forward_into(activation, cache.z.T, lo, hi, stack[k], parts)
     return MixtureCache(cache.z, stack.transpose(0, 2, 1), cache.weights, cache.selected, cache.noise, cache.tau,
                         cache.clamp)
 
