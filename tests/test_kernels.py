@@ -146,3 +146,17 @@ def test_shared_parts_give_the_same_bits_and_are_computed_once(backend, seed, cl
     expm1 = forward_parts.expm1_of_min0()
     assert forward_parts.expm1_of_min0() is expm1  # kept, not recomputed
     np.testing.assert_array_equal(to_host(expm1), to_host(expm1_into(backend.xp.minimum(z, 0), backend.xp.empty_like(z))))
+
+
+def test_shared_parts_of_two_passes_share_one_buffer_per_workspace():
+    """A pass's parts are dead when it ends: the backward's exp reuses the forward's buffer."""
+    from smartmixed_np.fast.kernels import SharedParts
+    from smartmixed_np.fast.workspace import Workspace
+
+    z = np.random.default_rng(0).uniform(-5, 5, (4, 3))
+    workspace = Workspace(np)
+    forward = SharedParts(z, workspace).expm1_of_min0()
+    np.testing.assert_array_equal(forward, np.expm1(np.minimum(z, 0)))
+    backward = SharedParts(z, workspace).exp_of_min0()
+    assert backward is forward
+    np.testing.assert_array_equal(backward, np.exp(np.minimum(z, 0)))

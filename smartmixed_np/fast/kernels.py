@@ -90,14 +90,17 @@ def _mask_into(xp: Any, out: Any, a: Any, lo: float | None, hi: float | None) ->
 class SharedParts:
     """Functions of one pre-activation array that several candidates' kernels share.
 
-    Each is computed the first time a kernel asks for it and kept (in ``workspace`` under
-    ``prefix`` + its name, or in a fresh array) for the next kernel that asks; the caller
-    makes one per ``z`` and per pass (see :func:`smartmixed_np.fast.phase1.mixture_forward_fused`).
+    Each is computed the first time a kernel asks for it and kept for the next kernel that
+    asks, in ``workspace`` under ``prefix`` and its rank (the first part asked for is
+    ``shared_0``, the second ``shared_1``), or in a fresh array. The caller makes one per
+    ``z`` and per pass (see :func:`smartmixed_np.fast.phase1.mixture_forward_fused`), and a
+    pass's parts are dead when it ends: the forward's expm1 and the backward's exp then lie
+    in the same buffer, one (N, B) array per layer rather than two.
 
     Args:
         z: the pre-activations every kernel of this pass reads, any shape.
-        workspace: where the parts live (overwritten by the next pass with the same names);
-            fresh arrays if None.
+        workspace: where the parts live (overwritten by the next pass that asks); fresh
+            arrays if None.
         prefix: the parts' names in ``workspace``.
     """
 
@@ -109,7 +112,7 @@ class SharedParts:
         part = self._parts.get(name)
         if part is None:
             xp = array_module(self.z)
-            part = get_buffer(self.workspace, xp, self.prefix + name, tuple(self.z.shape), self.z.dtype)
+            part = get_buffer(self.workspace, xp, f"{self.prefix}{len(self._parts)}", tuple(self.z.shape), self.z.dtype)
             compute(xp, part)
             self._parts[name] = part
         return part
