@@ -101,9 +101,15 @@ OURS = ("floor", "floor_update", "relu", "phase1", "phase2_masked", "phase2_cont
 THEIRS = ("torch_relu", "torch_phase1", "torch_phase2")
 JAX = ("jax_relu", "jax_phase1", "jax_phase2")
 
-_FULL = dict(repeats=60, warmup=10, sweep_repeats=20, settle_s=0.06, batches=(32, 64, 128, 256, 512, 1024),
+# settle_s: OpenBLAS's idle workers spin for about 95 ms after a call on the project's 2-core
+# machines, and a PyTorch or JAX call timed in that window loses whole scheduler slices (a
+# PyTorch ReLU step: 4.3 ms after 60 ms of settling, 3.0 ms after 150 ms). The main
+# measurement, which the targets read, settles past it; the sweeps keep 60 ms, which keeps
+# the full suite near ten minutes on two cores.
+_FULL = dict(repeats=60, warmup=10, sweep_repeats=20, settle_s=0.15, sweep_settle_s=0.06,
+             batches=(32, 64, 128, 256, 512, 1024),
              widths=((256, 128, 64), (512, 256, 128), (1024, 512, 256)), memory_steps=60, epoch_rounds=3)
-_QUICK = dict(repeats=3, warmup=1, sweep_repeats=2, settle_s=0.0, batches=(8, 16), widths=((16, 8),),
+_QUICK = dict(repeats=3, warmup=1, sweep_repeats=2, settle_s=0.0, sweep_settle_s=0.0, batches=(8, 16), widths=((16, 8),),
               memory_steps=4, epoch_rounds=1)
 
 
@@ -542,10 +548,10 @@ def _interleaved(functions: dict[str, Callable[[], None]], repeats: int, warmup:
     Each round runs every contender in a freshly shuffled order: untimed calls first,
     for at least ``settle_s`` seconds and at least one call, then one timed call. The
     untimed calls absorb the switch from the previous contender: caches, and above
-    all the other library's idle worker threads, which keep spinning on the cores for
-    tens of milliseconds after their last task (measured here: a PyTorch step right
-    after ours ran 2x slower for its first five calls, and ours after PyTorch's for
-    its first three). ``sync`` waits for queued device work before the clock starts
+    all the other library's idle worker threads, which keep spinning on the cores after
+    their last task (OpenBLAS's for about 95 ms on a 2-core Xeon here: PyTorch's and
+    JAX's calls in that window took several times their time; a settle shorter than
+    that leaves part of the timed calls slowed). ``sync`` waits for queued device work before the clock starts
     and before it stops.
     """
     names = list(functions)
@@ -1068,7 +1074,8 @@ def run_benchmarks(
         "machine": {**_machine(threads, with_jax=has_jax), "backend": dev.backend.name, "device": dev.backend.device,
                     "torch_device": dev.torch_device if has_torch else None},
         "config": {"quick": quick, "sizes": sizes, "batch": batch, "seed": seed, "repeats": plan["repeats"],
-                   "warmup": plan["warmup"], "settle_s": plan["settle_s"], "clamp": CLAMP, "tau": TAU, "torch": has_torch,
+                   "warmup": plan["warmup"], "settle_s": plan["settle_s"],
+                   "sweep_settle_s": plan["sweep_settle_s"], "clamp": CLAMP, "tau": TAU, "torch": has_torch,
                    "jax": has_jax},
     }
     if has_torch:
@@ -1091,14 +1098,14 @@ def run_benchmarks(
     for b in plan["batches"]:
         say(f"batch sweep: {b}")
         timings = _measure(sizes, b, seed, plan["sweep_repeats"], max(2, plan["warmup"] // 2), threads, has_torch, dev,
-                           plan["settle_s"], has_jax)
+                           plan["sweep_settle_s"], has_jax)
         report["batch_sweep"].append({"batch": b, **timings, "ratios": _ratios(timings)})
     report["width_sweep"] = []
     for hidden in plan["widths"]:
         widths = [sizes[0], *hidden, sizes[-1]]
         say(f"width sweep: {'-'.join(map(str, widths))}")
         timings = _measure(widths, batch, seed, plan["sweep_repeats"], max(2, plan["warmup"] // 2), threads, has_torch, dev,
-                           plan["settle_s"], has_jax)
+                           plan["sweep_settle_s"], has_jax)
         report["width_sweep"].append({"sizes": widths, **timings, "ratios": _ratios(timings)})
 
     data_dir = data_dir or os.environ.get(DATA_ENV)
