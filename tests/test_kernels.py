@@ -142,9 +142,9 @@ def test_shared_parts_give_the_same_bits_and_are_computed_once(backend, seed, cl
         activation_backward_into(activation, da, z, alone, lo, hi, dz_alone)
         activation_backward_into(activation, da, z, alone, lo, hi, dz_shared, backward_parts)
         np.testing.assert_array_equal(to_host(dz_shared), to_host(dz_alone))
-    assert sorted(forward_parts._parts) == ["expm1_min0"] and sorted(backward_parts._parts) == ["exp_min0"]
-    expm1 = forward_parts.expm1_of_min0()
-    assert forward_parts.expm1_of_min0() is expm1  # kept, not recomputed
+    assert sorted(forward_parts._parts) == ["expm1"] and sorted(backward_parts._parts) == ["exp"]
+    expm1 = forward_parts.of_min0("expm1")
+    assert forward_parts.of_min0("expm1") is expm1  # kept, not recomputed
     np.testing.assert_array_equal(to_host(expm1), to_host(expm1_into(backend.xp.minimum(z, 0), backend.xp.empty_like(z))))
 
 
@@ -155,8 +155,8 @@ def test_shared_parts_of_two_passes_share_one_buffer_per_workspace():
 
     z = np.random.default_rng(0).uniform(-5, 5, (4, 3))
     workspace = Workspace(np)
-    forward = SharedParts(z, workspace).expm1_of_min0()
+    forward = SharedParts(z, workspace).of_min0("expm1")
     np.testing.assert_array_equal(forward, np.expm1(np.minimum(z, 0)))
-    backward = SharedParts(z, workspace).exp_of_min0()
+    backward = SharedParts(z, workspace).of_min0("exp")
     assert backward is forward
     np.testing.assert_array_equal(backward, np.exp(np.minimum(z, 0)))

@@ -551,8 +551,8 @@ def _interleaved(functions: dict[str, Callable[[], None]], repeats: int, warmup:
     all the other library's idle worker threads, which keep spinning on the cores after
     their last task (OpenBLAS's for about 95 ms on a 2-core Xeon here: PyTorch's and
     JAX's calls in that window took several times their time; a settle shorter than
-    that leaves part of the timed calls slowed). ``sync`` waits for queued device work before the clock starts
-    and before it stops.
+    that leaves part of the timed calls slowed). ``sync`` waits for queued device work
+    before the clock starts and before it stops.
     """
     names = list(functions)
     order_rng = np.random.default_rng(seed)

@@ -108,42 +108,27 @@ class SharedParts:
         self.z, self.workspace, self.prefix = z, workspace, prefix
         self._parts: dict[str, Any] = {}
 
-    def _part(self, name: str, compute: Callable[[Any, Any], Any]) -> Any:
-        part = self._parts.get(name)
+    def of_min0(self, function: str) -> Any:
+        r"""``function``$(\min(z, 0))$, ``z``'s shape: ``"expm1"`` (elu and selu forward) or
+        ``"exp"`` (their backward)."""
+        part = self._parts.get(function)
         if part is None:
-            xp = array_module(self.z)
-            part = get_buffer(self.workspace, xp, f"{self.prefix}{len(self._parts)}", tuple(self.z.shape), self.z.dtype)
-            compute(xp, part)
-            self._parts[name] = part
+            part = get_buffer(self.workspace, array_module(self.z), f"{self.prefix}{len(self._parts)}",
+                              tuple(self.z.shape), self.z.dtype)
+            _of_min0_into(function, self.z, part)
+            self._parts[function] = part
         return part
 
-    def expm1_of_min0(self) -> Any:
-        r"""$\mathrm{expm1}(\min(z, 0))$ (elu and selu forward), ``z``'s shape."""
-        return self._part("expm1_min0", lambda xp, out: _expm1_of_min0_into(xp, self.z, out))
 
-    def exp_of_min0(self) -> Any:
-        r"""$e^{\min(z, 0)}$ (elu and selu backward), ``z``'s shape."""
-        return self._part("exp_min0", lambda xp, out: _exp_of_min0_into(xp, self.z, out))
-
-
-def _expm1_of_min0_into(xp: Any, z: Any, out: Any) -> Any:
+def _of_min0_into(function: str, z: Any, out: Any) -> Any:
+    """``out[...] = function(min(z, 0))`` for ``function`` ``"expm1"`` or ``"exp"``; returns ``out``."""
     clip_into(z, -_INF, 0.0, out)
-    return expm1_into(out, out)
+    return expm1_into(out, out) if function == "expm1" else array_module(z).exp(out, out=out)
 
 
-def _exp_of_min0_into(xp: Any, z: Any, out: Any) -> Any:
-    clip_into(z, -_INF, 0.0, out)
-    return xp.exp(out, out=out)
-
-
-def _expm1_of_min0(xp: Any, z: Any, parts: SharedParts | None, out: Any) -> Any:
-    """expm1(min(z, 0)): the shared array when there are ``parts``, else computed into ``out``."""
-    return _expm1_of_min0_into(xp, z, out) if parts is None else parts.expm1_of_min0()
-
-
-def _exp_of_min0(xp: Any, z: Any, parts: SharedParts | None, out: Any) -> Any:
-    """e^{min(z, 0)}: the shared array when there are ``parts``, else computed into ``out``."""
-    return _exp_of_min0_into(xp, z, out) if parts is None else parts.exp_of_min0()
+def _of_min0(function: str, z: Any, parts: SharedParts | None, out: Any) -> Any:
+    """``function(min(z, 0))``: the shared array when there are ``parts``, else computed into ``out``."""
+    return _of_min0_into(function, z, out) if parts is None else parts.of_min0(function)
 
 
 # --------------------------------------------------------------------------- relu
@@ -212,13 +197,13 @@ def _leaky_relu_backward(xp, da, z, a, lo, hi, out, parts=None):
 # --------------------------------------------------------------------------- elu
 # Stands in for smartmixed_np.core.activations.elu and elu_derivative, with the clamp.
 def _elu_forward(xp, z, lo, hi, out, parts=None):
-    m = _expm1_of_min0(xp, z, parts, out)  # alpha = 1
+    m = _of_min0("expm1", z, parts, out)  # alpha = 1
     xp.maximum(m, z, out=out)
     _clamp_into(xp, out, lo, hi)
 
 
 def _elu_backward(xp, da, z, a, lo, hi, out, parts=None):
-    e = _exp_of_min0(xp, z, parts, out)  # e^{min(z, 0)}: exactly 1 where z > 0, e^z elsewhere (alpha = 1)
+    e = _of_min0("exp", z, parts, out)  # e^{min(z, 0)}: exactly 1 where z > 0, e^z elsewhere (alpha = 1)
     xp.multiply(e, da, out=out)
     _mask_into(xp, out, a, lo, hi)
 
@@ -226,7 +211,7 @@ def _elu_backward(xp, da, z, a, lo, hi, out, parts=None):
 # --------------------------------------------------------------------------- selu
 # Stands in for smartmixed_np.core.activations.selu and selu_derivative, with the clamp.
 def _selu_forward(xp, z, lo, hi, out, parts=None):
-    m = _expm1_of_min0(xp, z, parts, out)
+    m = _of_min0("expm1", z, parts, out)
     xp.multiply(m, SELU_ALPHA, out=out)
     out += clip_into(z, 0.0, _INF, xp.empty_like(out))
     out *= SELU_SCALE
@@ -236,7 +221,7 @@ def _selu_forward(xp, z, lo, hi, out, parts=None):
 def _selu_backward(xp, da, z, a, lo, hi, out, parts=None):
     cap = xp.multiply(a <= 0, _BIG, dtype=da.dtype)  # a <= 0 exactly where z <= 0
     cap += SELU_SCALE  # lambda where z > 0, huge elsewhere
-    e = _exp_of_min0(xp, z, parts, out)  # e^{min(z, 0)}: exactly 1 where z > 0
+    e = _of_min0("exp", z, parts, out)  # e^{min(z, 0)}: exactly 1 where z > 0
     xp.multiply(e, _SELU_SA, out=out)
     xp.minimum(out, cap, out=out)
     out *= da
