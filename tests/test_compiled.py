@@ -556,6 +556,41 @@ def test_selected_group_table_refuses_a_candidate_outside_the_pool():
             compiled.selected_group_table(np.array(bad), table)
 
 
+@given(
+    pool=st.lists(st.sampled_from(list(compiled.ACTIVATION_CODES)), min_size=1, max_size=6, unique=True),
+    width=st.integers(1, 40),
+    batch=st.integers(1, 70),
+    clamp=st.sampled_from([None, 10.0, 0.5]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_selected_forward_is_grouped_forward_with_the_selection_table_bit_for_bit(pool, width, batch, clamp, dtype,
+                                                                                  seed):
+    """float32 row by row (no table), float64 through the table: grouped_forward's bits either way,
+    special values (NaN, infinities, signed zeros, huge and tiny magnitudes) included."""
+    rng = np.random.default_rng(seed)
+    table = compiled.candidate_table(tuple(resolve_pool(pool)), clamp, np.dtype(dtype))
+    selected = rng.integers(0, len(pool), width)
+    zT = (rng.standard_normal((width, batch)) * rng.choice([0.1, 3.0, 40.0, 200.0], (width, 1))).astype(dtype)
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, -1e-40, 88.0, -120.0], dtype)
+    zT.reshape(-1)[rng.integers(0, zT.size, min(zT.size, 12))] = rng.choice(special, min(zT.size, 12))
+    reference = compiled.grouped_forward(zT, compiled.selected_group_table(selected, table), np.empty_like(zT),
+                                         np.empty_like(zT))
+    ours = compiled.selected_forward(zT, selected, table, np.full_like(zT, np.nan), np.empty_like(zT))
+    assert_bitwise_equal(ours, reference)
+
+
+def test_selected_forward_refuses_a_candidate_outside_the_pool_and_writes_nothing():
+    for dtype in (np.float32, np.float64):
+        table = compiled.candidate_table(tuple(resolve_pool(["relu", "tanh"])), None, np.dtype(dtype))
+        zT = np.ones((2, 5), dtype)
+        for bad in ([0, 2], [-1, 0]):
+            out = np.full_like(zT, 7.0)
+            with pytest.raises(ValueError, match="outside 0..1"):
+                compiled.selected_forward(zT, np.array(bad), table, out, np.empty_like(zT))
+            np.testing.assert_array_equal(out, 7.0)
+
+
 def test_selection_applies_to_host_arrays_of_one_shape_and_dtype_with_few_candidates():
     logits = np.zeros((5, 6), np.float32)
     assert compiled.selection_applies(logits, None) and compiled.selection_applies(logits, logits.copy())
@@ -564,3 +599,4 @@ def test_selection_applies_to_host_arrays_of_one_shape_and_dtype_with_few_candid
     assert not compiled.selection_applies(np.zeros((5, compiled.SELECTION_MAX_K + 1), np.float32))
     assert not compiled.selection_applies(np.zeros(6, np.float32))  # not (N, K)
     assert not compiled.selection_applies(np.asfortranarray(np.zeros((5, 6), np.float32)))
+

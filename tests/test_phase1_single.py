@@ -293,20 +293,26 @@ def test_straight_through_gradient_matches_finite_differences_of_the_surrogate()
 
 
 # --------------------------------------------------------------------------- memory and fallbacks
-def test_no_candidate_stack_is_allocated():
-    """The workspace holds (N, B) buffers only: out and scratch (forward), dz and expm1 (backward)."""
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_no_candidate_stack_is_allocated(dtype):
+    """The workspace holds (N, B) buffers only: out (forward) and dz (backward), and in float64
+    scratch (forward) and expm1 (backward) for NumPy's exponentials (float32 computes its own
+    row by row)."""
     batch, width = 32, 20
-    z, dout, logits, noise = make_case(1, batch, width, SIX, np.float32)
+    z, dout, logits, noise = make_case(1, batch, width, SIX, dtype)
     workspace = Workspace(np)
     _, cache = mixture_forward_single(z, logits, noise, SIX, tau=1.0, workspace=workspace)
-    assert {name: b.shape for name, b in workspace._buffers.items()} == {"out": (width, batch), "scratch": (width, batch)}
+    forward = ("out",) if dtype == np.float32 else ("out", "scratch")
+    assert {name: b.shape for name, b in workspace._buffers.items()} == dict.fromkeys(forward, (width, batch))
     mixture_backward_single(dout, cache, SIX, workspace=workspace)
     shapes = {name: b.shape for name, b in workspace._buffers.items()}
-    assert shapes == dict.fromkeys(("out", "scratch", "dz", "expm1"), (width, batch))
-    assert workspace.nbytes == 4 * batch * width * 4
+    every = forward + (("dz",) if dtype == np.float32 else ("dz", "expm1"))
+    assert shapes == dict.fromkeys(every, (width, batch))
+    itemsize = np.dtype(dtype).itemsize
+    assert workspace.nbytes == len(every) * batch * width * itemsize
     fused = Workspace(np)
     mixture_backward_fused(dout, mixture_forward_fused(z, logits, noise, SIX, tau=1.0, workspace=fused)[1], SIX, fused)
-    assert fused.nbytes >= 2 * len(SIX) * batch * width * 4  # the old pair's stack and work buffer
+    assert fused.nbytes >= 2 * len(SIX) * batch * width * itemsize  # the old pair's stack and work buffer
 
 
 def test_a_user_activation_falls_back_to_the_reference():

@@ -47,7 +47,7 @@ from .kernels import has_kernel
 
 __all__ = [
     "JIT_ENV", "enabled", "status", "applies", "adam_update", "ACTIVATION_CODES", "GroupTable", "group_table", "grouped_forward",
-    "grouped_backward", "CandidateTable", "candidate_table", "selected_backward", "selected_group_table",
+    "grouped_backward", "CandidateTable", "candidate_table", "selected_backward", "selected_group_table", "selected_forward",
     "shared_exponentials", "shared_candidate_values", "shared_backward",
     "SELECTION_MAX_K", "selection_applies", "softmax_selection", "softmax_backward_scaled",
 ]
@@ -101,7 +101,7 @@ def applies(*arrays: Any) -> bool:
     )
 
 
-def _jit(function: Any = None, *, reassociate: bool = False, helper: bool = False) -> Any:
+def _jit(function: Any = None, *, reassociate: bool = False, helper: bool = False, inline: bool = False) -> Any:
     """Compile ``function`` with Numba on first call (no fast-math: exact IEEE operations).
 
     ``error_model="numpy"``: a division by zero gives inf or nan as in NumPy, rather
@@ -119,11 +119,17 @@ def _jit(function: Any = None, *, reassociate: bool = False, helper: bool = Fals
     :data:`_HELPERS` gives it, which :func:`_bind_helpers` binds to the compiled
     function first. (Passed as an argument instead, a compiled function kept Numba
     from reusing the on-disk cache: a compilation every run.)
+
+    ``inline=True``: a helper whose body Numba copies into each loop that calls it
+    (``inline="always"``), so that the compiler sees the caller's loop and the helper's
+    together (for :func:`_float32_row_forward`: a call per row kept its loops a third slower).
     """
     if function is None:
-        return functools.partial(_jit, reassociate=reassociate, helper=helper)
+        return functools.partial(_jit, reassociate=reassociate, helper=helper, inline=inline)
     compiled = None
     options = dict(error_model="numpy", nogil=True, **({"fastmath": {"reassoc"}} if reassociate else {}))
+    if inline:
+        options["inline"] = "always"
 
     def dispatcher() -> Any:
         nonlocal compiled
@@ -466,64 +472,85 @@ def _grouped_forward_loop(zT, t, out, rows, starts, stops, codes, lo, hi, consta
                 o[j] = y
 
 
-@_jit
-def _float32_forward_loop(zT, out, rows, starts, stops, codes, lo, hi, constants):
-    # grouped_forward in float32 in one pass: _grouped_forward_loop's operations, each
+@_jit(helper=True, inline=True)
+def _float32_row_forward(code, l, h, z, o, constants):
+    # One neuron's row in float32: o = clamp(f(z), l, h) for the activation of the code, each
     # transcendental function by _exp_parts in the loop (one inner loop per code: the branch
-    # on it is hoisted and each loop vectorised). Where z >= 0 the value does not come from
-    # the exponential (elu: z; selu's exponential part: min(z, 0)), so zeros keep their sign.
+    # on it is outside the loop, and each loop vectorised). Where z >= 0 the value does not
+    # come from the exponential (elu: z; selu's exponential part: min(z, 0)), so zeros keep
+    # their sign.
     zero, one, slope, elu_alpha, selu_alpha, selu_scale, _, _ = constants
     two, scale_back = np.float32(2.0), _EXP_TWO_M64
-    width = zT.shape[1]
+    width = z.shape[0]
+    if code == RELU:  # z, clamped to [0, hi]
+        l = zero
+        for j in range(width):
+            y = z[j]
+            y = l if y < l else y
+            o[j] = h if y > h else y
+    elif code == LEAKY_RELU:  # max(0.01 z, z)
+        for j in range(width):
+            y = z[j] * slope
+            y = z[j] if z[j] > y else y
+            y = l if y < l else y
+            o[j] = h if y > h else y
+    elif code == SIGMOID:  # exp(min(z, 0)) / (1 + e), e = exp(-|z|)
+        for j in range(width):
+            q, p = _exp_parts_compiled(-abs(z[j]))
+            e = (q * p + p) * scale_back
+            y = (one if z[j] >= zero else e) / (e + one)
+            y = l if y < l else y
+            o[j] = h if y > h else y
+    elif code == TANH:  # sign(z) (-m) / (2 + m), m = expm1(-2|z|): (1 - e^{-2|z|}) / (1 + e^{-2|z|})
+        for j in range(width):
+            q, p = _exp_parts_compiled(-two * abs(z[j]))
+            m = (q * p) * scale_back + (p * scale_back - one)
+            y = math.copysign(-m / (m + two), z[j])
+            y = l if y < l else y
+            o[j] = h if y > h else y
+    elif code == ELU:  # z, else expm1(z)
+        for j in range(width):
+            x = zero if z[j] > zero else z[j]
+            q, p = _exp_parts_compiled(x)
+            m = (q * p) * scale_back + (p * scale_back - one)
+            y = z[j] if z[j] >= zero else m * elu_alpha
+            y = l if y < l else y
+            o[j] = h if y > h else y
+    else:  # selu: scale (alpha expm1(min(z, 0)) + max(z, 0))
+        for j in range(width):
+            x = zero if z[j] > zero else z[j]
+            q, p = _exp_parts_compiled(x)
+            m = (q * p) * scale_back + (p * scale_back - one)
+            m = x if x >= zero else m
+            positive = zero if z[j] < zero else z[j]
+            y = (m * selu_alpha + positive) * selu_scale
+            y = l if y < l else y
+            o[j] = h if y > h else y
+
+
+_float32_row_forward_compiled = None  # _float32_row_forward's compiled function, once bound by _bind_helpers
+
+
+@_jit
+def _float32_forward_loop(zT, out, rows, starts, stops, codes, lo, hi, constants):
+    # grouped_forward in float32 in one pass: each group's rows by _float32_row_forward
     for k in range(codes.shape[0]):
-        code, l, h = codes[k], lo[k], hi[k]
-        if code == RELU:  # relu's clamp: [0, hi]
-            l = zero
         for i in range(starts[k], stops[k]):
-            z, o = zT[rows[i]], out[rows[i]]
-            if code == RELU:  # z, clamped to [0, hi]
-                for j in range(width):
-                    y = z[j]
-                    y = l if y < l else y
-                    o[j] = h if y > h else y
-            elif code == LEAKY_RELU:  # max(0.01 z, z)
-                for j in range(width):
-                    y = z[j] * slope
-                    y = z[j] if z[j] > y else y
-                    y = l if y < l else y
-                    o[j] = h if y > h else y
-            elif code == SIGMOID:  # exp(min(z, 0)) / (1 + e), e = exp(-|z|)
-                for j in range(width):
-                    q, p = _exp_parts_compiled(-abs(z[j]))
-                    e = (q * p + p) * scale_back
-                    y = (one if z[j] >= zero else e) / (e + one)
-                    y = l if y < l else y
-                    o[j] = h if y > h else y
-            elif code == TANH:  # sign(z) (-m) / (2 + m), m = expm1(-2|z|): (1 - e^{-2|z|}) / (1 + e^{-2|z|})
-                for j in range(width):
-                    q, p = _exp_parts_compiled(-two * abs(z[j]))
-                    m = (q * p) * scale_back + (p * scale_back - one)
-                    y = math.copysign(-m / (m + two), z[j])
-                    y = l if y < l else y
-                    o[j] = h if y > h else y
-            elif code == ELU:  # z, else expm1(z)
-                for j in range(width):
-                    x = zero if z[j] > zero else z[j]
-                    q, p = _exp_parts_compiled(x)
-                    m = (q * p) * scale_back + (p * scale_back - one)
-                    y = z[j] if z[j] >= zero else m * elu_alpha
-                    y = l if y < l else y
-                    o[j] = h if y > h else y
-            else:  # selu: scale (alpha expm1(min(z, 0)) + max(z, 0))
-                for j in range(width):
-                    x = zero if z[j] > zero else z[j]
-                    q, p = _exp_parts_compiled(x)
-                    m = (q * p) * scale_back + (p * scale_back - one)
-                    m = x if x >= zero else m
-                    positive = zero if z[j] < zero else z[j]
-                    y = (m * selu_alpha + positive) * selu_scale
-                    y = l if y < l else y
-                    o[j] = h if y > h else y
+            _float32_row_forward_compiled(codes[k], lo[k], hi[k], zT[rows[i]], out[rows[i]], constants)
+
+
+@_jit
+def _float32_selected_forward_loop(zT, out, selected, codes, lo, hi, constants):
+    # selected_forward in float32: row n by _float32_row_forward with candidate selected[n]'s
+    # code and clamp, in place; returns False (before writing anything) for a candidate
+    # outside the pool
+    for n in range(selected.shape[0]):
+        if selected[n] < 0 or selected[n] >= codes.shape[0]:
+            return False
+    for n in range(selected.shape[0]):
+        k = selected[n]
+        _float32_row_forward_compiled(codes[k], lo[k], hi[k], zT[n], out[n], constants)
+    return True
 
 
 @_jit
@@ -844,6 +871,39 @@ def selected_group_table(selected: np.ndarray, table: CandidateTable) -> GroupTa
     )
 
 
+def selected_forward(zT: np.ndarray, selected: np.ndarray, table: CandidateTable, out: np.ndarray,
+                     scratch: np.ndarray) -> np.ndarray:
+    r"""A hard phase-1 layer's forward: $out_n = \mathrm{clip}(f_{s_n}(z_n), lo_{s_n}, hi_{s_n})$ for every neuron row.
+
+    :func:`grouped_forward` with :func:`selected_group_table` ``(selected, table)``, the same
+    numbers. In float32 without the table: one compiled pass over the rows in their order,
+    each with its candidate's code and clamp looked up in ``table``
+    (:func:`_float32_selected_forward_loop`: the row operations of :func:`_float32_forward_loop`,
+    so bitwise its values); building and sorting the groups cost more than the pass itself on
+    the benchmark's layers (about 12 against 30 us on a (512, 128) one). In float64 through the
+    table (NumPy's functions run over each group's contiguous run).
+
+    Args:
+        zT: (N, B) pre-activations, C-contiguous, float32 or float64.
+        selected: (N,) host int64, each neuron's candidate.
+        table: the pool's :class:`CandidateTable` in ``zT``'s dtype.
+        out: (N, B) C-contiguous output buffer, not overlapping ``zT``.
+        scratch: (N, B) C-contiguous buffer, overwritten; float64 only (in float32 pass None).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ValueError: ``selected`` names a candidate outside the pool (nothing written).
+    """
+    if zT.dtype != np.float32:
+        return grouped_forward(zT, selected_group_table(selected, table), out, scratch)
+    selected = np.ascontiguousarray(selected, dtype=np.int64)
+    if not _float32_selected_forward_loop(zT, out, selected, table.codes, table.lo, table.hi, table.constants):
+        raise ValueError(f"selected holds a candidate outside 0..{len(table.codes) - 1}")
+    return out
+
+
 @functools.lru_cache(maxsize=16)
 def _identity(width: int) -> np.ndarray:
     """``arange(width)`` (int64), kept per width and read-only: the loops only read it."""
@@ -1012,7 +1072,7 @@ _dot_compiled = None  # _dot's compiled function, once bound by _bind_helpers
 
 
 @_jit
-def _shared_backward_loop(doutT, zT, aT, tT, mT, selected, codes, lo, hi, constants, row, dy, dzT, keep, values):
+def _shared_backward_loop(doutT, zT, aT, tT, mT, own, selected, codes, lo, hi, constants, row, dy, dzT, keep, values):
     # Per neuron n: first, for every candidate k, its clamped value a_k from the shared
     # t = e^{-|z|} and m = expm1(-|z|) into the row buffer (one loop per code: the branch on
     # the code is loop-invariant, and the compiler hoists it and vectorises the loop), and
@@ -1020,11 +1080,18 @@ def _shared_backward_loop(doutT, zT, aT, tT, mT, selected, codes, lo, hi, consta
     # may reorder; this loop's own operations it may not) (the row is copied to values[k, n]
     # when keep is set); then
     # dz[n] = dout[n] f'_s(z) [lo < a < hi] for the selected candidate s, from the forward's
-    # value a = aT[n] and from t.
+    # value a = aT[n] and from t. With own set (float32), tT and mT are (1, B) rows, and each
+    # neuron's t and m are computed into them just before its pass (_float32_exponentials: the
+    # numbers of shared_exponentials, a pass over (N, B) fewer); else they are (N, B), read.
     zero, one, slope, elu_alpha, selu_alpha, selu_scale, selu_scale_alpha, big_cap = constants
     width, batch = zT.shape
     for n in range(width):
-        z, t, m, d = zT[n], tT[n], mT[n], doutT[n]
+        z, d = zT[n], doutT[n]
+        if own:
+            t, m = tT[0], mT[0]
+            _float32_exponentials_compiled(z, t, m)
+        else:
+            t, m = tT[n], mT[n]
         for k in range(codes.shape[0]):
             code, l, h = codes[k], lo[k], hi[k]
             # One loop per code (a branch inside the loop, even a loop-invariant one, kept the
@@ -1107,9 +1174,9 @@ def _negative_magnitude_loop(z, out):
         out[i] = -abs(z[i])
 
 
-@_jit
-def _float32_shared_exponentials_loop(z, t, m):
-    # t = e^{-|z|} and m = expm1(-|z|) (flat float32 arrays) from one _exp_parts per element;
+@_jit(helper=True, inline=True)
+def _float32_exponentials(z, t, m):
+    # t = e^{-|z|} and m = expm1(-|z|) (1-D float32 arrays) from one _exp_parts per element;
     # m keeps the sign of a zero, as np.expm1 does: expm1(-0) = -0.
     zero, one, scale_back = np.float32(0.0), np.float32(1.0), _EXP_TWO_M64
     for i in range(z.shape[0]):
@@ -1118,6 +1185,15 @@ def _float32_shared_exponentials_loop(z, t, m):
         t[i] = (q * p + p) * scale_back
         v = (q * p) * scale_back + (p * scale_back - one)
         m[i] = x if x == zero else v
+
+
+_float32_exponentials_compiled = None  # _float32_exponentials's compiled function, once bound by _bind_helpers
+
+
+@_jit
+def _float32_shared_exponentials_loop(z, t, m):
+    # shared_exponentials in float32 over the flat arrays
+    _float32_exponentials_compiled(z, t, m)
 
 
 def shared_exponentials(zT: np.ndarray, tT: np.ndarray, mT: np.ndarray) -> None:
@@ -1159,22 +1235,28 @@ def shared_candidate_values(zT: np.ndarray, table: CandidateTable) -> np.ndarray
 
 
 def _shared_pass(doutT, zT, aT, selected, table, tT, mT, dzT, values):
-    shared_exponentials(zT, tT, mT)
     dy = np.empty((zT.shape[0], len(table.codes)), dtype=zT.dtype)
     row = np.empty(zT.shape[1], dtype=zT.dtype)
     keep = values is not None
     values = values if keep else np.empty((1, 1, 1), dtype=zT.dtype)
-    _shared_backward_loop(doutT, zT, aT, tT, mT, np.asarray(selected, dtype=np.int64), table.codes, table.lo, table.hi,
-                          table.constants, row, dy, dzT, keep, values)
+    selected = np.asarray(selected, dtype=np.int64)
+    own = zT.dtype == np.float32  # t and m row by row, in the loop
+    if own:
+        tT, mT = np.empty((2, 1, zT.shape[1]), dtype=zT.dtype)
+    else:
+        shared_exponentials(zT, tT, mT)
+    _shared_backward_loop(doutT, zT, aT, tT, mT, own, selected, table.codes, table.lo, table.hi, table.constants, row,
+                          dy, dzT, keep, values)
     return dy
 
 
 def shared_backward(doutT: np.ndarray, zT: np.ndarray, aT: np.ndarray, selected: np.ndarray, table: CandidateTable,
-                    tT: np.ndarray, mT: np.ndarray, dzT: np.ndarray) -> np.ndarray:
+                    tT: np.ndarray | None, mT: np.ndarray | None, dzT: np.ndarray) -> np.ndarray:
     r"""A hard phase-1 layer's backward without the candidate stack: $dy$ (N, K) and $dz$ into ``dzT``.
 
     With $t = e^{-|z|}$ and $m = \mathrm{expm1}(-|z|)$ computed once per element
-    (:func:`shared_exponentials`, into ``tT`` and ``mT``), one compiled pass over each
+    (in float64 by :func:`shared_exponentials`, into ``tT`` and ``mT``, first; in float32 the
+    same numbers row by row inside the pass, a pass over (N, B) fewer), one compiled pass over each
     neuron's row computes every candidate's clamped value $a_k$ from them
     (:func:`shared_candidate_values`), $dy_{nk} = \sum_b dout_{nb}\, a_{knb}$ (accumulated in
     the arrays' dtype, as the reference sums, in a fixed order, so two calls give the same bits), and
@@ -1202,7 +1284,8 @@ def shared_backward(doutT: np.ndarray, zT: np.ndarray, aT: np.ndarray, selected:
         doutT, zT, aT: (N, B) upstream gradient, pre-activation and the forward's output, C-contiguous.
         selected: (N,) host int64, each neuron's candidate.
         table: the pool's :class:`CandidateTable` in the arrays' dtype.
-        tT, mT: (N, B) work buffers, overwritten.
+        tT, mT: (N, B) work buffers, overwritten; float64 only (in float32 each row's $t$ and
+            $m$ are computed in the pass, into two (B,) rows of its own: pass None).
         dzT: (N, B) output buffer, not overlapping the inputs.
 
     Returns:
@@ -1212,4 +1295,5 @@ def shared_backward(doutT: np.ndarray, zT: np.ndarray, aT: np.ndarray, selected:
 
 
 #: The helpers' global names (see :func:`_jit`): each is bound to the compiled function of its helper.
-_HELPERS = {"_dot_compiled": _dot, "_exp_parts_compiled": _exp_parts}
+_HELPERS = {"_dot_compiled": _dot, "_exp_parts_compiled": _exp_parts, "_float32_row_forward_compiled": _float32_row_forward,
+            "_float32_exponentials_compiled": _float32_exponentials}

@@ -16,7 +16,7 @@ compiled pass; host arrays with Numba). They give the same numbers
 
 A third pair keeps no stack: :func:`mixture_forward_single` computes the selected
 candidate's value alone (bitwise the reference's in float64; in float32 within a few ulps,
-its exponentials computed in the loop: :func:`smartmixed_np.fast.compiled.grouped_forward`) and
+its exponentials computed in the loop: :func:`smartmixed_np.fast.compiled.selected_forward`) and
 :func:`mixture_backward_single` recomputes every candidate's value from two shared exponentials
 of each element in one compiled pass per neuron, for $d\alpha$ and $dz$ (within a few ulps
 of the reference, see there; bitwise where the operations are the same). Host arrays with
@@ -200,8 +200,8 @@ def mixture_forward_single(
     $y = \mathrm{softmax}((\alpha + g)/\tau)$, $s_n = \arg\max_k y_{nk}$ (both by
     :func:`smartmixed_np.fast.compiled.softmax_selection`, bitwise the reference's), then
     $out_{bn} = \mathrm{clip}(f_{s_n}(z_{bn}), lo_{s_n}, hi_{s_n})$ by
-    :func:`smartmixed_np.fast.compiled.grouped_forward` with the neurons grouped by their
-    selection (:func:`~smartmixed_np.fast.compiled.selected_group_table`): one transcendental
+    :func:`smartmixed_np.fast.compiled.selected_forward` (in float32 row by row, in float64 with
+    the neurons grouped by their selection): one transcendental
     function per element, of the selected candidate only. In float64 bitwise the reference's
     values (the same operations as the fused kernels); in float32 one pass with the
     exponentials in the loop, sigmoid's, tanh's, elu's and selu's values within 4, 3, 3 and 5
@@ -215,8 +215,8 @@ def mixture_forward_single(
 
     Args:
         z: (B, N); logits: (N, K); noise: (N, K) or None; pool: K built-ins.
-        workspace: where the output and the scratch live ("out", "scratch": (N, B) each);
-            fresh arrays if None.
+        workspace: where the output and, in float64, the scratch live ("out", "scratch": (N, B)
+            each); fresh arrays if None.
 
     Returns:
         ``out`` (B, N) and a :class:`SelectedMixtureCache` (or, on the fallback, the fused cache).
@@ -230,8 +230,8 @@ def mixture_forward_single(
     batch, width = z.shape
     weights, selected = _selection(logits, noise, tau)
     outT = get_buffer(workspace, np, "out", (width, batch), z.dtype)
-    scratch = get_buffer(workspace, np, "scratch", (width, batch), z.dtype)
-    compiled.grouped_forward(zT, compiled.selected_group_table(selected, table), outT, scratch)
+    scratch = get_buffer(workspace, np, "scratch", (width, batch), z.dtype) if z.dtype != np.float32 else None
+    compiled.selected_forward(zT, selected, table, outT, scratch)
     out = outT.T
     return out, SelectedMixtureCache(z, None, weights, selected, noise, tau, clamp, out=out, table=table)
 
@@ -282,7 +282,7 @@ def mixture_backward_single(
         dout: (B, N) upstream gradient.
         cache: from :func:`mixture_forward_single`.
         pool: the same K built-ins.
-        workspace: where ``dz`` and the two (N, B) work buffers live ("dz", "scratch",
+        workspace: where ``dz`` and, in float64, the two (N, B) work buffers live ("dz", "scratch",
             "expm1"); fresh arrays if None.
 
     Returns:
@@ -297,8 +297,9 @@ def mixture_backward_single(
         return mixture_backward_fused(dout, _restacked(cache, pool, workspace), pool, workspace)
     batch, width = dout.shape
     dzT = get_buffer(workspace, np, "dz", (width, batch), dout.dtype)
-    tT = get_buffer(workspace, np, "scratch", (width, batch), dout.dtype)
-    mT = get_buffer(workspace, np, "expm1", (width, batch), dout.dtype)
+    exponentials = dout.dtype != np.float32  # float32 computes t and m row by row, in the pass
+    tT = get_buffer(workspace, np, "scratch", (width, batch), dout.dtype) if exponentials else None
+    mT = get_buffer(workspace, np, "expm1", (width, batch), dout.dtype) if exponentials else None
     dy = compiled.shared_backward(doutT, zT, aT, cache.selected, cache.table, tT, mT, dzT)
     if compiled.selection_applies(cache.weights):
         dlogits = compiled.softmax_backward_scaled(dy, cache.weights, cache.tau, np.empty_like(cache.weights))
