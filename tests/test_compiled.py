@@ -600,3 +600,19 @@ def test_selection_applies_to_host_arrays_of_one_shape_and_dtype_with_few_candid
     assert not compiled.selection_applies(np.zeros(6, np.float32))  # not (N, K)
     assert not compiled.selection_applies(np.asfortranarray(np.zeros((5, 6), np.float32)))
 
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("choices", [[0, 3, 0], [0, 1, 2, 3, 4, 5]])  # relu and leaky relu only; all six
+def test_grouped_forward_asks_for_a_scratch_buffer_only_where_it_reads_one(dtype, choices):
+    """The compiled phase-2 engine's workspace holds a scratch (N, B) buffer only for float64 with a
+    sigmoid, tanh, elu or selu group (NumPy's functions run over it); the values are the same either way."""
+    from smartmixed_np.fast.workspace import Workspace
+
+    layer = FixedMixedActivation(np.array(choices), _SIX, contiguous=False, clamp=10.0)
+    z = np.random.default_rng(0).standard_normal((7, len(choices))).astype(dtype) * 3
+    workspace = Workspace(np)
+    out, _ = layer.forward(z, workspace=workspace)
+    wants = dtype == np.float64 and bool(set(choices) - {0, 3})
+    assert ("scratch" in workspace._buffers) == wants
+    np.testing.assert_array_equal(out, layer.forward(z)[0])

@@ -658,7 +658,7 @@ def _rowwise_backward(daT: np.ndarray, a_source: np.ndarray, a_rows: np.ndarray,
         _exp_backward_loop(daT, a_source, a_rows, e, exp_rows, out, codes, lo, hi, constants)
 
 
-def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch: np.ndarray | None) -> np.ndarray:
     r"""A phase-2 layer's forward: ``out[n] = clamp(f_{c_n}(zT[n]))`` for every neuron row ``n``.
 
     In float32, one compiled pass (:func:`_float32_forward_loop`) that computes each
@@ -692,7 +692,8 @@ def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch:
         zT: (N, B) pre-activations, C-contiguous.
         table: from :func:`group_table`, in ``zT``'s dtype.
         out: (N, B) C-contiguous output buffer, not overlapping ``zT``.
-        scratch: (N, B) C-contiguous buffer, overwritten.
+        scratch: (N, B) C-contiguous buffer, overwritten; read only in float64 with a sigmoid,
+            tanh, elu or selu group (``table.prepass``): otherwise None will do.
 
     Returns:
         ``out``.

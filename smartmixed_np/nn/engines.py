@@ -248,8 +248,10 @@ class CompiledGroups:
                 return fixed_forward(z, self.groups)
         batch, width = z.shape
         aT = get_buffer(workspace, np, "a", (width, batch), z.dtype)
-        scratch = get_buffer(workspace, np, "scratch", (width, batch), z.dtype)
-        compiled.grouped_forward(zT, self.table(z.dtype), aT, scratch)
+        table = self.table(z.dtype)
+        needs_scratch = z.dtype != np.float32 and table.prepass  # float64 with a transcendental group
+        scratch = get_buffer(workspace, np, "scratch", (width, batch), z.dtype) if needs_scratch else None
+        compiled.grouped_forward(zT, table, aT, scratch)
         return aT.T, FixedCache(z=z, a=aT.T)
 
     def backward(self, da: Any, cache: FixedCache, workspace: Workspace | None = None) -> Any:
