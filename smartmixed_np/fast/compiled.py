@@ -873,7 +873,7 @@ def selected_group_table(selected: np.ndarray, table: CandidateTable) -> GroupTa
 
 
 def selected_forward(zT: np.ndarray, selected: np.ndarray, table: CandidateTable, out: np.ndarray,
-                     scratch: np.ndarray) -> np.ndarray:
+                     scratch: np.ndarray | None) -> np.ndarray:
     r"""A hard phase-1 layer's forward: $out_n = \mathrm{clip}(f_{s_n}(z_n), lo_{s_n}, hi_{s_n})$ for every neuron row.
 
     :func:`grouped_forward` with :func:`selected_group_table` ``(selected, table)``, the same
