@@ -46,7 +46,7 @@ from ..core.activations import ELU_ALPHA, LEAKY_SLOPE, SELU_ALPHA, SELU_SCALE, c
 from .kernels import has_kernel
 
 __all__ = [
-    "JIT_ENV", "enabled", "status", "applies", "adam_update", "ACTIVATION_CODES", "GroupTable", "group_table", "grouped_forward",
+    "JIT_ENV", "enabled", "status", "applies", "exponentials_in_loop", "adam_update", "ACTIVATION_CODES", "GroupTable", "group_table", "grouped_forward",
     "grouped_backward", "CandidateTable", "candidate_table", "selected_backward", "selected_group_table", "selected_forward",
     "shared_exponentials", "shared_candidate_values", "shared_backward",
     "SELECTION_MAX_K", "selection_applies", "softmax_selection", "softmax_backward_scaled",
@@ -381,6 +381,14 @@ def _exponentials(zT: np.ndarray, rows: np.ndarray, zero: Any) -> np.ndarray:
     return t
 
 
+def exponentials_in_loop(dtype: Any) -> bool:
+    """Whether the loops compute the exponentials of arrays of ``dtype`` themselves (float32,
+    by :func:`_exp_parts`), rather than NumPy's functions into (N, B) buffers first (float64).
+    Only then do the callers need to hand over those buffers: ``scratch`` of
+    :func:`grouped_forward` and :func:`selected_forward`, ``tT`` and ``mT`` of :func:`shared_backward`."""
+    return np.dtype(dtype) == np.float32
+
+
 # --------------------------------------------------------------------------- float32 exp in the loop
 # exp and expm1 of x <= 0 in float32 arithmetic, inside a compiled loop that the compiler
 # vectorises: NumPy's exp is one pass of its own (with the passes that prepare its argument
@@ -651,7 +659,7 @@ def _rowwise_backward(daT: np.ndarray, a_source: np.ndarray, a_rows: np.ndarray,
         got = "None" if zT is None else f"{zT.shape} {zT.dtype}"
         raise ValueError(f"zT must be {out.shape} {out.dtype}, got {got}")
     _rowwise_backward_loop(daT, a_source, a_rows, out, codes, lo, hi, constants)
-    if exp_rows.shape[0] > 0 and out.dtype == np.float32:
+    if exp_rows.shape[0] > 0 and exponentials_in_loop(out.dtype):
         _float32_exp_backward_loop(daT, a_source, a_rows, zT, exp_rows, out, codes, lo, hi, constants)
     elif exp_rows.shape[0] > 0:
         e = _exponentials(zT, exp_rows, constants[0])
@@ -698,7 +706,7 @@ def grouped_forward(zT: np.ndarray, table: GroupTable, out: np.ndarray, scratch:
     Returns:
         ``out``.
     """
-    if zT.dtype == np.float32:  # one pass, the exponentials in the loop
+    if exponentials_in_loop(zT.dtype):  # one pass, the exponentials in the loop
         _float32_forward_loop(zT, out, table.rows, table.starts, table.stops, table.codes, table.lo, table.hi,
                               table.constants)
         return out
@@ -897,7 +905,7 @@ def selected_forward(zT: np.ndarray, selected: np.ndarray, table: CandidateTable
     Raises:
         ValueError: ``selected`` names a candidate outside the pool (nothing written).
     """
-    if zT.dtype != np.float32:
+    if not exponentials_in_loop(zT.dtype):
         return grouped_forward(zT, selected_group_table(selected, table), out, scratch)
     selected = np.ascontiguousarray(selected, dtype=np.int64)
     if not _float32_selected_forward_loop(zT, out, selected, table.codes, table.lo, table.hi, table.constants):
@@ -1241,7 +1249,7 @@ def _shared_pass(doutT, zT, aT, selected, table, tT, mT, dzT, values):
     keep = values is not None
     values = values if keep else np.empty((1, 1, 1), dtype=zT.dtype)
     selected = np.asarray(selected, dtype=np.int64)
-    own = zT.dtype == np.float32  # t and m row by row, in the loop
+    own = exponentials_in_loop(zT.dtype)  # t and m row by row, in the loop
     if own:
         tT, mT = np.empty((2, 1, zT.shape[1]), dtype=zT.dtype)
     else:

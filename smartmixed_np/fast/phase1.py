@@ -230,7 +230,9 @@ def mixture_forward_single(
     batch, width = z.shape
     weights, selected = _selection(logits, noise, tau)
     outT = get_buffer(workspace, np, "out", (width, batch), z.dtype)
-    scratch = get_buffer(workspace, np, "scratch", (width, batch), z.dtype) if z.dtype != np.float32 else None
+    scratch = None  # float32: the exponentials in the loop
+    if not compiled.exponentials_in_loop(z.dtype):
+        scratch = get_buffer(workspace, np, "scratch", (width, batch), z.dtype)
     compiled.selected_forward(zT, selected, table, outT, scratch)
     out = outT.T
     return out, SelectedMixtureCache(z, None, weights, selected, noise, tau, clamp, out=out, table=table)
@@ -297,9 +299,10 @@ def mixture_backward_single(
         return mixture_backward_fused(dout, _restacked(cache, pool, workspace), pool, workspace)
     batch, width = dout.shape
     dzT = get_buffer(workspace, np, "dz", (width, batch), dout.dtype)
-    exponentials = dout.dtype != np.float32  # float32 computes t and m row by row, in the pass
-    tT = get_buffer(workspace, np, "scratch", (width, batch), dout.dtype) if exponentials else None
-    mT = get_buffer(workspace, np, "expm1", (width, batch), dout.dtype) if exponentials else None
+    tT = mT = None  # float32: t and m computed row by row, in the pass
+    if not compiled.exponentials_in_loop(dout.dtype):
+        tT = get_buffer(workspace, np, "scratch", (width, batch), dout.dtype)
+        mT = get_buffer(workspace, np, "expm1", (width, batch), dout.dtype)
     dy = compiled.shared_backward(doutT, zT, aT, cache.selected, cache.table, tT, mT, dzT)
     if compiled.selection_applies(cache.weights):
         dlogits = compiled.softmax_backward_scaled(dy, cache.weights, cache.tau, np.empty_like(cache.weights))

@@ -249,7 +249,7 @@ class CompiledGroups:
         batch, width = z.shape
         aT = get_buffer(workspace, np, "a", (width, batch), z.dtype)
         table = self.table(z.dtype)
-        needs_scratch = z.dtype != np.float32 and table.prepass  # float64 with a transcendental group
+        needs_scratch = table.prepass and not compiled.exponentials_in_loop(z.dtype)  # NumPy's functions run over it
         scratch = get_buffer(workspace, np, "scratch", (width, batch), z.dtype) if needs_scratch else None
         compiled.grouped_forward(zT, table, aT, scratch)
         return aT.T, FixedCache(z=z, a=aT.T)
