@@ -28,7 +28,7 @@ from smartmixed_np.experiments.checkpoint import load_arrays
 from smartmixed_np.experiments.train import ConfigError, TrainConfig, train
 from smartmixed_np.fast import compiled
 from smartmixed_np.fast.phase1 import mixture_backward_compiled, mixture_backward_fused, mixture_forward_fused
-from smartmixed_np.nn.engines import CompiledMixture, FusedMixture, phase1_engine
+from smartmixed_np.nn.engines import CompiledMixture, LeanMixture, phase1_engine
 from smartmixed_np.nn.mlp import MLP
 from smartmixed_np.nn.optim import Adam
 from smartmixed_np.nn.step import train_step
@@ -384,7 +384,7 @@ def test_a_model_description_without_an_estimator_loads_as_straight_through():
     config = MLP([4, 5, 3], "smartmixed").config()
     del config["estimator"], config["estimator_samples"]
     model = MLP.from_config(config)
-    assert model.options["estimator"] == "st" and model.activations[0].engine.name in ("fused", "compiled")
+    assert model.options["estimator"] == "st" and model.activations[0].engine.name in ("lean", "compiled")
 
 
 def test_estimator_options_are_checked():
@@ -470,7 +470,7 @@ def test_different_estimators_train_differently(tmp_path):
 def test_straight_through_keeps_its_fast_engines():
     """Choosing "st" (or nothing) gives the fused/compiled engines of before, and their very numbers."""
     cpu = get_backend("cpu")
-    fast = CompiledMixture if compiled.enabled() else FusedMixture
+    fast = CompiledMixture if compiled.enabled() else LeanMixture
     for engine in (phase1_engine(POOL, True, "shared", cpu), phase1_engine(POOL, True, "none", cpu, estimator="st")):
         assert type(engine) is fast
     model = MLP([4, 6, 3], "smartmixed", seed=2, estimator="st")

@@ -220,6 +220,80 @@ def test_fused_pair_matches_the_reference(backend, batch, width, seed, tau, shar
         np.testing.assert_allclose(to_host(dlogits), dlogits_ref, rtol=1e-12, atol=1e-15)
 
 
+@given(batch=batch_sizes, width=st.integers(1, 40), seed=seeds, tau=taus, shared=st.booleans(),
+       clamp=st.sampled_from([None, 10.0]), dtype=st.sampled_from([np.float32, np.float64]),
+       one_choice=st.booleans())
+def test_lean_pair_gives_the_fused_pairs_numbers_bit_for_bit(batch, width, seed, tau, shared, clamp, dtype, one_choice):
+    """mixture_forward_lean/mixture_backward_lean (no stack, NumPy alone) against the fused pair:
+    the same kernels on the same numbers, so output, dz and dlogits bitwise, with neurons of
+    every candidate, and with every neuron on one candidate (the ungathered branch)."""
+    from smartmixed_np.fast.phase1 import (
+        LeanMixtureCache, mixture_backward_fused, mixture_backward_lean, mixture_forward_fused, mixture_forward_lean,
+    )
+    from smartmixed_np.fast.workspace import Workspace
+
+    z, logits, noise = (None if a is None else a.astype(dtype)
+                        for a in _inputs(get_backend("cpu"), seed, batch, width, "shared" if shared else "none", True))
+    if one_choice:
+        logits[:, seed % len(POOL)] += 1e3
+    dout = np.random.default_rng(seed + 1).standard_normal((width, batch)).astype(dtype).T  # feature-major, as in a network
+    workspaces = (None, Workspace(np))
+    for workspace in workspaces:
+        out_fused, cache_fused = mixture_forward_fused(z, logits, noise, POOL, tau=tau, clamp=clamp, workspace=Workspace(np))
+        out, cache = mixture_forward_lean(z, logits, noise, POOL, tau=tau, clamp=clamp, workspace=workspace)
+        assert isinstance(cache, LeanMixtureCache) and cache.candidates is None
+        assert out.tobytes() == out_fused.tobytes()
+        assert cache.selected.tobytes() == cache_fused.selected.tobytes()
+        assert sorted(np.concatenate([rows for _, rows in cache.groups]).tolist()) == list(range(width))
+        for k, rows in cache.groups:
+            assert (cache.selected[rows] == k).all()
+        dz_fused, dlogits_fused = mixture_backward_fused(dout, cache_fused, POOL, Workspace(np))
+        dz, dlogits = mixture_backward_lean(dout, cache, POOL, workspace)
+        assert dz.tobytes() == dz_fused.tobytes()
+        assert dlogits.tobytes() == dlogits_fused.tobytes()
+
+
+def test_lean_pair_keeps_two_buffers_per_layer_and_allocates_little_more():
+    """The lean pair's workspace holds out, dz and the shared expm1/exp of elu and selu, (N, B)
+    each, where the fused pair holds 2K + 1; a warm pass (forward and backward) allocates no
+    more than two (N, B) arrays besides (its gathered blocks, a group at a time)."""
+    import tracemalloc
+
+    from smartmixed_np.fast.phase1 import mixture_backward_lean, mixture_forward_lean
+    from smartmixed_np.fast.workspace import Workspace
+
+    batch, width = 256, 96
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((width, batch)).astype(np.float32).T
+    dout = rng.standard_normal((width, batch)).astype(np.float32).T
+    logits, noise = rng.standard_normal((width, len(POOL))), rng.gumbel(size=(width, len(POOL)))
+    workspace = Workspace(np)
+
+    def step():
+        _, cache = mixture_forward_lean(z, logits, noise, POOL, tau=1.0, workspace=workspace)
+        mixture_backward_lean(dout, cache, POOL, workspace)
+
+    step()
+    assert {name: b.shape for name, b in workspace._buffers.items()} == dict.fromkeys(("out", "dz", "shared_0"),
+                                                                                      (width, batch))
+    block = batch * width * 4
+    tracemalloc.start()
+    try:
+        step()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= 2 * block
+
+
+def test_selection_groups_splits_the_neurons_by_their_choice():
+    from smartmixed_np.fast.phase1 import selection_groups
+
+    groups = selection_groups(np.array([2, 0, 2, 5, 0, 2]), 6)
+    assert [(k, rows.tolist()) for k, rows in groups] == [(0, [1, 4]), (2, [0, 2, 5]), (5, [3])]
+    assert selection_groups(np.array([], dtype=np.int64), 6) == ()
+
+
 def test_each_layer_chooses_its_training_engine_once_and_its_cache_says_train_or_evaluate(backend):
     """The engine is chosen at construction (fused or compiled for hard selection with shared
     or no noise over built-ins, else the reference); a SmartMixedCache holds a training
@@ -227,7 +301,7 @@ def test_each_layer_chooses_its_training_engine_once_and_its_cache_says_train_or
     from smartmixed_np.fast import compiled
     from smartmixed_np.nn.layers import SmartMixedCache
 
-    fast = "compiled" if backend.name == "numpy" and compiled.enabled() else "fused"
+    fast = ("compiled" if compiled.enabled() else "lean") if backend.name == "numpy" else "fused"
     z = backend.asarray(np.random.default_rng(4).standard_normal((3, 5)))
     dout = backend.asarray(np.ones((3, 5)))
     cases = [

@@ -21,6 +21,13 @@ its exponentials computed in the loop: :func:`smartmixed_np.fast.compiled.select
 of each element in one compiled pass per neuron, for $d\alpha$ and $dz$ (within a few ulps
 of the reference, see there; bitwise where the operations are the same). Host arrays with
 Numba; ``tests/test_phase1_single.py``.
+
+The last pair, for host arrays without Numba, keeps no stack either, with the kernels alone:
+:func:`mixture_forward_lean` applies each neuron's selected candidate to its own rows (the
+rows that chose one candidate gathered into one block), and :func:`mixture_backward_lean`
+computes the candidates one at a time into one (N, B) buffer for $d\alpha$ and each group's
+derivative on its gathered rows. The same kernels on the same numbers: values and $dz$
+bitwise those of the fused pair, $d\alpha$ from the same sums (``tests/test_mixture.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from .workspace import Workspace, get_buffer
 __all__ = [
     "mixture_forward_fused", "mixture_backward_fused", "mixture_backward_compiled", "SelectedMixtureCache",
     "mixture_forward_single", "mixture_backward_single",
+    "LeanMixtureCache", "selection_groups", "mixture_forward_lean", "mixture_backward_lean",
 ]
 
 
@@ -309,3 +317,119 @@ def mixture_backward_single(
     else:
         dlogits = softmax_backward(dy.astype(cache.weights.dtype, copy=False), cache.weights) / cache.tau
     return dzT.T, dlogits
+
+
+# --------------------------------------------------------------------------- without the stack, NumPy alone
+@dataclass
+class LeanMixtureCache(MixtureCache):
+    """The cache of :func:`mixture_forward_lean`: a :class:`~smartmixed_np.core.phase1.MixtureCache`
+    whose ``candidates`` is None, with ``out`` (B, N), the selected candidates' clamped values
+    (a view of the forward's output), and ``groups``, the selection as ``((k, rows), ...)``: for
+    each candidate k that some neuron selected, those neurons' indices, ascending (int64)."""
+
+    out: Any = None
+    groups: tuple = ()
+
+
+def selection_groups(selected: np.ndarray, count: int) -> tuple[tuple[int, np.ndarray], ...]:
+    """``((k, rows), ...)``: for each of ``count`` candidates that some neuron selected, the
+    indices of those neurons, ascending (a stable sort of ``selected``, split at its counts).
+
+    Args:
+        selected: (N,) ints in ``[0, count)``, host.
+        count: K, the pool's size.
+    """
+    order = np.argsort(selected, kind="stable")
+    counts = np.bincount(selected, minlength=count)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    return tuple((k, order[start:end]) for k, (start, end) in enumerate(zip(starts.tolist(), ends.tolist()))
+                 if end > start)
+
+
+def mixture_forward_lean(
+    z: Any,
+    logits: Any,
+    noise: Any,
+    pool: Sequence[Activation],
+    *,
+    tau: float,
+    clamp: float | None = 10.0,
+    workspace: Workspace | None = None,
+) -> tuple[Any, LeanMixtureCache]:
+    r""":func:`mixture_forward_fused` without the (K, N, B) stack, on NumPy alone.
+
+    $s_n = \arg\max_k y_{nk}$ as the reference computes it, then for each candidate k the
+    rows of ``z.T`` whose neurons selected it, gathered into one (n_k, B) block:
+    $out_{bn} = \mathrm{clip}(f_k(z_{bn}), lo_k, hi_k)$ by the candidate's kernel
+    (:func:`~smartmixed_np.fast.kernels.activation_forward_into`), scattered back to those rows.
+    One candidate per element instead of K; the same kernels on the same numbers, so the
+    values are bitwise those of the fused forward (and so of the reference).
+
+    Args:
+        z: (B, N) host array; logits: (N, K); noise: (N, K) or None; pool: K built-ins.
+        workspace: where the output lives ("out", (N, B)); a fresh array if None.
+
+    Returns:
+        ``out`` (B, N) and a :class:`LeanMixtureCache`.
+    """
+    batch, width = z.shape
+    weights = gumbel_softmax_weights(logits, noise, tau)
+    selected = np.argmax(weights, axis=-1)
+    groups = selection_groups(selected, len(pool))
+    zT = z.T
+    outT = get_buffer(workspace, np, "out", (width, batch), z.dtype)
+    for k, rows in groups:
+        lo, hi = clamp_limits(pool[k], clamp)
+        if rows.size == width:  # every neuron chose k: no gathering
+            activation_forward_into(pool[k], zT, lo, hi, outT)
+            continue
+        block = zT.take(rows, axis=0)
+        outT[rows] = activation_forward_into(pool[k], block, lo, hi, np.empty_like(block))
+    out = outT.T
+    return out, LeanMixtureCache(z, None, weights, selected, noise, tau, clamp, out=out, groups=groups)
+
+
+def mixture_backward_lean(
+    dout: Any, cache: LeanMixtureCache, pool: Sequence[Activation], workspace: Workspace | None = None
+) -> tuple[Any, Any]:
+    r""":func:`mixture_backward_fused` for a cache of :func:`mixture_forward_lean`, without the stack.
+
+    First $dy_{nk} = \sum_b dout_{bn} a_{kbn}$, one candidate at a time: $a_k$ by its kernel
+    into one (N, B) buffer (elu and selu sharing one expm1,
+    :class:`~smartmixed_np.fast.kernels.SharedParts`), then one ``einsum`` over it. Then
+    $dz_{bn} = dout_{bn} f'_{s_n}(z_{bn}) [lo < a_{s_n} < hi]$ group by group, on the gathered
+    rows of the neurons that selected each candidate (the derivatives of sigmoid and tanh and
+    the clamp masks from the forward's ``out``), and
+    $d\alpha = \mathrm{softmax\_backward}(dy, y)/\tau$. The same kernels on the same numbers as
+    the fused backward: $dz$ bitwise, $dy$ the same sums of the same products.
+
+    Args:
+        dout: (B, N) host upstream gradient.
+        cache: from :func:`mixture_forward_lean`.
+        pool: the same K built-ins.
+        workspace: where ``dz`` (also the candidates' buffer until the dz pass) and the shared
+            part live ("dz", "shared_0": (N, B) each); fresh arrays if None.
+
+    Returns:
+        ``dz`` (B, N) and ``dlogits`` (N, K).
+    """
+    batch, width = dout.shape
+    doutT, zT, aT = dout.T, cache.z.T, cache.out.T
+    dzT = get_buffer(workspace, np, "dz", (width, batch), dout.dtype)
+    dy = np.empty((width, len(pool)), dtype=dout.dtype)
+    candidate = dzT  # a_k, one candidate at a time, until the dz pass below writes every row
+    parts = SharedParts(zT, workspace)
+    for k, activation in enumerate(pool):
+        lo, hi = clamp_limits(activation, cache.clamp)
+        activation_forward_into(activation, zT, lo, hi, candidate, parts)
+        np.einsum("nb,nb->n", candidate, doutT, out=dy[:, k])
+    for k, rows in cache.groups:
+        lo, hi = clamp_limits(pool[k], cache.clamp)
+        if rows.size == width:
+            activation_backward_into(pool[k], doutT, zT, aT, lo, hi, dzT)
+            continue
+        block = doutT.take(rows, axis=0)
+        dzT[rows] = activation_backward_into(pool[k], block, zT.take(rows, axis=0), aT.take(rows, axis=0), lo, hi,
+                                             np.empty_like(block))
+    return dzT.T, softmax_backward(dy, cache.weights) / cache.tau

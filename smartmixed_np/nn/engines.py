@@ -31,6 +31,11 @@ Phase 1 (training passes; an evaluation pass runs the layer's frozen phase-2 lay
 * :class:`FusedMixture`: :func:`~smartmixed_np.fast.phase1.mixture_forward_fused` and
   :func:`~smartmixed_np.fast.phase1.mixture_backward_fused`. Hard selection, shared or
   no noise, built-ins.
+* :class:`LeanMixture`: no (K, N, B) candidate stack, on NumPy alone: the selected
+  candidate by its kernel on the gathered rows of the neurons that chose it forward
+  (:func:`~smartmixed_np.fast.phase1.mixture_forward_lean`), the candidates one at a time
+  backward (:func:`~smartmixed_np.fast.phase1.mixture_backward_lean`): bitwise the fused
+  engine's numbers. Host arrays, Numba off.
 * :class:`CompiledMixture`: no (K, N, B) candidate stack: the selected candidate's value
   alone forward (:func:`~smartmixed_np.fast.phase1.mixture_forward_single`, bitwise but float32
   elu and selu without AVX-512, a few ulps), every
@@ -83,7 +88,10 @@ from ..core.phase1 import CLAMP_GRADS, MixtureCache, mixture_backward, mixture_f
 from ..core.phase2 import FixedCache, Group, contiguous_order, fixed_backward, fixed_forward, make_groups
 from ..fast import compiled, cuda
 from ..fast.kernels import has_kernel
-from ..fast.phase1 import mixture_backward_fused, mixture_backward_single, mixture_forward_fused, mixture_forward_single
+from ..fast.phase1 import (
+    mixture_backward_fused, mixture_backward_lean, mixture_backward_single, mixture_forward_fused, mixture_forward_lean,
+    mixture_forward_single,
+)
 from ..fast.phase2 import grouped_backward_fused, grouped_forward_fused
 from ..fast.workspace import Workspace, get_buffer
 
@@ -96,6 +104,7 @@ __all__ = [
     "phase2_engine",
     "ReferenceMixture",
     "FusedMixture",
+    "LeanMixture",
     "CompiledMixture",
     "CudaMixture",
     "EstimatorMixture",
@@ -379,6 +388,25 @@ class FusedMixture(ReferenceMixture):
         return mixture_backward_fused(dout, cache, self.pool, workspace)
 
 
+class LeanMixture(FusedMixture):
+    """:class:`FusedMixture` without the candidate stack, on NumPy alone: :func:`~smartmixed_np.fast.phase1.mixture_forward_lean`
+    (the selected candidate alone, group by group on gathered rows) and :func:`~smartmixed_np.fast.phase1.mixture_backward_lean`
+    (the candidates one at a time into one buffer): bitwise the fused engine's numbers, in two
+    (N, B) buffers per layer where the fused one holds 2K + 1. Host arrays, Numba off."""
+
+    name = "lean"
+
+    def forward(self, z, logits, noise, *, tau, clamp, workspace=None):
+        if noise is not None and noise.ndim != 2:
+            return ReferenceMixture.forward(self, z, logits, noise, tau=tau, clamp=clamp)
+        return mixture_forward_lean(z, logits, noise, self.pool, tau=tau, clamp=clamp, workspace=workspace)
+
+    def backward(self, dout, cache, workspace=None, loss=None):
+        if cache.weights.ndim != 2:
+            return ReferenceMixture.backward(self, dout, cache)
+        return mixture_backward_lean(dout, cache, self.pool, workspace)
+
+
 class CompiledMixture(FusedMixture):
     """:class:`FusedMixture` without the candidate stack: :func:`~smartmixed_np.fast.phase1.mixture_forward_single`
     (the selected candidate alone, bitwise but float32 elu and selu without AVX-512) and :func:`~smartmixed_np.fast.phase1.mixture_backward_single`
@@ -512,9 +540,10 @@ def phase1_engine(pool: Sequence[Activation], hard: bool, noise_mode: str, backe
                   clamp_grad: str = "open", clamp: float | None = 10.0) -> ReferenceMixture:
     """The training engine of a phase-1 layer.
 
-    Straight-through (``estimator="st"``): fused (compiled backward on host arrays with
-    Numba; the CUDA kernels on a GPU when switched on) for hard selection with shared or no
-    noise over built-ins, else the reference.
+    Straight-through (``estimator="st"``), for hard selection with shared or no noise over
+    built-ins: on host arrays the compiled engine with Numba, the lean one without; on
+    another backend the fused one (the CUDA kernels on a GPU when switched on); else the
+    reference.
     Any other estimator (:data:`~smartmixed_np.core.estimators.ESTIMATORS`; hard selection
     with Gumbel noise only, else ValueError): its reference engine, Gumbel-Rao with
     ``samples`` draws from ``rng``, the layer's noise stream.
@@ -538,5 +567,6 @@ def phase1_engine(pool: Sequence[Activation], hard: bool, noise_mode: str, backe
     kernels = _cuda_kernels(backend, "phase1")
     if kernels is not None and all(cuda.has_code(a) for a in pool):
         return CudaMixture(pool, hard, kernels)
-    engine = CompiledMixture if _compiled_on(backend) else FusedMixture
-    return engine(pool, hard)
+    if backend.name != "numpy":
+        return FusedMixture(pool, hard)
+    return CompiledMixture(pool, hard) if compiled.enabled() else LeanMixture(pool, hard)
