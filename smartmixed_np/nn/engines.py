@@ -373,19 +373,22 @@ class FusedMixture(ReferenceMixture):
     """Stands in for :class:`ReferenceMixture` with hard selection, shared or no noise and a
     pool of built-ins: :func:`~smartmixed_np.fast.phase1.mixture_forward_fused` /
     :func:`~smartmixed_np.fast.phase1.mixture_backward_fused`, in the workspace's buffers.
-    Per-sample noise given to a pass (a replay) runs the reference."""
+    Per-sample noise given to a pass (a replay) runs the reference. The subclasses below
+    run another pair of the same signatures (``forward_pass``, ``backward_pass``)."""
 
     name = "fused"
+    forward_pass = staticmethod(mixture_forward_fused)
+    backward_pass = staticmethod(mixture_backward_fused)
 
     def forward(self, z, logits, noise, *, tau, clamp, workspace=None):
         if noise is not None and noise.ndim != 2:
-            return super().forward(z, logits, noise, tau=tau, clamp=clamp)
-        return mixture_forward_fused(z, logits, noise, self.pool, tau=tau, clamp=clamp, workspace=workspace)
+            return ReferenceMixture.forward(self, z, logits, noise, tau=tau, clamp=clamp)
+        return self.forward_pass(z, logits, noise, self.pool, tau=tau, clamp=clamp, workspace=workspace)
 
     def backward(self, dout, cache, workspace=None, loss=None):
         if cache.weights.ndim != 2:
-            return super().backward(dout, cache)
-        return mixture_backward_fused(dout, cache, self.pool, workspace)
+            return ReferenceMixture.backward(self, dout, cache)
+        return self.backward_pass(dout, cache, self.pool, workspace)
 
 
 class LeanMixture(FusedMixture):
@@ -395,16 +398,8 @@ class LeanMixture(FusedMixture):
     (N, B) buffers per layer where the fused one holds 2K + 1. Host arrays, Numba off."""
 
     name = "lean"
-
-    def forward(self, z, logits, noise, *, tau, clamp, workspace=None):
-        if noise is not None and noise.ndim != 2:
-            return ReferenceMixture.forward(self, z, logits, noise, tau=tau, clamp=clamp)
-        return mixture_forward_lean(z, logits, noise, self.pool, tau=tau, clamp=clamp, workspace=workspace)
-
-    def backward(self, dout, cache, workspace=None, loss=None):
-        if cache.weights.ndim != 2:
-            return ReferenceMixture.backward(self, dout, cache)
-        return mixture_backward_lean(dout, cache, self.pool, workspace)
+    forward_pass = staticmethod(mixture_forward_lean)
+    backward_pass = staticmethod(mixture_backward_lean)
 
 
 class CompiledMixture(FusedMixture):
@@ -413,16 +408,8 @@ class CompiledMixture(FusedMixture):
     (every candidate recomputed from shared exponentials, one compiled pass per neuron): host arrays, Numba on."""
 
     name = "compiled"
-
-    def forward(self, z, logits, noise, *, tau, clamp, workspace=None):
-        if noise is not None and noise.ndim != 2:
-            return ReferenceMixture.forward(self, z, logits, noise, tau=tau, clamp=clamp)
-        return mixture_forward_single(z, logits, noise, self.pool, tau=tau, clamp=clamp, workspace=workspace)
-
-    def backward(self, dout, cache, workspace=None, loss=None):
-        if cache.weights.ndim != 2:
-            return ReferenceMixture.backward(self, dout, cache)
-        return mixture_backward_single(dout, cache, self.pool, workspace)
+    forward_pass = staticmethod(mixture_forward_single)
+    backward_pass = staticmethod(mixture_backward_single)
 
 
 class CudaMixture(FusedMixture):
