@@ -40,6 +40,7 @@ import numpy as np
 from ..backend import array_module
 from ..core.activations import Activation, clamp_limits
 from ..core.phase1 import MixtureCache, gumbel_softmax_weights, mixture_backward, mixture_forward, softmax_backward
+from ..core.phase2 import contiguous_order
 from . import compiled
 from .kernels import SharedParts, activation_backward_into, activation_forward_into, has_kernel
 from .workspace import Workspace, get_buffer
@@ -333,18 +334,31 @@ class LeanMixtureCache(MixtureCache):
 
 def selection_groups(selected: np.ndarray, count: int) -> tuple[tuple[int, np.ndarray], ...]:
     """``((k, rows), ...)``: for each of ``count`` candidates that some neuron selected, the
-    indices of those neurons, ascending (a stable sort of ``selected``, split at its counts).
+    indices of those neurons, ascending (:func:`~smartmixed_np.core.phase2.contiguous_order`,
+    the stable sort that freezing uses, split at the counts).
 
     Args:
         selected: (N,) ints in ``[0, count)``, host.
         count: K, the pool's size.
     """
-    order = np.argsort(selected, kind="stable")
+    order = contiguous_order(selected)
     counts = np.bincount(selected, minlength=count)
     ends = np.cumsum(counts)
     starts = ends - counts
     return tuple((k, order[start:end]) for k, (start, end) in enumerate(zip(starts.tolist(), ends.tolist()))
                  if end > start)
+
+
+def _on_rows(kernel: Any, activation: Activation, rows: np.ndarray, inputs: tuple, lo: float | None,
+             hi: float | None, outT: np.ndarray) -> None:
+    """``outT[rows] = kernel(activation, *(x[rows] for x in inputs), lo, hi)`` for a kernel of
+    :mod:`~smartmixed_np.fast.kernels` (``activation_forward_into``, ``activation_backward_into``)
+    on (N, B) arrays: on the gathered rows, or on the arrays themselves when ``rows`` is every row."""
+    if rows.size == outT.shape[0]:  # every neuron chose this candidate: no gathering
+        kernel(activation, *inputs, lo, hi, outT)
+        return
+    blocks = [x.take(rows, axis=0) for x in inputs]
+    outT[rows] = kernel(activation, *blocks, lo, hi, np.empty_like(blocks[0]))
 
 
 def mixture_forward_lean(
@@ -380,12 +394,7 @@ def mixture_forward_lean(
     zT = z.T
     outT = get_buffer(workspace, np, "out", (width, batch), z.dtype)
     for k, rows in groups:
-        lo, hi = clamp_limits(pool[k], clamp)
-        if rows.size == width:  # every neuron chose k: no gathering
-            activation_forward_into(pool[k], zT, lo, hi, outT)
-            continue
-        block = zT.take(rows, axis=0)
-        outT[rows] = activation_forward_into(pool[k], block, lo, hi, np.empty_like(block))
+        _on_rows(activation_forward_into, pool[k], rows, (zT,), *clamp_limits(pool[k], clamp), outT)
     out = outT.T
     return out, LeanMixtureCache(z, None, weights, selected, noise, tau, clamp, out=out, groups=groups)
 
@@ -425,11 +434,5 @@ def mixture_backward_lean(
         activation_forward_into(activation, zT, lo, hi, candidate, parts)
         np.einsum("nb,nb->n", candidate, doutT, out=dy[:, k])
     for k, rows in cache.groups:
-        lo, hi = clamp_limits(pool[k], cache.clamp)
-        if rows.size == width:
-            activation_backward_into(pool[k], doutT, zT, aT, lo, hi, dzT)
-            continue
-        block = doutT.take(rows, axis=0)
-        dzT[rows] = activation_backward_into(pool[k], block, zT.take(rows, axis=0), aT.take(rows, axis=0), lo, hi,
-                                             np.empty_like(block))
+        _on_rows(activation_backward_into, pool[k], rows, (doutT, zT, aT), *clamp_limits(pool[k], cache.clamp), dzT)
     return dzT.T, softmax_backward(dy, cache.weights) / cache.tau

@@ -554,6 +554,6 @@ def phase1_engine(pool: Sequence[Activation], hard: bool, noise_mode: str, backe
     kernels = _cuda_kernels(backend, "phase1")
     if kernels is not None and all(cuda.has_code(a) for a in pool):
         return CudaMixture(pool, hard, kernels)
-    if backend.name != "numpy":
-        return FusedMixture(pool, hard)
-    return CompiledMixture(pool, hard) if compiled.enabled() else LeanMixture(pool, hard)
+    if _compiled_on(backend):
+        return CompiledMixture(pool, hard)
+    return LeanMixture(pool, hard) if backend.name == "numpy" else FusedMixture(pool, hard)
