@@ -59,12 +59,6 @@ TESTS=(
     tests/test_gradcheck.py
 )
 PYTEST_ARGS=(-q -ra -p no:cacheprovider --durations=15)
-# With the kernels on, two tests of the engine choice expect the plain engines' names ("fused")
-# on every backend, and are left out of that run (their other checks run with the kernels off).
-KERNELS_ON_DESELECT=(
-    --deselect tests/test_fixed.py::test_each_layer_chooses_its_engine_once_and_its_caches_fit_it
-    --deselect tests/test_mixture.py::test_each_layer_chooses_its_training_engine_once_and_its_cache_says_train_or_evaluate
-)
 
 failed=0
 if [ "$DRY" != "1" ]; then
@@ -97,7 +91,7 @@ step environment "$ENV_LIMIT" bash -c "nvidia-smi; $PYTHON -c 'import cupy; cupy
 step tests_kernels_off "$TEST_LIMIT" env SMARTMIXED_TEST_BACKENDS="$BACKENDS" SMARTMIXED_CUDA_KERNELS=0 \
     "$PYTHON" -m pytest "${TESTS[@]}" "${PYTEST_ARGS[@]}" --junitxml="$OUT/tests_kernels_off.xml"
 step tests_kernels_on "$TEST_LIMIT" env SMARTMIXED_TEST_BACKENDS="$BACKENDS" SMARTMIXED_CUDA_KERNELS=1 \
-    "$PYTHON" -m pytest "${TESTS[@]}" "${PYTEST_ARGS[@]}" "${KERNELS_ON_DESELECT[@]}" --junitxml="$OUT/tests_kernels_on.xml"
+    "$PYTHON" -m pytest "${TESTS[@]}" "${PYTEST_ARGS[@]}" --junitxml="$OUT/tests_kernels_on.xml"
 step kernel_timing "$TIMING_LIMIT" "$PYTHON" -c '
 import json, sys, time
 import numpy as np

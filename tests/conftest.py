@@ -16,10 +16,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+import host_kernels
 from smartmixed_np.backend import get_backend, register_backend
 from strict_backend import STRICT_BACKEND
 
 register_backend(STRICT_BACKEND)
+if host_kernels.COMPILER is not None:  # "host-kernels": a GPU stand-in whose CUDA kernels run compiled on the CPU
+    host_kernels.host_device_backend()
 
 settings.register_profile(
     "default", deadline=None, max_examples=20, suppress_health_check=[HealthCheck.too_slow], derandomize=False

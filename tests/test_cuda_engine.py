@@ -6,9 +6,12 @@ its twins against core/activations (bitwise, clamp edges included); the switch; 
 plain path); the CPU always plain; and the Python glue of every kernel call, run end to end
 against an *emulating* fake array module whose kernels are written here from their contracts.
 
-With a GPU (``pytest.importorskip("cupy")`` and a device; skipped otherwise): every kernel against
-the reference on CuPy arrays, values and gradients, float32 and float64; the self-check; training
-steps with the kernels on against the plain path; no host synchronisation inside a step.
+On a ``device`` (a fixture with two values): every kernel against the reference, values and
+gradients, float32 and float64; the self-check, and that it catches a mistake planted in the C;
+training steps with the kernels on against the plain path. ``host`` runs the kernels' own C
+compiled for the CPU (tests/host_kernels.py, wherever there is a C++ compiler), ``cupy`` on a GPU
+(``pytest.importorskip("cupy")`` and a device; skipped otherwise). On a GPU only: no host
+synchronisation inside a step.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from smartmixed_np.fast import cuda
 from smartmixed_np.nn.engines import phase1_engine, phase2_engine
 from smartmixed_np.nn.layers import FixedMixedActivation, SmartMixedActivation
 from smartmixed_np.nn.optim import Adam
+
+import host_kernels
 
 POOL = resolve_pool(None)
 FLOATS = (np.float32, np.float64)
@@ -400,9 +405,22 @@ def gpu():
     return backend, cupy
 
 
+@pytest.fixture(scope="module", params=["host", "cupy"])
+def device(request):
+    """Where the kernels run: ``host``, a backend standing for a GPU whose kernels are their own C
+    compiled as C++ for the CPU (tests/host_kernels.py: on every machine with a compiler, the
+    kernels' arithmetic and indexing against the reference, not the device's math library or
+    speed), or ``cupy``, a GPU (skipped without one)."""
+    if request.param == "host":
+        if host_kernels.COMPILER is None:
+            pytest.skip("no C++ compiler: the host-compiled kernel tests need one (set CXX)")
+        return host_kernels.host_device_backend()
+    return request.getfixturevalue("gpu")[0]
+
+
 @pytest.fixture
-def kernels(gpu):
-    return cuda.Kernels(gpu[0])
+def kernels(device):
+    return cuda.Kernels(device)
 
 
 def _close(got, want, dtype, kind="elementwise"):
@@ -410,15 +428,15 @@ def _close(got, want, dtype, kind="elementwise"):
     np.testing.assert_allclose(to_host(got), to_host(want), rtol=rtol, atol=atol)
 
 
-def test_gpu_self_check_passes(kernels):
+def test_kernels_self_check_passes(kernels):
     assert cuda.self_check(kernels) == {}
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("clamp", [None, 1.5, 10.0])
 @pytest.mark.parametrize("contiguous", [False, True])
-def test_gpu_phase2_kernels_are_the_reference(kernels, gpu, dtype, clamp, contiguous):
-    backend = gpu[0]
+def test_phase2_kernels_are_the_reference(kernels, device, dtype, clamp, contiguous):
+    backend = device
     rng = np.random.default_rng(4)
     choices = np.sort(rng.integers(0, len(POOL), 300)) if contiguous else rng.integers(0, len(POOL), 300)
     groups = make_groups(choices, POOL, backend, contiguous=contiguous, clamp=clamp)
@@ -433,8 +451,8 @@ def test_gpu_phase2_kernels_are_the_reference(kernels, gpu, dtype, clamp, contig
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("with_noise", [True, False])
-def test_gpu_phase1_kernels_are_the_reference(kernels, gpu, dtype, with_noise):
-    backend = gpu[0]
+def test_phase1_kernels_are_the_reference(kernels, device, dtype, with_noise):
+    backend = device
     rng = np.random.default_rng(5)
     batch, width = 128, 257
     z = backend.asarray(rng.normal(0, 4, (width, batch)).astype(dtype)).T
@@ -448,15 +466,49 @@ def test_gpu_phase1_kernels_are_the_reference(kernels, gpu, dtype, with_noise):
     _close(cache.weights, cache_ref.weights, dtype, "reduction")
     _close(out, out_ref, dtype)
     dz_ref, dlogits_ref = mixture_backward(dout, cache_ref, POOL)
-    dz, dlogits = cuda.phase1_backward(kernels, dout, cache)
+    # From the reference's forward output: tanh's f' = 1 - a^2 near saturation would turn the
+    # forward's ulps (another tanh) into a relative error of 1e-4 (a ulp of a over 1 - a^2).
+    dz, dlogits = cuda.phase1_backward(kernels, dout, dataclasses.replace(cache, out=out_ref))
     _close(dz, dz_ref, dtype)
-    _close(dlogits, dlogits_ref, dtype, "reduction")
+    rtol, atol = cuda.TOLERANCES["reduction"][np.dtype(dtype)]
+    bound = to_host(cuda.dlogits_error_bound(dout, cache_ref, rtol))
+    error = np.abs(to_host(dlogits).astype(np.float64) - to_host(dlogits_ref))
+    assert np.all(error <= atol + rtol * np.abs(to_host(dlogits_ref)) + bound), float(np.max(error - bound))
+
+
+def test_phase1_weights_kernel_breaks_ties_for_the_first_candidate_as_argmax_does(kernels, device):
+    logits = device.asarray(np.zeros((5, len(POOL)), dtype=np.float32))  # no noise: six equal weights
+    z = device.asarray(np.ones((3, 5), dtype=np.float32))
+    out, cache = cuda.phase1_forward(kernels, z, logits, None, kernels.candidate_table(POOL, 10.0, np.float32),
+                                     tau=1.0, clamp=10.0)
+    np.testing.assert_array_equal(to_host(cache.selected), np.zeros(5))
+
+
+#: Planted mistakes, each in one kernel's C: (the kernel, the text, what it becomes, the family).
+_PLANTED = {
+    "dlogits read transposed": ("phase1_dlogits", "dy[(ptrdiff_t)k * N + i]", "dy[(ptrdiff_t)i * K + k]", "phase1"),
+    "bias correction inside the root": ("adam", "sqrt(vi) * inv_sqrt_bc2", "sqrt(vi * inv_sqrt_bc2)", "adam"),
+    "candidate's output for dy from z, not dout": ("phase1_dy", "dout * _sm_forward", "z * _sm_forward", "phase1"),
+}
+
+
+@pytest.mark.parametrize("planted", sorted(_PLANTED))
+def test_the_self_check_catches_a_mistake_in_the_compiled_c(planted, monkeypatch):
+    if host_kernels.COMPILER is None:
+        pytest.skip("no C++ compiler (set CXX)")
+    name, text, becomes, family = _PLANTED[planted]
+    kind, args = cuda._KERNEL_SPECS[name]
+    changed = tuple(a.replace(text, becomes) for a in args)
+    assert changed != args
+    monkeypatch.setitem(cuda._KERNEL_SPECS, name, (kind, changed))
+    failures = cuda.self_check(cuda.Kernels(host_kernels.host_device_backend()))
+    assert list(failures) == [family] and "differs from the reference" in failures[family]
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("scale", ["device", None, 0.25])
-def test_gpu_adam_kernel_is_the_reference(kernels, gpu, dtype, scale):
-    backend = gpu[0]
+def test_adam_kernel_is_the_reference(kernels, device, dtype, scale):
+    backend = device
     rng = np.random.default_rng(6)
     host = [rng.normal(0, 1, (129, 65)).astype(dtype) for _ in range(3)] + [rng.uniform(0, 1, (129, 65)).astype(dtype)]
     mine, ref = [backend.asarray(h) for h in host], [backend.asarray(h) for h in host]
@@ -486,11 +538,11 @@ def _train(device, kernels_on, dtype, steps, activation="smartmixed"):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_gpu_training_steps_with_the_kernels_follow_the_plain_path(gpu, dtype):
-    model, optimizer, losses = _train("gpu", True, dtype, 6)
+def test_training_steps_with_the_kernels_follow_the_plain_path(device, dtype):
+    model, optimizer, losses = _train(device, True, dtype, 6)
     assert all(act.engine.name == "cuda" for act in model.activations if hasattr(act, "engine"))
     assert optimizer.cuda is not None
-    plain_model, plain_optimizer, plain = _train("gpu", False, dtype, 6)
+    plain_model, plain_optimizer, plain = _train(device, False, dtype, 6)
     assert plain_optimizer.cuda is None
     assert all(act.engine.name != "cuda" for act in plain_model.activations if hasattr(act, "engine"))
     np.testing.assert_allclose(losses, plain, rtol=1e-4 if dtype == "float32" else 1e-10)
@@ -570,11 +622,32 @@ def test_gpu_check_dry_run_prints_each_step_in_its_time_and_runs_nothing(tmp_pat
     words = by_step["tests_kernels_on"].split()
     files = [word for word in words if word.startswith("tests/") and "::" not in word]
     assert files[0] == "tests/test_cuda_engine.py" and all((_SCRIPT.parent.parent / f).is_file() for f in files)
-    for node in (word for word in words if "::" in word):  # a deselected test that no longer exists selects nothing
-        path, name = node.split("::")
-        assert f"def {name}(" in (_SCRIPT.parent.parent / path).read_text()
     limits = [int(line.split("--kill-after=10 ", 1)[1].split()[0]) + 10 for line in lines]
     assert sum(limits) <= 7 * 60, f"the check's limits come to {sum(limits)} s: it must fit twice in 15 minutes"
     full = subprocess.run(["bash", str(_SCRIPT)], env={**env, "GPU_CHECK_BENCH": "full"}, capture_output=True,
                           text=True, check=True).stdout
     assert "--quick" not in full.splitlines()[-1] and "bench_gpu.json" in full.splitlines()[-1]
+
+
+def test_gpu_check_kernels_on_tests_pass_on_the_host_compiled_kernels(tmp_path):
+    """The check's kernels-on step as the script gives it, on the ``host-kernels`` backend
+    (tests/conftest.py: the kernels' C compiled for the CPU) instead of CuPy: every engine test
+    the GPU will run with the kernels on, passing here first."""
+    if host_kernels.COMPILER is None:
+        pytest.skip("no C++ compiler (set CXX)")
+    if os.environ.get("SMARTMIXED_GPU_CHECK_REHEARSAL"):
+        pytest.skip("this is the rehearsal's own run (it holds this test too)")
+    import shlex
+    import sys
+
+    env = {**os.environ, "GPU_CHECK_DRY": "1", "GPU_CHECK_BACKENDS": "host-kernels", "OUT": str(tmp_path),
+           "PYTHON": sys.executable}
+    root = _SCRIPT.parent.parent
+    dry = subprocess.run(["bash", str(_SCRIPT)], env=env, capture_output=True, text=True, check=True, cwd=root)
+    line = next(line for line in dry.stdout.splitlines() if line.startswith("[tests_kernels_on] "))
+    command = shlex.split(line.split("] ", 1)[1].rsplit(" > ", 1)[0])  # without the redirection to its log
+    assert "SMARTMIXED_TEST_BACKENDS=host-kernels" in command and "SMARTMIXED_CUDA_KERNELS=1" in command
+    run = subprocess.run(command, cwd=root, capture_output=True, text=True, env={**os.environ, "SMARTMIXED_GPU_CHECK_REHEARSAL": "1"})
+    tail = "\n".join(run.stdout.splitlines()[-15:])
+    assert run.returncode == 0, tail
+    assert " passed" in tail and " failed" not in tail

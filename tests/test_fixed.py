@@ -133,9 +133,10 @@ def test_fast_engines_match_the_reference_functions(backend, batch, width, seed,
 
 def test_each_layer_chooses_its_engine_once_and_its_caches_fit_it(backend):
     """The engine is chosen at construction: the reference for a user's activation, the
-    compiled loops on the host with Numba, else the fused kernels. A masked layer's fused
+    compiled loops on the host with Numba, the CUDA kernels on a GPU backend when they are
+    switched on and passed their self-check, else the fused kernels. A masked layer's fused
     cache is in grouped order, and the reference backward refuses it."""
-    from smartmixed_np.fast import compiled
+    from smartmixed_np.fast import compiled, cuda
     from smartmixed_np.core.activations import Activation
     from smartmixed_np.nn.engines import FusedGroups, GroupedCache
 
@@ -144,7 +145,11 @@ def test_each_layer_chooses_its_engine_once_and_its_caches_fit_it(backend):
     da = backend.asarray(rng.standard_normal((4, 6)))
     masked = np.array([2, 0, 5, 2, 0, 2])
     cube = Activation("cube", lambda x: x**3, lambda x, y: 3 * x**2)  # no fused kernel
-    fast = "compiled" if backend.name == "numpy" and compiled.enabled() else "fused"
+    kernels = cuda.kernels_for(backend)
+    if kernels is not None and kernels.usable("phase2"):
+        fast = "cuda"
+    else:
+        fast = "compiled" if backend.name == "numpy" and compiled.enabled() else "fused"
     cases = [
         (FixedMixedActivation(masked, [cube, "relu", "tanh", "elu", "sigmoid", "selu"], clamp=10.0, backend=backend), "reference"),
         (FixedMixedActivation(np.sort(masked), POOL, contiguous=True, clamp=10.0, backend=backend), fast),

@@ -295,13 +295,19 @@ def test_selection_groups_splits_the_neurons_by_their_choice():
 
 
 def test_each_layer_chooses_its_training_engine_once_and_its_cache_says_train_or_evaluate(backend):
-    """The engine is chosen at construction (fused or compiled for hard selection with shared
-    or no noise over built-ins, else the reference); a SmartMixedCache holds a training
-    pass's mixture or an evaluation pass's frozen layer, never both."""
-    from smartmixed_np.fast import compiled
+    """The engine is chosen at construction (for hard selection with shared or no noise over
+    built-ins: compiled or lean on the host, the CUDA kernels on a GPU backend when they are
+    switched on and passed their self-check, else fused; otherwise the reference); a
+    SmartMixedCache holds a training pass's mixture or an evaluation pass's frozen layer,
+    never both."""
+    from smartmixed_np.fast import compiled, cuda
     from smartmixed_np.nn.layers import SmartMixedCache
 
-    fast = ("compiled" if compiled.enabled() else "lean") if backend.name == "numpy" else "fused"
+    kernels = cuda.kernels_for(backend)
+    if kernels is not None and kernels.usable("phase1"):
+        fast = "cuda"
+    else:
+        fast = ("compiled" if compiled.enabled() else "lean") if backend.name == "numpy" else "fused"
     z = backend.asarray(np.random.default_rng(4).standard_normal((3, 5)))
     dout = backend.asarray(np.ones((3, 5)))
     cases = [

@@ -1,0 +1,323 @@
+"""CuPy's kernel factories on the host: the CUDA engine's own kernel source, compiled as C++.
+
+:mod:`smartmixed_np.fast.cuda` builds its kernels through ``xp.ElementwiseKernel`` and
+``xp.ReductionKernel``. :class:`HostKernelModule` is an array module (NumPy for everything
+else) whose two factories take the *same* arguments (parameter lists, the operation or the
+map/reduce/post-map expressions, the preamble, the name) and compile them with the host's C++
+compiler into a loop over NumPy arrays, with the semantics of CuPy's that the engine relies on:
+
+* a non-``raw`` parameter is one element: the array arguments of all non-raw parameters,
+  outputs included, are broadcast to one shape and the operation runs once per element ``i``
+  of it, reading each input as a constant and each output as a reference to its element;
+* a ``raw`` parameter is the whole array, indexed by its flat position in C order (CuPy's
+  ``CArray::operator[]`` for one index), and a kernel without non-raw arrays runs ``size`` times;
+* a scalar argument (a Python or NumPy number) is a constant of the parameter's type, and the
+  type placeholder ``T`` is the dtype of the arrays passed for it (all the same, or TypeError);
+* a reduction broadcasts its inputs, maps each element, folds the mapped values along ``axis``
+  from ``identity`` by ``reduce_expr`` (``a`` the running value, ``b`` the next) in order, and
+  writes ``post_map_expr`` of the result into a new output array.
+
+The CUDA-only names of the preamble (``__device__``, ``__forceinline__``, ``__longlong_as_double``)
+get host definitions, the math functions are ``<cmath>``'s overloads (``exp`` of a float is
+``expf``, as in device code), and ``-ffp-contract=off`` stands in for ``--fmad=false``: every
+``a * b + c`` rounds twice. What this cannot show is the device's own math library and
+compiler (a few ulps, which the engine's tolerances allow) and anything about speed: it runs the
+C the GPU would run, on the CPU, so that the kernels' arithmetic and indexing meet the reference
+in tests on every machine with a C++ compiler.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import types
+from typing import Any, Sequence
+
+import numpy as np
+
+#: The C++ compiler: ``$CXX``, else ``c++`` or ``g++`` on the PATH; None when there is none.
+COMPILER = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+
+_C_TYPES = {"bool": "bool", "int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t",
+            "uint8": "uint8_t", "float32": "float", "float64": "double"}
+_HOST_PRELUDE = r"""
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#define __device__
+#define __forceinline__ inline
+static inline double __longlong_as_double(long long bits) { double d; std::memcpy(&d, &bits, sizeof d); return d; }
+using std::exp; using std::expm1; using std::tanh; using std::fabs; using std::sqrt; using std::log;
+"""
+_BUILT: dict[str, Any] = {}
+_WORKDIR: list[str] = []
+
+
+class Param:
+    """One entry of a kernel's parameter list: ``[raw] type name``."""
+
+    def __init__(self, text: str) -> None:
+        words = text.split()
+        self.raw = words[0] == "raw"
+        if self.raw:
+            words = words[1:]
+        if len(words) != 2:
+            raise ValueError(f"cannot read the kernel parameter {text!r}")
+        self.type, self.name = words
+        if self.type != "T" and self.type not in _C_TYPES:
+            raise ValueError(f"kernel parameter {text!r}: unknown type {self.type!r}")
+
+    def dtype(self, t: np.dtype) -> np.dtype:
+        return t if self.type == "T" else np.dtype(self.type if self.type != "bool" else np.bool_)
+
+    def c_type(self, t: np.dtype) -> str:
+        return _C_TYPES[self.dtype(t).name]
+
+
+def _params(text: str) -> list[Param]:
+    return [Param(part) for part in text.split(",") if part.strip()]
+
+
+def _compile(source: str) -> Any:
+    """The shared library of ``source`` (compiled once per process), loaded by ctypes."""
+    key = hashlib.sha256(source.encode()).hexdigest()[:20]
+    library = _BUILT.get(key)
+    if library is not None:
+        return library
+    if COMPILER is None:
+        raise RuntimeError("no C++ compiler (set CXX, or install g++)")
+    if not _WORKDIR:
+        _WORKDIR.append(tempfile.mkdtemp(prefix="smartmixed_host_kernels_"))
+        atexit.register(shutil.rmtree, _WORKDIR[0], True)
+    cpp = os.path.join(_WORKDIR[0], f"{key}.cpp")
+    so = os.path.join(_WORKDIR[0], f"{key}.so")
+    with open(cpp, "w") as f:
+        f.write(source)
+    run = subprocess.run([COMPILER, "-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-Wall",
+                          "-Wno-unused-variable", "-Wno-unused-function", "-shared", "-fPIC", "-o", so, cpp],
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"the kernel does not compile: {' '.join(run.stderr.split())[:600]}")
+    library = _BUILT[key] = ctypes.CDLL(so)
+    library.smartmixed_run.restype = None
+    return library
+
+
+def _resolve_t(params: Sequence[Param], args: Sequence[Any]) -> np.dtype:
+    """The dtype ``T`` stands for: that of every array passed for a ``T`` parameter."""
+    seen = {np.dtype(a.dtype) for p, a in zip(params, args) if p.type == "T" and isinstance(a, np.ndarray)}
+    if len(seen) > 1:
+        raise TypeError(f"arrays of several dtypes for T: {sorted(d.name for d in seen)}")
+    if not seen:
+        raise TypeError("no array argument fixes the type T")
+    return seen.pop()
+
+
+def _scalar(param: Param, value: Any, t: np.dtype) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"{param.name}: an array for a scalar parameter")
+    return np.array([value], dtype=param.dtype(t))
+
+
+class _Kernel:
+    """What both factories share: the parameters, the preamble, the arguments' marshalling."""
+
+    def __init__(self, in_params: str, out_params: str, name: str, preamble: str) -> None:
+        self.inputs, self.outputs = _params(in_params), _params(out_params)
+        self.name, self.preamble = name, preamble
+
+    def _check_array(self, param: Param, array: Any, t: np.dtype) -> None:
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{self.name}: parameter {param.name} needs an array, got {type(array).__name__}")
+        if array.dtype != param.dtype(t):
+            raise TypeError(f"{self.name}: parameter {param.name} is {param.dtype(t).name}, got {array.dtype.name}")
+
+    @staticmethod
+    def _declarations(params: Sequence[Param], t: np.dtype, element: str, outputs: set[str],
+                      array_inputs: set[str]) -> tuple[str, str]:
+        """C++ for the argument pointers (before the loop) and the per-element names (inside it):
+        a raw parameter is a pointer, an array one element (a reference for an output), a scalar a constant."""
+        before, inside = [], []
+        for j, p in enumerate(params):
+            c = p.c_type(t)
+            if p.raw:
+                before.append(f"{c}* const {p.name} = static_cast<{c}*>(args[{j}]);")
+            elif p.name in outputs or p.name in array_inputs:
+                before.append(f"{c}* const _data_{p.name} = static_cast<{c}*>(args[{j}]);")
+                ref = f"{c}& {p.name}" if p.name in outputs else f"const {c} {p.name}"
+                inside.append(f"{ref} = _data_{p.name}[{element}];")
+            else:
+                before.append(f"const {c} {p.name} = *static_cast<const {c}*>(args[{j}]);")
+        return "\n  ".join(before), "\n    ".join(inside)
+
+
+class ElementwiseKernel(_Kernel):
+    """``cupy.ElementwiseKernel(in_params, out_params, operation, name, preamble=..., options=...)``, on the host."""
+
+    def __init__(self, in_params: str, out_params: str, operation: str, name: str = "kernel", preamble: str = "",
+                 options: Sequence[str] = (), **_: Any) -> None:
+        super().__init__(in_params, out_params, name, preamble)
+        self.operation = operation
+
+    def __call__(self, *args: Any, size: int | None = None) -> Any:
+        params = self.inputs + self.outputs
+        if len(args) != len(params):
+            raise TypeError(f"{self.name}: {len(args)} arguments for {len(params)} parameters (outputs are not made here)")
+        t = _resolve_t(params, args)
+        out_names = {p.name for p in self.outputs}
+        elementwise = [(p, a) for p, a in zip(params, args) if not p.raw and isinstance(a, np.ndarray)]
+        for p, a in zip(params, args):
+            if p.raw or p.name in out_names or isinstance(a, np.ndarray):
+                self._check_array(p, a, t)
+        if elementwise:
+            shape = np.broadcast_shapes(*(a.shape for _, a in elementwise))
+            for p, a in elementwise:
+                if p.name in out_names and a.shape != shape:
+                    raise ValueError(f"{self.name}: output {p.name} is {a.shape}, the broadcast shape {shape}")
+            n = int(np.prod(shape))
+        elif size is None:
+            raise ValueError(f"{self.name}: no non-raw array: the size must be given")
+        else:
+            shape, n = None, int(size)
+        buffers, write_back = [], []
+        for p, a in zip(params, args):
+            if p.raw or (p.name in out_names):
+                buf = a if a.flags.c_contiguous else np.ascontiguousarray(a)
+                if buf is not a:
+                    write_back.append((a, buf))
+            elif isinstance(a, np.ndarray):
+                buf = np.ascontiguousarray(np.broadcast_to(a, shape))
+            else:
+                buf = _scalar(p, a, t)
+            buffers.append(buf)
+        array_inputs = {p.name for p, _ in elementwise if p.name not in out_names}
+        before, inside = self._declarations(params, t, "i", out_names, array_inputs)
+        source = f"""{_HOST_PRELUDE}
+{self.preamble}
+extern "C" void smartmixed_run(void** args, ptrdiff_t _size) {{
+  typedef {_C_TYPES[t.name]} T;
+  {before}
+  for (ptrdiff_t i = 0; i < _size; ++i) {{
+    {inside}
+    {self.operation};
+  }}
+}}
+"""
+        pointers = (ctypes.c_void_p * len(buffers))(*(b.ctypes.data for b in buffers))
+        _compile(source).smartmixed_run(pointers, ctypes.c_ssize_t(n))
+        for a, buf in write_back:
+            a[...] = buf
+        return args[-1]
+
+
+class ReductionKernel(_Kernel):
+    """``cupy.ReductionKernel(in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name, ...)``, on the host."""
+
+    def __init__(self, in_params: str, out_params: str, map_expr: str, reduce_expr: str, post_map_expr: str,
+                 identity: str, name: str = "reduce_kernel", preamble: str = "", options: Sequence[str] = (),
+                 **_: Any) -> None:
+        super().__init__(in_params, out_params, name, preamble)
+        if len(self.outputs) != 1:
+            raise ValueError(f"{name}: one output, got {len(self.outputs)}")
+        self.map_expr, self.reduce_expr, self.post_map_expr, self.identity = map_expr, reduce_expr, post_map_expr, identity
+
+    def __call__(self, *args: Any, axis: Any = None) -> Any:
+        if len(args) != len(self.inputs):
+            raise TypeError(f"{self.name}: {len(args)} arguments for {len(self.inputs)} inputs")
+        t = _resolve_t(self.inputs, args)
+        arrays = [(p, a) for p, a in zip(self.inputs, args) if isinstance(a, np.ndarray)]
+        for p, a in arrays:
+            if p.raw:
+                raise ValueError(f"{self.name}: raw inputs are not emulated here")
+            self._check_array(p, a, t)
+        shape = np.broadcast_shapes(*(a.shape for _, a in arrays))
+        axes = tuple(range(len(shape))) if axis is None else tuple(np.atleast_1d(axis) % len(shape))
+        kept = [d for d in range(len(shape)) if d not in axes]
+        out_shape = tuple(shape[d] for d in kept)
+        n_red = int(np.prod([shape[d] for d in axes]))
+        buffers = []
+        for p, a in zip(self.inputs, args):
+            if isinstance(a, np.ndarray):  # the reduced axes last: element (j, r) at j * n_red + r
+                buffers.append(np.ascontiguousarray(np.broadcast_to(a, shape).transpose(kept + list(axes))))
+            else:
+                buffers.append(_scalar(p, a, t))
+        out_param = self.outputs[0]
+        out = np.empty(out_shape, dtype=out_param.dtype(t))
+        buffers.append(out)
+        before, inside = self._declarations(self.inputs, t, "_j * _n_red + _r", set(), {p.name for p, _ in arrays})
+        c_out = out_param.c_type(t)
+        source = f"""{_HOST_PRELUDE}
+{self.preamble}
+extern "C" void smartmixed_run(void** args, ptrdiff_t _n_out, ptrdiff_t _n_red) {{
+  typedef {_C_TYPES[t.name]} T;
+  typedef {c_out} _type_reduce;
+  {before}
+  {c_out}* const _data_out = static_cast<{c_out}*>(args[{len(self.inputs)}]);
+  for (ptrdiff_t _j = 0; _j < _n_out; ++_j) {{
+    _type_reduce _acc = (_type_reduce)({self.identity});
+    for (ptrdiff_t _r = 0; _r < _n_red; ++_r) {{
+      {inside}
+      const _type_reduce a = _acc;
+      const _type_reduce b = (_type_reduce)({self.map_expr});
+      _acc = ({self.reduce_expr});
+    }}
+    const _type_reduce a = _acc;
+    {c_out}& {out_param.name} = _data_out[_j];
+    {self.post_map_expr};
+  }}
+}}
+"""
+        pointers = (ctypes.c_void_p * len(buffers))(*(b.ctypes.data for b in buffers))
+        _compile(source).smartmixed_run(pointers, ctypes.c_ssize_t(out.size), ctypes.c_ssize_t(n_red))
+        return out.view(type(arrays[0][1]))  # a new array of the inputs' kind (HostDeviceArray's too)
+
+
+class HostKernelModule(types.SimpleNamespace):
+    """An array module: NumPy, with :class:`ElementwiseKernel` and :class:`ReductionKernel` compiled on the host."""
+
+    def __init__(self) -> None:
+        super().__init__(ElementwiseKernel=ElementwiseKernel, ReductionKernel=ReductionKernel)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+
+class HostDeviceArray(np.ndarray):
+    """The arrays of :func:`host_device_backend`: NumPy's, of their own type, so that
+    :func:`smartmixed_np.backend.backend_of` finds that backend (as it finds CuPy's for a
+    ``cupy.ndarray``) and the engines choose as they would on a GPU."""
+
+
+def _on_device(value: Any) -> Any:
+    return value.view(HostDeviceArray) if type(value) is np.ndarray else value
+
+
+class HostDeviceModule(HostKernelModule):
+    """:class:`HostKernelModule` whose functions hand back :class:`HostDeviceArray` where NumPy's hand
+    back a plain array (NumPy's ufuncs and methods keep the type by themselves)."""
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(np, name)
+        if not callable(value) or isinstance(value, (type, np.ufunc)):  # constants, dtypes, ufuncs as they are
+            return value
+        return lambda *args, **kwargs: _on_device(value(*args, **kwargs))
+
+
+def host_device_backend(name: str = "host-kernels") -> Any:
+    """A registered backend that stands for a GPU (``device="gpu"``) on the host: arrays of
+    :class:`HostDeviceArray`, kernels compiled by :class:`HostKernelModule`'s factories."""
+    from smartmixed_np.backend import Backend, get_backend, register_backend
+
+    try:
+        return get_backend(name)
+    except ValueError:
+        pass
+    return register_backend(Backend(
+        name=name, device="gpu", xp=HostDeviceModule(), array_type=HostDeviceArray,
+        _to_device=lambda a: np.array(a).view(HostDeviceArray), _to_host=lambda a: np.array(a)))
