@@ -288,14 +288,57 @@ class HostKernelModule(types.SimpleNamespace):
         return getattr(np, name)
 
 
+#: How many times a :class:`HostDeviceArray`'s values were read on the host (``float(a)``,
+#: ``int``, ``bool``, ``a.item()``, ``a.tolist()``, the backend's ``to_host``): each would make
+#: the host wait for the device on a GPU. Tests reset it and read it.
+HOST_READS = [0]
+
+
 class HostDeviceArray(np.ndarray):
     """The arrays of :func:`host_device_backend`: NumPy's, of their own type, so that
     :func:`smartmixed_np.backend.backend_of` finds that backend (as it finds CuPy's for a
-    ``cupy.ndarray``) and the engines choose as they would on a GPU."""
+    ``cupy.ndarray``) and the engines choose as they would on a GPU. Reading values on the
+    host counts in :data:`HOST_READS`."""
+
+    # A result of one element stays a (0-d) device array, as CuPy's does, never a host scalar.
+    def __array_wrap__(self, array: np.ndarray, context: Any = None, return_scalar: bool = False) -> Any:
+        return array.view(HostDeviceArray)
+
+    def __getitem__(self, key: Any) -> Any:
+        return _on_device(super().__getitem__(key))
+
+    def _read(self, convert: Any) -> Any:
+        HOST_READS[0] += 1
+        return convert(self.view(np.ndarray))
+
+    def __float__(self) -> float:
+        return self._read(float)
+
+    def __int__(self) -> int:
+        return self._read(int)
+
+    def __bool__(self) -> bool:
+        return self._read(bool)
+
+    def item(self, *args: Any) -> Any:
+        return self._read(lambda a: a.item(*args))
+
+    def tolist(self) -> Any:
+        return self._read(lambda a: a.tolist())
+
+
+def _to_host(array: Any) -> np.ndarray:
+    HOST_READS[0] += 1
+    return np.array(array)
 
 
 def _on_device(value: Any) -> Any:
-    return value.view(HostDeviceArray) if type(value) is np.ndarray else value
+    """A NumPy result as the device's: an array as a HostDeviceArray, a scalar as a 0-d one."""
+    if type(value) is np.ndarray:
+        return value.view(HostDeviceArray)
+    if isinstance(value, np.generic):
+        return np.asarray(value).view(HostDeviceArray)
+    return value
 
 
 class HostDeviceModule(HostKernelModule):
@@ -320,4 +363,4 @@ def host_device_backend(name: str = "host-kernels") -> Any:
         pass
     return register_backend(Backend(
         name=name, device="gpu", xp=HostDeviceModule(), array_type=HostDeviceArray,
-        _to_device=lambda a: np.array(a).view(HostDeviceArray), _to_host=lambda a: np.array(a)))
+        _to_device=lambda a: np.array(a).view(HostDeviceArray), _to_host=_to_host))

@@ -123,13 +123,27 @@ def test_memory_section_reports_growth_per_network(quick_report):
     assert report["targets"]["no_memory_growth"]["met"] in (True, False)
 
 
-def test_the_suite_runs_on_a_device_backend(tmp_path):
-    """On a device backend (the strict CuPy-like one here) every contender runs there and syncs."""
+@pytest.mark.parametrize("device", ["strict", "host-kernels"])
+def test_the_suite_runs_on_a_device_backend(tmp_path, device):
+    """On a device backend every contender runs there and syncs: the strict CuPy-like one, and
+    host-kernels with the CUDA kernels on (their C compiled for the CPU, tests/host_kernels.py),
+    where every network of the suite takes the kernels' engines and Adam the kernel."""
+    from smartmixed_np.backend import available_backends
+    from smartmixed_np.fast import cuda
+
+    if device not in available_backends():
+        pytest.skip(f"no {device} backend here (host-kernels needs a C++ compiler)")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("SMARTMIXED_DATA", raising=False)
+        patch.setenv(cuda.KERNELS_ENV, "1" if device == "host-kernels" else "0")
+        cuda.reset()
+        networks = bench._numpy_networks([20, 12, 8, 4], 0, bench._device(device, False))
+        engines = {act.engine.name for model in networks.values() for act in model.activations}
         report = run_benchmarks(quick=True, json_path=str(tmp_path / "b.json"), sizes=[20, 12, 8, 4], batch=8,
-                                with_torch=False, with_jax=False, device="strict")  # JAX on a device: tested below
-    assert report["machine"]["backend"] == "strict"
+                                with_torch=False, with_jax=False, device=device)  # JAX on a device: tested below
+        cuda.reset()
+    assert engines == ({"cuda"} if device == "host-kernels" else {"fused"})
+    assert report["machine"]["backend"] == device
     assert "skipped" in report["memory"] and report["targets"]["no_memory_growth"]["met"] is None
     for key in RATIO_KEYS:
         assert math.isfinite(report["ratios"][key]), key

@@ -551,6 +551,35 @@ def test_training_steps_with_the_kernels_follow_the_plain_path(device, dtype):
                                    rtol=1e-3 if dtype == "float32" else 1e-9, atol=1e-5 if dtype == "float32" else 1e-12)
 
 
+@pytest.mark.parametrize("kernels_on", [True, False])
+@pytest.mark.parametrize("kind", ["smartmixed", "relu", "frozen"])
+def test_a_step_on_a_device_reads_nothing_back_to_the_host(kernels_on, kind):
+    """On host-kernels (a GPU stand-in that counts every read of device values on the host, each a
+    wait for the device on a GPU), a training step with the clip reads nothing back: the clip
+    factor stays on the device, with the kernels and without (phase 1's noise goes the other way)."""
+    if host_kernels.COMPILER is None:
+        pytest.skip("no C++ compiler (set CXX)")
+    from smartmixed_np.nn.mlp import MLP
+    from smartmixed_np.nn.step import train_step
+
+    backend = host_kernels.host_device_backend()
+    cuda.enable(kernels_on)
+    model = MLP([20, 33, 17, 5], "relu" if kind == "relu" else "smartmixed", seed=3, device=backend)
+    if kind == "frozen":
+        model = model.freeze()
+    assert {act.engine.name for act in model.activations} == ({"cuda"} if kernels_on else {"fused"})
+    optimizer = Adam(model.parameters(), lr=1e-2)
+    rng = np.random.default_rng(9)
+    x = backend.asarray(rng.standard_normal((64, 20)).astype(np.float32))
+    y = backend.asarray(rng.integers(0, 5, 64))
+    grads = model.gradients()
+    train_step(model, optimizer, x, y, clip=1.0, grads=grads)
+    host_kernels.HOST_READS[0] = 0
+    loss = train_step(model, optimizer, x, y, clip=1.0, grads=grads)[0]
+    assert host_kernels.HOST_READS[0] == 0
+    assert math.isfinite(float(loss)) and host_kernels.HOST_READS[0] == 1  # the count counts
+
+
 _SPIN = r"""
 extern "C" __global__ void smartmixed_spin(long long cycles) {
     const long long start = clock64();
