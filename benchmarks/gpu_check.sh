@@ -15,7 +15,8 @@
 #   4. the same tests with the kernels on (SMARTMIXED_CUDA_KERNELS=1): every layer the tests build
 #      on the GPU then runs the kernels' engines;
 #   5. kernel timing: train steps of the 784-512-256-128-10 network, phase 1 and phase 2, kernels
-#      off against on ($OUT/kernel_timing.json);
+#      off against on ($OUT/kernel_timing.json; GPU_CHECK_TIMING_ROUNDS steps each, 40 by default,
+#      on the backend GPU_CHECK_DEVICE, "gpu" by default: the test suite runs it on host-kernels);
 #   6. smartmixed bench --device gpu --json $OUT/bench_gpu.json --quick (the full suite's settle
 #      times alone come to about 4 minutes: GPU_CHECK_BENCH=full drops --quick, with a longer limit).
 # The limits add up to 6 minutes (360 s with the quick bench), so the check fits twice in 15 minutes of
@@ -93,7 +94,7 @@ step tests_kernels_off "$TEST_LIMIT" env SMARTMIXED_TEST_BACKENDS="$BACKENDS" SM
 step tests_kernels_on "$TEST_LIMIT" env SMARTMIXED_TEST_BACKENDS="$BACKENDS" SMARTMIXED_CUDA_KERNELS=1 \
     "$PYTHON" -m pytest "${TESTS[@]}" "${PYTEST_ARGS[@]}" --junitxml="$OUT/tests_kernels_on.xml"
 step kernel_timing "$TIMING_LIMIT" "$PYTHON" -c '
-import json, sys, time
+import json, os, sys, time
 import numpy as np
 from smartmixed_np.backend import get_backend
 from smartmixed_np.fast import cuda
@@ -101,7 +102,8 @@ from smartmixed_np.nn.mlp import MLP
 from smartmixed_np.nn.optim import Adam
 from smartmixed_np.nn.step import train_step
 
-backend = get_backend("gpu")
+backend = get_backend(os.environ.get("GPU_CHECK_DEVICE", "gpu"))
+rounds = int(os.environ.get("GPU_CHECK_TIMING_ROUNDS", "40"))
 rng = np.random.default_rng(0)
 x = backend.asarray(rng.standard_normal((128, 784)).astype(np.float32))
 y = backend.asarray(rng.integers(0, 10, 128))
@@ -110,7 +112,7 @@ for on in (False, True):
     cuda.enable(on)
     cuda.reset()
     for kind in ("smartmixed", "frozen"):
-        model = MLP([784, 512, 256, 128, 10], "smartmixed", seed=0, device="gpu")
+        model = MLP([784, 512, 256, 128, 10], "smartmixed", seed=0, device=backend)
         if kind == "frozen":
             model = model.freeze()
         optimizer = Adam(model.parameters())
@@ -119,7 +121,7 @@ for on in (False, True):
             train_step(model, optimizer, x, y, clip=1.0, grads=grads)
         backend.synchronize()
         times = []
-        for _ in range(40):
+        for _ in range(rounds):
             start = time.perf_counter()
             train_step(model, optimizer, x, y, clip=1.0, grads=grads)
             backend.synchronize()

@@ -149,6 +149,35 @@ def test_the_suite_runs_on_a_device_backend(tmp_path, device):
         assert math.isfinite(report["ratios"][key]), key
 
 
+def test_pytorch_cuda_graph_contenders_only_on_cuda_and_a_refused_capture_is_one_line():
+    torch = pytest.importorskip("torch")
+    assert bench._torch_graph_contenders([20, 12, 4], 8, 0, 1, bench._CPU) == ({}, None)
+    if torch.cuda.is_available():  # pragma: no cover - the GPU machine's: the capture itself, replayed
+        graphed, why = bench._torch_graph_contenders([20, 12, 4], 8, 0, 1, bench._Device(bench._CPU.backend, "cuda"))
+        assert why is None and sorted(graphed) == ["torch_phase1_graph", "torch_phase2_graph", "torch_relu_graph"]
+        for step in graphed.values():
+            step()
+        return
+    graphed, why = bench._torch_graph_contenders([20, 12, 4], 8, 0, 1, bench._Device(bench._CPU.backend, "cuda"))
+    assert graphed == {} and why.startswith("PyTorch CUDA-graph contenders skipped: ") and "\n" not in why
+
+
+def test_ratios_against_pytorch_cuda_graphs_where_they_were_timed():
+    def timed(*names):
+        return {name: {"median_ms": float(i + 1), "min_ms": 1.0} for i, name in enumerate(names)}
+
+    ours = ("relu", "phase1", "phase2_contiguous")
+    plain = bench._ratios({"step": timed(*ours), "infer": timed(*ours)})
+    assert "phase1_vs_torch_graph_step_ratio" not in plain
+    steps = {**timed(*ours), **timed("torch_relu_graph", "torch_phase1_graph", "torch_phase2_graph")}
+    graphed = bench._ratios({"step": steps, "infer": timed(*ours)})
+    assert graphed["phase1_vs_torch_graph_step_ratio"] == 2.0 / 2.0
+    assert graphed["phase2_vs_torch_graph_step_ratio"] == 3.0 / 3.0 and graphed["relu_vs_torch_graph_step_ratio"] == 1.0
+    targets = bench._targets(graphed, {}, {}, "gpu", jit=False)
+    assert targets["phase1_vs_torch_graph_step_ratio"]["target"] == "<= 1.0"
+    assert "phase1_vs_torch_graph_step_ratio" not in bench._targets(graphed, {}, {}, "cpu", jit=False)
+
+
 # --------------------------------------------------------------------------- machine facts
 CPUINFO_AVX512 = """processor\t: 0
 vendor_id\t: GenuineIntel

@@ -626,12 +626,36 @@ def test_gpu_a_step_with_the_kernels_never_waits_for_the_device(gpu, activation)
 _SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.sh"
 
 
+def _timing_snippet():
+    text = _SCRIPT.read_text()
+    return text.split("step kernel_timing \"$TIMING_LIMIT\" \"$PYTHON\" -c '", 1)[1].split("' \"$OUT/kernel_timing.json\"", 1)[0]
+
+
 def test_gpu_check_script_parses_and_is_executable():
     assert os.access(_SCRIPT, os.X_OK)
     subprocess.run(["bash", "-n", str(_SCRIPT)], check=True)
-    text = _SCRIPT.read_text()
-    snippet = text.split("step kernel_timing \"$TIMING_LIMIT\" \"$PYTHON\" -c '", 1)[1].split("' \"$OUT/kernel_timing.json\"", 1)[0]
-    compile(snippet, "gpu_check.sh kernel_timing", "exec")
+    compile(_timing_snippet(), "gpu_check.sh kernel_timing", "exec")
+
+
+def test_gpu_check_kernel_timing_runs_on_the_host_compiled_kernels(tmp_path, monkeypatch):
+    """The check's timing step, run here on host-kernels with two rounds: it writes its JSON, and
+    with the kernels on every network takes the kernels' engines and Adam the kernel."""
+    if host_kernels.COMPILER is None:
+        pytest.skip("no C++ compiler (set CXX)")
+    import json
+    import sys
+
+    monkeypatch.setenv("GPU_CHECK_DEVICE", "host-kernels")
+    monkeypatch.setenv("GPU_CHECK_TIMING_ROUNDS", "2")
+    out = tmp_path / "kernel_timing.json"
+    monkeypatch.setattr(sys, "argv", ["-c", str(out)])
+    exec(compile(_timing_snippet(), "gpu_check.sh kernel_timing", "exec"), {"__name__": "__main__"})  # noqa: S102
+    report = json.loads(out.read_text())
+    for kind in ("smartmixed", "frozen"):
+        assert report[f"on_{kind}"]["engines"] == ["cuda"] and report[f"on_{kind}"]["adam_kernel"] is True
+        assert "cuda" not in report[f"off_{kind}"]["engines"] and report[f"off_{kind}"]["adam_kernel"] is False
+        assert report[f"on_{kind}"]["median_ms"] > 0
+    assert "phase1 on" in report["status"]["on"] and report["status"]["off"].startswith("off")
 
 
 def test_gpu_check_dry_run_prints_each_step_in_its_time_and_runs_nothing(tmp_path):

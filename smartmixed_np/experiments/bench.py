@@ -25,7 +25,10 @@ One call, :func:`run_benchmarks`, measures (CPU, float32, one process):
     reference's semantics: ``torch.stack`` of the six candidates, clamp to [-10, 10],
     ``F.gumbel_softmax(alpha, tau, hard=True)`` = one-hot - y.detach() + y, weighted
     sum, clamp) and ``torch_phase2`` (index gather and scatter per activation
-    group), with ``torch.optim.Adam`` and ``clip_grad_norm_``;
+    group), with ``torch.optim.Adam`` and ``clip_grad_norm_``; on CUDA also the same three
+    steps captured once in a CUDA graph and replayed (``torch_*_graph``,
+    :func:`_torch_graphed_step`; ``torch_graph_skipped`` says why where PyTorch would not
+    capture them);
   - when JAX is importable, ``jax_relu``, ``jax_phase1`` (the same reference
     semantics, the Gumbel noise drawn inside the step from a key it carries;
     inference: that forward, noise included, as ``torch_phase1``'s and the reference's
@@ -98,7 +101,7 @@ CLAMP = 10.0
 TAU = 0.3
 
 OURS = ("floor", "floor_update", "relu", "phase1", "phase2_masked", "phase2_contiguous")
-THEIRS = ("torch_relu", "torch_phase1", "torch_phase2")
+THEIRS = ("torch_relu", "torch_phase1", "torch_phase2", "torch_relu_graph", "torch_phase1_graph", "torch_phase2_graph")
 JAX = ("jax_relu", "jax_phase1", "jax_phase2")
 
 # settle_s: OpenBLAS's idle workers spin for about 95 ms after a call on the project's 2-core
@@ -293,12 +296,63 @@ def _torch_contenders(sizes: Sequence[int], batch: int, seed: int, threads: int,
     models = _torch_models(sizes, seed, threads, dev.torch_device)
     if not models:
         return {}
+    x, y = _torch_batch(sizes, batch, seed, dev)
+    return {name: (_torch_step(model, x, y), _torch_infer(model, x)) for name, model in models.items()}
+
+
+def _torch_batch(sizes: Sequence[int], batch: int, seed: int, dev: _Device) -> tuple[Any, Any]:
+    """The fixed random batch of the PyTorch contenders, on their device."""
     import torch
 
     rng = np.random.default_rng(seed + 1)
     x = torch.from_numpy(rng.standard_normal((batch, sizes[0])).astype(np.float32)).to(dev.torch_device)
     y = torch.from_numpy(rng.integers(0, sizes[-1], batch)).to(dev.torch_device)
-    return {name: (_torch_step(model, x, y), _torch_infer(model, x)) for name, model in models.items()}
+    return x, y
+
+
+def _torch_graph_contenders(sizes: Sequence[int], batch: int, seed: int, threads: int,
+                            dev: _Device) -> tuple[dict[str, Callable[[], None]], str | None]:
+    """The step of each PyTorch network captured in a CUDA graph (``<name>_graph``: steps only;
+    on CUDA only, else none), and None, or none and the one line that says why PyTorch would not
+    capture them (a contender missing, not a failed run)."""
+    if dev.torch_device != "cuda":
+        return {}, None
+    try:
+        models = _torch_models(sizes, seed, threads, dev.torch_device)  # weights of their own, as the eager ones'
+        x, y = _torch_batch(sizes, batch, seed, dev)
+        return {f"{name}_graph": _torch_graphed_step(model, x, y) for name, model in models.items()}, None
+    except Exception as err:  # noqa: BLE001 - whatever PyTorch raises at capture, say it in one line
+        return {}, " ".join(f"PyTorch CUDA-graph contenders skipped: {type(err).__name__}: {err}".split())[:300]
+
+
+def _torch_graphed_step(model, x, y) -> Callable[[], None]:
+    """:func:`_torch_step`'s step (the same loss, clip and Adam, Adam made ``capturable``) captured
+    once in a CUDA graph, after three warm-up steps on a side stream as PyTorch's CUDA-graph notes
+    prescribe; the step returned replays it (the batch stays in ``x``, ``y``). The gradients are
+    unset before the capture, so that the captured backward writes them from the graph's pool."""
+    import torch
+    import torch.nn.functional as F
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, capturable=True)
+    params = list(model.parameters())
+
+    def step() -> None:
+        F.cross_entropy(model(x), y).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            optimizer.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def _torch_step(model, x, y) -> Callable[[], None]:
@@ -605,13 +659,19 @@ def _measure(sizes: Sequence[int], batch: int, seed: int, repeats: int, warmup: 
     for name, model in networks.items():
         steps[name] = _numpy_step(model, x, y)
         infers[name] = _numpy_infer(model, x)
+    graph_skipped = None
     if with_torch:
         for name, (step, infer) in _torch_contenders(sizes, batch, seed, threads, dev).items():
             steps[name], infers[name] = step, infer
-    return {
+        graphed, graph_skipped = _torch_graph_contenders(sizes, batch, seed, threads, dev)
+        steps.update(graphed)
+    result = {
         "step": _interleaved(steps, repeats, warmup, sync=dev.sync, settle_s=settle_s),
         "infer": _interleaved(infers, repeats, warmup, sync=dev.sync, settle_s=settle_s),
     }
+    if graph_skipped is not None:
+        result["torch_graph_skipped"] = graph_skipped
+    return result
 
 
 def _ratios(timings: dict[str, Any], statistic: str = "median_ms") -> dict[str, float | None]:
@@ -641,6 +701,10 @@ def _ratios(timings: dict[str, Any], statistic: str = "median_ms") -> dict[str, 
         out[f"phase2_vs_torch_{kind}_ratio"] = ratio(kind, "phase2_contiguous", "torch_phase2")
         out[f"phase2_masked_vs_torch_{kind}_ratio"] = ratio(kind, "phase2_masked", "torch_phase2")
         out[f"relu_vs_torch_{kind}_ratio"] = ratio(kind, "relu", "torch_relu")
+    if "torch_relu_graph" in timings["step"]:  # present only where PyTorch captured CUDA graphs
+        out["phase1_vs_torch_graph_step_ratio"] = ratio("step", "phase1", "torch_phase1_graph")
+        out["phase2_vs_torch_graph_step_ratio"] = ratio("step", "phase2_contiguous", "torch_phase2_graph")
+        out["relu_vs_torch_graph_step_ratio"] = ratio("step", "relu", "torch_relu_graph")
     for kind in ("step", "infer"):  # present only where the JAX contenders ran
         if "jax_relu" in timings[kind]:
             out[f"phase1_vs_jax_{kind}_ratio"] = ratio(kind, "phase1", "jax_phase1")
@@ -1169,6 +1233,8 @@ _TARGETS = (
     ("relu_vs_torch_step_ratio", "<=", 0.5, None),
     ("phase1_vs_torch_step_ratio", "<=", 0.5, None),
     ("phase2_vs_torch_step_ratio", "<=", 0.5, None),
+    ("phase1_vs_torch_graph_step_ratio", "<=", 1.0, "gpu"),
+    ("phase2_vs_torch_graph_step_ratio", "<=", 1.0, "gpu"),
     ("epoch_throughput_vs_torch_ratio", ">=", 2.0, "gpu"),
 )
 #: Phase 1's peak memory during a step against ReLU's, at this batch (tracemalloc, host only).
