@@ -40,8 +40,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-#: The C++ compiler: ``$CXX``, else ``c++`` or ``g++`` on the PATH; None when there is none.
-COMPILER = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+#: The C++ compiler: ``$CXX`` (a name on the PATH or a path), else ``c++`` or ``g++`` on the PATH;
+#: None when there is none (the tests that compile then skip).
+COMPILER = shutil.which(os.environ.get("CXX") or "c++") or shutil.which("g++")
 
 _C_TYPES = {"bool": "bool", "int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t",
             "uint8": "uint8_t", "float32": "float", "float64": "double"}

@@ -449,6 +449,27 @@ def test_phase2_kernels_are_the_reference(kernels, device, dtype, clamp, contigu
     _close(cuda.coded_backward(kernels, da, z, a_ref, table), fixed_backward(da, cache, groups), dtype)
 
 
+_SPECIAL = [np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-45, -1e-45, 3e38, -3e38, 10.0, -10.0, 1e-8, 88.7, -88.7, 104.0, -104.0]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("clamp", [None, 1.5, 10.0])
+def test_phase2_kernels_meet_the_reference_at_infinities_nan_and_the_edges(kernels, device, dtype, clamp):
+    """Every activation on the same special inputs (NaN where the reference gives NaN, the clamp's
+    edges and the overflow and underflow thresholds), to a relative 1e-6."""
+    choices = np.arange(len(POOL))
+    groups = make_groups(choices, POOL, device, contiguous=True, clamp=clamp)
+    table = kernels.neuron_table(choices, POOL, clamp, dtype)
+    z = device.asarray(np.repeat(np.array(_SPECIAL)[:, None], len(POOL), axis=1).astype(dtype))
+    da = device.asarray(np.ones((len(_SPECIAL), len(POOL)), dtype=dtype))
+    with np.errstate(all="ignore"):
+        a_ref, cache = fixed_forward(z, groups)
+        pairs = [(cuda.coded_forward(kernels, z, table), a_ref),
+                 (cuda.coded_backward(kernels, da, z, a_ref, table), fixed_backward(da, cache, groups))]
+    for got, want in pairs:
+        np.testing.assert_allclose(to_host(got), to_host(want), rtol=1e-6, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("with_noise", [True, False])
 def test_phase1_kernels_are_the_reference(kernels, device, dtype, with_noise):
