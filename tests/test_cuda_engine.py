@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from smartmixed_np.backend import Backend, BackendUnavailableError, SeededRNG, get_backend, to_host
 from smartmixed_np.core.activations import clamp_limits, get_activation, resolve_pool
@@ -428,6 +430,15 @@ def _close(got, want, dtype, kind="elementwise"):
     np.testing.assert_allclose(to_host(got), to_host(want), rtol=rtol, atol=atol)
 
 
+def _close_dlogits(dlogits, dlogits_ref, dout, cache_ref, dtype):
+    """The logits' gradient within the reduction tolerance plus rounding relative to the sizes of
+    the batch sums' terms (:func:`smartmixed_np.fast.cuda.dlogits_error_bound`)."""
+    rtol, atol = cuda.TOLERANCES["reduction"][np.dtype(dtype)]
+    bound = to_host(cuda.dlogits_error_bound(dout, cache_ref, rtol))
+    error = np.abs(to_host(dlogits).astype(np.float64) - to_host(dlogits_ref))
+    assert np.all(error <= atol + rtol * np.abs(to_host(dlogits_ref)) + bound), float(np.max(error - bound))
+
+
 def test_kernels_self_check_passes(kernels):
     assert cuda.self_check(kernels) == {}
 
@@ -491,10 +502,7 @@ def test_phase1_kernels_are_the_reference(kernels, device, dtype, with_noise):
     # forward's ulps (another tanh) into a relative error of 1e-4 (a ulp of a over 1 - a^2).
     dz, dlogits = cuda.phase1_backward(kernels, dout, dataclasses.replace(cache, out=out_ref))
     _close(dz, dz_ref, dtype)
-    rtol, atol = cuda.TOLERANCES["reduction"][np.dtype(dtype)]
-    bound = to_host(cuda.dlogits_error_bound(dout, cache_ref, rtol))
-    error = np.abs(to_host(dlogits).astype(np.float64) - to_host(dlogits_ref))
-    assert np.all(error <= atol + rtol * np.abs(to_host(dlogits_ref)) + bound), float(np.max(error - bound))
+    _close_dlogits(dlogits, dlogits_ref, dout, cache_ref, dtype)
 
 
 def test_phase1_weights_kernel_breaks_ties_for_the_first_candidate_as_argmax_does(kernels, device):
@@ -503,6 +511,40 @@ def test_phase1_weights_kernel_breaks_ties_for_the_first_candidate_as_argmax_doe
     out, cache = cuda.phase1_forward(kernels, z, logits, None, kernels.candidate_table(POOL, 10.0, np.float32),
                                      tau=1.0, clamp=10.0)
     np.testing.assert_array_equal(to_host(cache.selected), np.zeros(5))
+
+
+@given(batch=st.integers(1, 40), width=st.integers(1, 40), seed=st.integers(0, 2**16),
+       clamp=st.sampled_from([None, 0.5, 10.0]), dtype=st.sampled_from(FLOATS), feature_major=st.booleans(),
+       tau=st.sampled_from([0.1, 0.3, 1.0]), with_noise=st.booleans())
+def test_host_compiled_kernels_are_the_reference_at_any_shape(batch, width, seed, clamp, dtype, feature_major, tau,
+                                                              with_noise):
+    """Both phases' kernels, compiled on the host, against the reference over shapes, clamps,
+    layouts, temperatures and noise drawn by hypothesis (the kernels are built once per process)."""
+    if host_kernels.COMPILER is None:
+        pytest.skip("no C++ compiler (set CXX)")
+    device = host_kernels.host_device_backend()
+    kernels = cuda.Kernels(device)  # each kernel's C is compiled once per process (tests/host_kernels.py)
+    rng = np.random.default_rng(seed)
+    host_z = rng.normal(0, 4, (batch, width)).astype(dtype)
+    z = device.asarray(np.ascontiguousarray(host_z.T)).T if feature_major else device.asarray(host_z)
+    dout = device.asarray(rng.normal(0, 1, (batch, width)).astype(dtype))
+    choices = rng.integers(0, len(POOL), width)
+    groups = make_groups(choices, POOL, device, contiguous=False, clamp=clamp)
+    a_ref, cache = fixed_forward(z, groups)
+    _close(cuda.coded_forward(kernels, z, kernels.neuron_table(choices, POOL, clamp, dtype)), a_ref, dtype)
+    _close(cuda.coded_backward(kernels, dout, z, a_ref, kernels.neuron_table(choices, POOL, clamp, dtype)),
+           fixed_backward(dout, cache, groups), dtype)
+    logits = device.asarray(rng.normal(0, 1, (width, len(POOL))).astype(dtype))
+    noise = device.asarray(rng.gumbel(size=(width, len(POOL))).astype(dtype)) if with_noise else None
+    out_ref, mixture_ref = mixture_forward(z, logits, noise, POOL, tau=tau, hard=True, clamp=clamp)
+    out, mixture = cuda.phase1_forward(kernels, z, logits, noise, kernels.candidate_table(POOL, clamp, dtype), tau=tau,
+                                       clamp=clamp)
+    np.testing.assert_array_equal(to_host(mixture.selected), to_host(mixture_ref.selected))
+    _close(out, out_ref, dtype)
+    dz_ref, dlogits_ref = mixture_backward(dout, mixture_ref, POOL)
+    dz, dlogits = cuda.phase1_backward(kernels, dout, dataclasses.replace(mixture, out=out_ref))
+    _close(dz, dz_ref, dtype)
+    _close_dlogits(dlogits, dlogits_ref, dout, mixture_ref, dtype)
 
 
 #: Planted mistakes, each in one kernel's C: (the kernel, the text, what it becomes, the family).
