@@ -17,11 +17,14 @@
 #   5. kernel timing: train steps of the 784-512-256-128-10 network, phase 1 and phase 2, kernels
 #      off against on ($OUT/kernel_timing.json; GPU_CHECK_TIMING_ROUNDS steps each, 40 by default,
 #      on the backend GPU_CHECK_DEVICE, "gpu" by default: the test suite runs it on host-kernels);
-#   6. smartmixed bench --device gpu --json $OUT/bench_gpu.json --quick (the full suite's settle
-#      times alone come to about 4 minutes: GPU_CHECK_BENCH=full drops --quick, with a longer limit).
-# The limits add up to 6 minutes (360 s with the quick bench), so the check fits twice in 15 minutes of
-# device time with the machine's start; a test step cut by its limit still reports what ran (and the
-# 15 slowest tests, to choose the files for the next run).
+#   6. smartmixed bench --device gpu --json $OUT/bench_gpu.json --plan device --no-jax: the issue's
+#      network at batch 128 and 8192 and the MNIST epoch when SMARTMIXED_DATA is set, no width sweep,
+#      no settle, JAX left out (its compiles would take the step's time); GPU_CHECK_BENCH=quick for a
+#      smoke test, =full for the CPU's plan (both sweeps, about 4 minutes of settle times alone),
+#      each with its own limit.
+# The limits add up to 6 minutes (360 s with the device bench), so the check fits twice in 15 minutes
+# of device time with the machine's start; a test step cut by its limit still reports what ran (and
+# the 15 slowest tests, to choose the files for the next run).
 # Exit status: 0 when every step passed, else 1 (the steps after a failure still run).
 
 set -u -o pipefail
@@ -29,17 +32,21 @@ set -u -o pipefail
 OUT=${OUT:-./gpu_out}
 DRY=${GPU_CHECK_DRY:-0}
 BACKENDS=${GPU_CHECK_BACKENDS:-cupy}
-INSTALL_LIMIT=${GPU_CHECK_INSTALL_LIMIT:-60}
-ENV_LIMIT=20
+INSTALL_LIMIT=${GPU_CHECK_INSTALL_LIMIT:-40}
+ENV_LIMIT=15
 TEST_LIMIT=${GPU_CHECK_TEST_LIMIT:-95}
 TIMING_LIMIT=${GPU_CHECK_TIMING_LIMIT:-40}
-if [ "${GPU_CHECK_BENCH:-quick}" = "full" ]; then
-    BENCH_ARGS=()
-    BENCH_LIMIT=${GPU_CHECK_BENCH_LIMIT:-300}
-else
-    BENCH_ARGS=(--quick)
-    BENCH_LIMIT=${GPU_CHECK_BENCH_LIMIT:-50}
-fi
+case "${GPU_CHECK_BENCH:-device}" in
+    full)  # the CPU's plan, both sweeps and their settle times
+        BENCH_ARGS=(--plan full)
+        BENCH_LIMIT=${GPU_CHECK_BENCH_LIMIT:-300} ;;
+    quick)  # a smoke test: a small network, figures not meaningful
+        BENCH_ARGS=(--quick)
+        BENCH_LIMIT=${GPU_CHECK_BENCH_LIMIT:-50} ;;
+    *)  # the GPU's plan: the network at batch 128 and 8192, the MNIST epoch; JAX left out for time
+        BENCH_ARGS=(--plan device --no-jax)
+        BENCH_LIMIT=${GPU_CHECK_BENCH_LIMIT:-75} ;;
+esac
 PYTHON=${PYTHON:-python}
 
 # The core, engine and gradient tests (the ones parametrised over the backend fixture, and the

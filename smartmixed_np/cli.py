@@ -490,7 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="run the benchmark suite and write JSON", description="Time training steps and inference side by side (float32) and write every figure and ratio as JSON.")
     bench.add_argument("--json", required=True, type=_path, metavar="FILE", help="where to write the results")
     bench.add_argument("--figure", type=_path, metavar="FILE", help="also draw a figure (PNG)")
-    bench.add_argument("--quick", action="store_true", help="few repeats, small sweep (a smoke test)")
+    scale = bench.add_mutually_exclusive_group()
+    scale.add_argument("--quick", action="store_true", help="few repeats, small sweep (a smoke test)")
+    scale.add_argument("--plan", choices=("full", "device", "quick"),
+                       help="full (the CPU's default: both sweeps, settled), device (the GPU's default: batch 128 and "
+                            "8192, no width sweep, no settle: about a minute) or quick")
     bench.add_argument("--data-dir", type=_path, metavar="DIR", help="MNIST folder for the epoch-throughput benchmark (default: $SMARTMIXED_DATA)")
     bench.add_argument("--device", type=_device, default="cpu", metavar="{cpu,gpu}", help="cpu or gpu (CuPy; PyTorch on CUDA when available)")
     bench.add_argument("--no-torch", action="store_true", help="leave out the PyTorch contenders")
@@ -895,7 +899,8 @@ def _bench(args: argparse.Namespace) -> int:
             env.update(isa_environment(args.isa))
         return subprocess.run([sys.executable, "-m", "smartmixed_np", *args.argv], env=env).returncode
     run_benchmarks(quick=args.quick, data_dir=args.data_dir, json_path=args.json, figure_path=args.figure, device=args.device,
-                   with_torch=not args.no_torch, with_jax=not args.no_jax, log=lambda line: print(line, file=sys.stderr, flush=True))
+                   with_torch=not args.no_torch, with_jax=not args.no_jax, plan=args.plan,
+                   log=lambda line: print(line, file=sys.stderr, flush=True))
     return 0
 
 

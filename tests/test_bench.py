@@ -178,6 +178,25 @@ def test_ratios_against_pytorch_cuda_graphs_where_they_were_timed():
     assert "phase1_vs_torch_graph_step_ratio" not in bench._targets(graphed, {}, {}, "cpu", jit=False)
 
 
+def test_a_gpu_takes_the_device_plan_with_the_floor_batch_and_its_target(tmp_path):
+    """On a backend that stands for a GPU the default plan is ``device``: batch 128 and the floor
+    target's batch, no width sweep, no settle; the ReLU/floor ratio at that batch is a GPU target."""
+    from smartmixed_np.backend import available_backends
+
+    if "host-kernels" not in available_backends():
+        pytest.skip("no host-kernels backend here (it needs a C++ compiler)")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("SMARTMIXED_DATA", raising=False)
+        report = run_benchmarks(sizes=[20, 12, 8, 4], with_torch=False, with_jax=False, device="host-kernels")
+    assert report["config"]["plan"] == "device" and report["config"]["settle_s"] == 0.0
+    assert [row["batch"] for row in report["batch_sweep"]] == [bench.FLOOR_BATCH] and report["width_sweep"] == []
+    key = f"relu_vs_floor_step_ratio_at_batch_{bench.FLOOR_BATCH}"
+    assert math.isfinite(report["ratios"][key]) and math.isfinite(report["ratios_of_minima"][f"{key}_of_minima"])
+    assert report["targets"][key]["target"] == "<= 1.3" and report["targets"][key]["met"] in (True, False)
+    with pytest.raises(ValueError, match="plan must be one of"):
+        run_benchmarks(plan="thorough", with_torch=False, with_jax=False)
+
+
 # --------------------------------------------------------------------------- machine facts
 CPUINFO_AVX512 = """processor\t: 0
 vendor_id\t: GenuineIntel

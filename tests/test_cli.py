@@ -427,7 +427,7 @@ TARGETS = (
     + [(_SWEEP, option) for option in ("--archs", "--models", "--seeds", "--workers", "--blas-threads", "--out", "--pool")]
     + [(["evaluate", "RUN"], option) for option in (None, "--device", "--data-dir", "--mirror", "--import")]
     + [(["demo"], option) for option in ("--epochs", "--out", "--device")]
-    + [(["bench", "--json", "b.json"], option) for option in ("--json", "--figure", "--data-dir", "--device")]
+    + [(["bench", "--json", "b.json"], option) for option in ("--json", "--figure", "--data-dir", "--device", "--plan")]
     + [(["report", "sweep"], option) for option in (None, "--out")]
     + [(["activations"], "--import")]
 )

@@ -734,7 +734,7 @@ def test_gpu_check_dry_run_prints_each_step_in_its_time_and_runs_nothing(tmp_pat
     assert "pip install --no-deps --no-build-isolation --no-index -e ." in by_step["install"]
     assert "SMARTMIXED_TEST_BACKENDS=cupy SMARTMIXED_CUDA_KERNELS=0" in by_step["tests_kernels_off"]
     assert "SMARTMIXED_TEST_BACKENDS=cupy SMARTMIXED_CUDA_KERNELS=1" in by_step["tests_kernels_on"]
-    assert f"smartmixed bench --device gpu --json {out}/bench_gpu.json --quick" in by_step["bench"]
+    assert f"smartmixed bench --device gpu --json {out}/bench_gpu.json --plan device --no-jax" in by_step["bench"]
     words = by_step["tests_kernels_on"].split()
     files = [word for word in words if word.startswith("tests/") and "::" not in word]
     assert files[0] == "tests/test_cuda_engine.py" and all((_SCRIPT.parent.parent / f).is_file() for f in files)
@@ -742,7 +742,10 @@ def test_gpu_check_dry_run_prints_each_step_in_its_time_and_runs_nothing(tmp_pat
     assert sum(limits) <= 7 * 60, f"the check's limits come to {sum(limits)} s: it must fit twice in 15 minutes"
     full = subprocess.run(["bash", str(_SCRIPT)], env={**env, "GPU_CHECK_BENCH": "full"}, capture_output=True,
                           text=True, check=True).stdout
-    assert "--quick" not in full.splitlines()[-1] and "bench_gpu.json" in full.splitlines()[-1]
+    assert "--plan full" in full.splitlines()[-1] and "bench_gpu.json" in full.splitlines()[-1]
+    quick = subprocess.run(["bash", str(_SCRIPT)], env={**env, "GPU_CHECK_BENCH": "quick"}, capture_output=True,
+                           text=True, check=True).stdout
+    assert "--quick" in quick.splitlines()[-1]
 
 
 def test_gpu_check_kernels_on_tests_pass_on_the_host_compiled_kernels(tmp_path):
