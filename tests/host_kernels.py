@@ -81,7 +81,8 @@ class Param:
         return _C_TYPES[self.dtype(t).name]
 
 
-def _params(text: str) -> list[Param]:
+def parse_params(text: str) -> list[Param]:
+    """A kernel's parameter list (``"raw T x, int32 K"``), one :class:`Param` an entry."""
     return [Param(part) for part in text.split(",") if part.strip()]
 
 
@@ -121,8 +122,7 @@ def _resolve_t(params: Sequence[Param], args: Sequence[Any]) -> np.dtype:
 
 
 def _scalar(param: Param, value: Any, t: np.dtype) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        raise TypeError(f"{param.name}: an array for a scalar parameter")
+    """A scalar argument (a Python or NumPy number) as one element of its parameter's type."""
     return np.array([value], dtype=param.dtype(t))
 
 
@@ -130,7 +130,7 @@ class _Kernel:
     """What both factories share: the parameters, the preamble, the arguments' marshalling."""
 
     def __init__(self, in_params: str, out_params: str, name: str, preamble: str) -> None:
-        self.inputs, self.outputs = _params(in_params), _params(out_params)
+        self.inputs, self.outputs = parse_params(in_params), parse_params(out_params)
         self.name, self.preamble = name, preamble
 
     def _check_array(self, param: Param, array: Any, t: np.dtype) -> None:
