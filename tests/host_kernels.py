@@ -29,6 +29,8 @@ in tests on every machine with a C++ compiler.
 from __future__ import annotations
 
 import atexit
+import collections
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -57,6 +59,33 @@ static inline double __longlong_as_double(long long bits) { double d; std::memcp
 using std::exp; using std::expm1; using std::tanh; using std::fabs; using std::sqrt; using std::log;
 """
 _BUILT: dict[str, Any] = {}
+
+#: The device operations made since the last ``LAUNCHES.clear()``, by name: each kernel of the two
+#: factories (by its name), each ufunc call on a :class:`HostDeviceArray` (``"add"``; a reduction
+#: ``"add.reduce"``), each function of :class:`HostDeviceModule` that computes something (not one
+#: that only makes a view or an uninitialised array: ``empty``, ``reshape``, an ``asarray`` that
+#: copies nothing), each copy on the device (``astype`` to another dtype, ``copy``, ``fill``, an
+#: assignment into an array, ``argmax``, a fancy index) and each copy between host and device
+#: (``"to_device"``, ``"to_host"``). On CuPy each is one kernel launch, cuBLAS call or copy, which
+#: costs the host microseconds to issue: a small step's time on a GPU is mostly their number. An
+#: operation is counted once, at the outermost call (what NumPy does inside it is that one operation).
+LAUNCHES: collections.Counter = collections.Counter()
+_DEPTH = [0]
+
+
+def _count(name: str) -> None:
+    if _DEPTH[0] == 0:
+        LAUNCHES[name] += 1
+
+
+@contextlib.contextmanager
+def _inside():
+    """What runs inside is part of the operation being counted, not an operation of its own."""
+    _DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _DEPTH[0] -= 1
 _WORKDIR: list[str] = []
 
 
@@ -167,6 +196,11 @@ class ElementwiseKernel(_Kernel):
         self.operation = operation
 
     def __call__(self, *args: Any, size: int | None = None) -> Any:
+        _count(self.name)
+        with _inside():
+            return self._run(args, size)
+
+    def _run(self, args: Sequence[Any], size: int | None) -> Any:
         params = self.inputs + self.outputs
         if len(args) != len(params):
             raise TypeError(f"{self.name}: {len(args)} arguments for {len(params)} parameters (outputs are not made here)")
@@ -229,6 +263,11 @@ class ReductionKernel(_Kernel):
         self.map_expr, self.reduce_expr, self.post_map_expr, self.identity = map_expr, reduce_expr, post_map_expr, identity
 
     def __call__(self, *args: Any, axis: Any = None) -> Any:
+        _count(self.name)
+        with _inside():
+            return self._run(args, axis)
+
+    def _run(self, args: Sequence[Any], axis: Any) -> Any:
         if len(args) != len(self.inputs):
             raise TypeError(f"{self.name}: {len(args)} arguments for {len(self.inputs)} inputs")
         t = _resolve_t(self.inputs, args)
@@ -305,8 +344,65 @@ class HostDeviceArray(np.ndarray):
     def __array_wrap__(self, array: np.ndarray, context: Any = None, return_scalar: bool = False) -> Any:
         return array.view(HostDeviceArray)
 
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, out: Any = None, **kwargs: Any) -> Any:
+        """The ufunc on the arrays' NumPy views, counted in :data:`LAUNCHES`; results as device arrays."""
+        _count(ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}")
+        if out is not None:
+            kwargs["out"] = tuple(map(_plain, out))
+        with _inside():
+            result = getattr(ufunc, method)(*map(_plain, inputs), **kwargs)
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return tuple(map(_on_device, result)) if isinstance(result, tuple) else _on_device(result)
+
     def __getitem__(self, key: Any) -> Any:
-        return _on_device(super().__getitem__(key))
+        with _inside():
+            result = super().__getitem__(key)
+        if isinstance(result, np.ndarray) and not np.may_share_memory(result, self):
+            _count("take")  # advanced indexing copies (a basic index is a view, as on CuPy)
+        return _on_device(result)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        _count("setitem")
+        with _inside():
+            super().__setitem__(key, _plain(value))
+
+    def astype(self, dtype: Any, *args: Any, **kwargs: Any) -> Any:
+        with _inside():
+            result = super().astype(dtype, *args, **kwargs)
+        if result is not self:
+            _count("astype")
+        return result
+
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        _count("copy")
+        with _inside():
+            return super().copy(*args, **kwargs)
+
+    def fill(self, value: Any) -> None:
+        _count("fill")
+        with _inside():
+            super().fill(value)
+
+    def argmax(self, *args: Any, **kwargs: Any) -> Any:
+        _count("argmax")
+        with _inside():
+            return _on_device(super().argmax(*args, **kwargs))
+
+    @property
+    def base(self) -> "HostDeviceArray | None":
+        """The device array that owns this one's memory, or None when it owns it itself: CuPy's
+        ``base``, which names the owner, never a view between (CuPy's ``_view`` sets
+        ``v.base = self.base if self.base is not None else self``), so that
+        :func:`smartmixed_np.fast.flat.flat_of` finds a flat buffer here as on a GPU. NumPy
+        collapses a chain of views only for exact ``ndarray``\\ s; here the chain is walked. A
+        device array made from a host array (a view of it, as every result here is) owns its memory."""
+        owner = np.ndarray.base.__get__(self)
+        if not isinstance(owner, HostDeviceArray):
+            return None
+        while isinstance(np.ndarray.base.__get__(owner), HostDeviceArray):
+            owner = np.ndarray.base.__get__(owner)
+        return owner
 
     def _read(self, convert: Any) -> Any:
         HOST_READS[0] += 1
@@ -330,7 +426,35 @@ class HostDeviceArray(np.ndarray):
 
 def _to_host(array: Any) -> np.ndarray:
     HOST_READS[0] += 1
+    _count("to_host")
     return np.array(array)
+
+
+def _to_device(array: np.ndarray) -> "HostDeviceArray":
+    _count("to_device")
+    return np.array(array).view(HostDeviceArray)
+
+
+def _plain(value: Any) -> Any:
+    """A device array's NumPy view (anything else as it is)."""
+    return value.view(np.ndarray) if isinstance(value, HostDeviceArray) else value
+
+
+#: Functions of the module that make no device work: an uninitialised array.
+_NO_WORK = frozenset({"empty", "empty_like"})
+
+
+def _computes(name: str, result: Any, args: Sequence[Any], kwargs: dict) -> bool:
+    """Whether a module function's call was device work: it wrote ``out``, or made an array that
+    is not a view of one of its arguments (nor an uninitialised one), or several."""
+    if name in _NO_WORK:
+        return False
+    if kwargs.get("out") is not None or isinstance(result, (tuple, np.generic)):
+        return True  # a number is a reduction's (a 0-d array on the device)
+    if not isinstance(result, np.ndarray):
+        return False
+    sources = [a for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray)]
+    return not any(np.may_share_memory(result, a) for a in sources)
 
 
 def _on_device(value: Any) -> Any:
@@ -350,7 +474,15 @@ class HostDeviceModule(HostKernelModule):
         value = getattr(np, name)
         if not callable(value) or isinstance(value, (type, np.ufunc)):  # constants, dtypes, ufuncs as they are
             return value
-        return lambda *args, **kwargs: _on_device(value(*args, **kwargs))
+
+        def function(*args: Any, **kwargs: Any) -> Any:
+            with _inside():
+                result = value(*args, **kwargs)
+            if _computes(name, result, args, kwargs):
+                _count(name)
+            return _on_device(result)
+
+        return function
 
 
 def host_device_backend(name: str = "host-kernels") -> Any:
@@ -364,4 +496,4 @@ def host_device_backend(name: str = "host-kernels") -> Any:
         pass
     return register_backend(Backend(
         name=name, device="gpu", xp=HostDeviceModule(), array_type=HostDeviceArray,
-        _to_device=lambda a: np.array(a).view(HostDeviceArray), _to_host=_to_host))
+        _to_device=_to_device, _to_host=_to_host))

@@ -78,3 +78,48 @@ def test_a_kernel_that_does_not_compile_says_why():
     kernel = ElementwiseKernel("T x", "T out", "out = undefined_function(x)", "broken")
     with pytest.raises(RuntimeError, match="does not compile.*undefined_function"):
         kernel(np.ones(2), np.empty(2))
+
+
+def test_views_name_their_owner_as_cupy_does():
+    """``base`` is the array that owns the memory (CuPy's), never a view in between, so that a
+    network's flat parameter buffer is found here as on a GPU."""
+    backend = host_kernels.host_device_backend()
+    flat = backend.xp.zeros(12, dtype=np.float32)
+    assert isinstance(flat, HostDeviceArray) and flat.base is None
+    view = flat[4:10].reshape(2, 3)
+    assert view.base is flat and view.T.base is flat and view[1].base is flat
+    assert backend.asarray(np.ones(3)).base is None and (flat + 1).base is None
+
+    from smartmixed_np.fast.flat import flat_of, pack
+
+    packed, views = pack({"a": flat[:5].reshape(5, 1), "b": flat[5:]})
+    assert flat_of(views) is packed and flat_of({"b": views["b"], "a": views["a"]}) is None
+
+
+def test_launches_count_each_device_operation_once():
+    """What a GPU would launch, counted once at the outermost call; views, uninitialised arrays and
+    casts that copy nothing count nothing."""
+    backend = host_kernels.host_device_backend()
+    xp, launches = backend.xp, host_kernels.LAUNCHES
+    a = backend.asarray(np.arange(12, dtype=np.float32).reshape(3, 4))
+    square = ElementwiseKernel("T x", "T y", "y = x * x", "square")
+    total = ReductionKernel("T x", "T y", "x", "a + b", "y = a", "0", "total")
+    out = xp.empty_like(a)
+    launches.clear()
+    a.T, a[1:], a.reshape(4, 3), xp.reshape(a, (12,)), xp.ascontiguousarray(a), a.astype(np.float32, copy=False)
+    xp.empty((2, 2)), xp.empty_like(a), a[0, 1]
+    assert sum(launches.values()) == 0
+    b = a + 1
+    xp.exp(b, out=b)
+    b -= a
+    xp.sum(a, axis=0)
+    xp.clip(a, 0, 1)  # a NumPy function whose work is a ufunc: one operation
+    a.max()
+    a[np.array([0, 2])]
+    a.astype(np.float64)
+    b[...] = a
+    square(a, out)
+    total(a, axis=1)
+    backend.asarray(np.ones(3))
+    assert dict(launches) == {"add": 1, "exp": 1, "subtract": 1, "sum": 1, "clip": 1, "maximum.reduce": 1, "take": 1,
+                              "astype": 1, "setitem": 1, "square": 1, "total": 1, "to_device": 1}
