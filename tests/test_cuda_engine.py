@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from smartmixed_np.backend import Backend, BackendUnavailableError, SeededRNG, get_backend, to_host
 from smartmixed_np.core.activations import clamp_limits, get_activation, resolve_pool
+from smartmixed_np.core.losses import log_softmax, softmax_cross_entropy
 from smartmixed_np.core.optim import adam_update_reference
 from smartmixed_np.core.phase1 import mixture_backward, mixture_forward
 from smartmixed_np.core.phase2 import fixed_backward, fixed_forward, make_groups
@@ -113,9 +114,10 @@ def test_c_and_numpy_twins_come_from_one_table():
         assert f"case {spec.code}: {{ {cuda.render_c(spec.derivative, 'd')} break; }}" in cuda._PREAMBLE
     assert sorted(s.code for s in cuda.ACTIVATION_SPECS) == list(range(len(cuda.ACTIVATION_SPECS)))
     # no kernel carries an activation formula of its own: they all go through the preamble's functions
-    for kind, args in cuda._KERNEL_SPECS.values():
+    # (the loss's expm1 is the loss's own: p - 1 at the label, core.losses' formula)
+    for name, (kind, args) in cuda._KERNEL_SPECS.items():
         operation = args[2]
-        assert "tanh" not in operation and "expm1" not in operation
+        assert "tanh" not in operation and ("expm1" not in operation or name == "softmax_ce")
     tanh = next(s for s in cuda.ACTIVATION_SPECS if s.name == "tanh")
     planted = dataclasses.replace(tanh, derivative="1 - a * a * a")
     assert cuda.render_c(planted.derivative, "d") != cuda.render_c(tanh.derivative, "d")
@@ -291,6 +293,16 @@ def _emulated(name, args):
         m[...] = m * beta1 + g * omb1
         v[...] = v * beta2 + (g * g) * omb2
         p[...] = p - (m / (np.sqrt(v) * r + eps)) * step
+    elif name == "clip_factor":
+        norm, max_norm, eps, factor = args
+        factor[...] = np.minimum(max_norm / (norm + eps), 1)
+    elif name == "softmax_ce":
+        logits, labels, classes, batch, dlogits, log_p = args
+        log_probs = log_softmax(logits)
+        rows = np.arange(logits.shape[0])
+        log_p[...] = log_probs[rows, labels]
+        dlogits[...] = np.exp(log_probs) / batch
+        dlogits[rows, labels] = np.expm1(log_p) / batch
     else:  # pragma: no cover - a kernel this emulation does not know
         raise AssertionError(name)
 
@@ -309,6 +321,12 @@ def _emulating_xp():
                 dout, z, code, lo, hi = args
                 assert axis == 1 and code.shape == lo.shape == hi.shape and code.shape[1:] == (1, 1)
                 return (dout * _coded("clamped_forward", code, z, lo, hi)).sum(axis=1)
+            if self.name == "grad_norm":
+                (g,) = args
+                return np.sqrt(np.asarray(np.dot(g, g)))
+            if self.name == "mean_loss":
+                log_p, batch = args
+                return np.asarray(-np.sum(log_p) / batch)
             assert len(args) == self.nin + self.nout, f"{self.name}: {len(args)} arguments for {self.nin} in + {self.nout} out"
             _emulated(self.name, args)
             return args[-1]
@@ -546,6 +564,8 @@ _PLANTED = {
     "dlogits read transposed": ("phase1_dlogits", "dy[(ptrdiff_t)k * N + i]", "dy[(ptrdiff_t)i * K + k]", "phase1"),
     "bias correction inside the root": ("adam", "sqrt(vi) * inv_sqrt_bc2", "sqrt(vi * inv_sqrt_bc2)", "adam"),
     "candidate's output for dy from z, not dout": ("phase1_dy", "dout * _sm_forward", "z * _sm_forward", "phase1"),
+    "the maximum's own term left in the sum": ("softmax_ce", "(c == top) ? (T)0 :", "", "loss"),
+    "the norm without its root": ("grad_norm", "norm = sqrt(a)", "norm = a", "clip"),
 }
 
 
@@ -576,6 +596,69 @@ def test_adam_kernel_is_the_reference(kernels, device, dtype, scale):
     adam_update_reference(*ref, scratch=backend.xp.empty_like(ref[0]), scale=factor, **settings)
     for got, want in zip(mine, ref):
         _close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("batch, classes", [(1, 2), (12, 10), (300, 3)])
+def test_loss_kernels_are_the_reference(kernels, device, dtype, batch, classes):
+    """softmax_ce and mean_loss against core.losses.softmax_cross_entropy: ordinary rows, ties for
+    the maximum, confident rows (p - 1 near 0), huge and infinite logits, a NaN, int32 labels."""
+    backend = device
+    rng = np.random.default_rng(10)
+    host = rng.normal(0.0, 4.0, (batch, classes)).astype(dtype)
+    if batch >= 7:
+        host[1, :2] = host[1].max() + 1  # a tie: the first maximum is the one left out of the sum
+        host[2] *= 1e4  # confident
+        host[3, 0] = 3e38 if dtype == np.float32 else 1e300
+        host[4, -1] = -np.inf
+        host[5, 1] = np.inf  # inf - inf at the top: NaN, as the reference
+        host[6, 0] = np.nan
+    logits = backend.asarray(host)
+    for label_dtype in (np.int64, np.int32):
+        labels = backend.asarray(rng.integers(0, classes, batch).astype(label_dtype))
+        with np.errstate(invalid="ignore", over="ignore"):
+            loss_ref, dlogits_ref = softmax_cross_entropy(logits, labels, check=False)
+            loss, dlogits = cuda.softmax_cross_entropy(kernels, logits, labels)
+        assert backend.owns(loss) and loss.shape == () and dlogits.shape == (batch, classes)
+        np.testing.assert_array_equal(np.isnan(to_host(dlogits)), np.isnan(to_host(dlogits_ref)))
+        assert np.isnan(to_host(loss)) == np.isnan(to_host(loss_ref))
+        finite = ~np.isnan(to_host(dlogits_ref))
+        _close(to_host(dlogits)[finite], to_host(dlogits_ref)[finite], dtype, "reduction")
+        ordinary = slice(7, None) if batch >= 7 else slice(None)  # the rows without a NaN
+        loss_ref = softmax_cross_entropy(logits[ordinary], labels[ordinary], check=False)[0]
+        _close(cuda.softmax_cross_entropy(kernels, logits[ordinary], labels[ordinary])[0], loss_ref, dtype, "reduction")
+
+
+def test_loss_kernel_gives_a_nan_for_a_label_out_of_range(kernels):
+    backend = kernels.backend
+    logits = backend.asarray(np.zeros((3, 4), dtype=np.float32))
+    loss, _ = cuda.softmax_cross_entropy(kernels, logits, backend.asarray(np.array([0, 4, 1])))
+    assert np.isnan(to_host(loss))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_clip_kernels_are_the_reference(kernels, device, dtype):
+    """grad_norm and clip_factor over a flat buffer against core.optim.clip_factor over the
+    parameters that tile it: clipping, no clipping (a factor of exactly 1), all zeros, a NaN."""
+    from smartmixed_np.core.optim import clip_factor as reference
+    from smartmixed_np.fast.flat import pack
+
+    backend = device
+    rng = np.random.default_rng(11)
+    shapes = {"W1": (33, 20), "b1": (33,), "W2": (5, 33), "b2": (5,)}
+    host = {name: rng.normal(0.0, 1.0, shape).astype(dtype) for name, shape in shapes.items()}
+    flat, grads = pack({name: backend.asarray(h) for name, h in host.items()})
+    for max_norm in (1.0, 1e6):
+        norm_ref, factor_ref = reference(grads, max_norm)
+        norm, factor = cuda.clip_factor(kernels, flat, max_norm)
+        assert backend.owns(norm) and backend.owns(factor) and norm.shape == factor.shape == ()
+        _close(norm, norm_ref, dtype, "reduction")
+        _close(factor, factor_ref, dtype, "reduction")
+    assert float(to_host(factor)) == 1.0
+    flat[...] = 0
+    assert float(to_host(cuda.clip_factor(kernels, flat, 1.0)[1])) == 1.0
+    flat[3] = np.nan
+    assert np.isnan(to_host(cuda.clip_factor(kernels, flat, 1.0)[1])) and np.isnan(to_host(reference(grads, 1.0)[1]))
 
 
 def _train(device, kernels_on, dtype, steps, activation="smartmixed"):
@@ -635,6 +718,45 @@ def test_a_step_on_a_device_reads_nothing_back_to_the_host(kernels_on, kind):
     loss = train_step(model, optimizer, x, y, clip=1.0, grads=grads)[0]
     assert host_kernels.HOST_READS[0] == 0
     assert math.isfinite(float(loss)) and host_kernels.HOST_READS[0] == 1  # the count counts
+
+
+@pytest.mark.parametrize("kind", ["relu", "frozen", "smartmixed"])
+def test_a_step_with_the_kernels_makes_the_launches_of_the_issue_and_no_more(kind):
+    """Every device operation of a training step with the kernels on, counted on host-kernels
+    (tests/host_kernels.py: LAUNCHES, what would be a kernel launch, a cuBLAS call or a copy on
+    CuPy), for a network of L = 4 linear layers and H = 3 hidden ones: the 3L - 1 matrix
+    products, the L bias additions and the L bias gradients of the reference's linear layers;
+    per phase-2 layer one kernel each way; per phase-1 layer two kernels forward (the weights and
+    argmax, the output), two and one reduction backward (dz; dy; the softmax backward), the host
+    noise's copy to the device and the copy of dlogits into the layer's gradient; the loss in two
+    (the rows, the mean), the clip factor in two (the norm, the factor), Adam in one."""
+    if host_kernels.COMPILER is None:
+        pytest.skip("no C++ compiler (set CXX)")
+    from smartmixed_np.nn.mlp import MLP
+    from smartmixed_np.nn.step import train_step
+
+    backend = host_kernels.host_device_backend()
+    cuda.enable(True)
+    model = MLP([20, 33, 17, 11, 5], "relu" if kind == "relu" else "smartmixed", seed=3, device=backend)
+    if kind == "frozen":
+        model = model.freeze()
+    optimizer = Adam(model.parameters(), lr=1e-2)
+    rng = np.random.default_rng(9)
+    x = backend.asarray(rng.standard_normal((64, 20)).astype(np.float32))
+    y = backend.asarray(rng.integers(0, 5, 64))
+    grads = model.gradients()
+    train_step(model, optimizer, x, y, clip=1.0, grads=grads)
+    host_kernels.LAUNCHES.clear()
+    train_step(model, optimizer, x, y, clip=1.0, grads=grads)
+    layers, hidden = 4, 3
+    expected = {"matmul": 3 * layers - 1, "add": layers, "sum": layers, "smartmixed_softmax_ce": 1,
+                "smartmixed_mean_loss": 1, "smartmixed_grad_norm": 1, "smartmixed_clip_factor": 1, "smartmixed_adam": 1}
+    if kind == "smartmixed":
+        expected.update({f"smartmixed_phase1_{name}": hidden for name in ("weights", "forward", "dz", "dy", "dlogits")},
+                        to_device=hidden, setitem=hidden)
+    else:
+        expected.update(smartmixed_phase2_forward=hidden, smartmixed_phase2_backward=hidden)
+    assert dict(host_kernels.LAUNCHES) == expected
 
 
 _SPIN = r"""

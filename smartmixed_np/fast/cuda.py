@@ -80,9 +80,9 @@ from .kernels import has_kernel
 __all__ = [
     "KERNELS_ENV", "TOLERANCES", "CONSTANTS", "ActivationSpec", "ACTIVATION_SPECS", "CLAMP_FORWARD", "CLAMP_BACKWARD",
     "CudaKernelWarning", "DeviceGumbel", "KernelError", "Kernels", "KernelMixtureCache", "NeuronTable", "activation_code",
-    "adam_update", "applies", "coded_backward", "coded_forward", "dlogits_error_bound", "enable", "enabled", "has_code",
+    "adam_update", "applies", "clip_factor", "coded_backward", "coded_forward", "dlogits_error_bound", "enable", "enabled", "has_code",
     "kernels_for", "numpy_twin", "phase1_backward", "phase1_forward", "render_c", "render_numpy", "reset", "self_check",
-    "status",
+    "softmax_cross_entropy", "status",
 ]
 
 KERNELS_ENV = "SMARTMIXED_CUDA_KERNELS"
@@ -357,6 +357,35 @@ for (int k = 0; k < K; ++k) {
 }
 """
 
+# core.losses.softmax_cross_entropy for row i of the (B, C) logits, operation for operation: the
+# first maximum s_t (as xp.argmax: a NaN wins), the sum over the row of e^{s_j - s_t} with the
+# maximum's own term 0, log p = (s - s_t) - log1p(sum); dlogits = e^{log p} / B, expm1(log p) / B at
+# the label; log_p is the label's log-probability (NaN for a label outside [0, C), which the
+# reference's check refuses and its indexing would not read).
+_SOFTMAX_CE_OPERATION = """
+const ptrdiff_t base = (ptrdiff_t)i * C;
+int top = 0;
+T best = logits[base];
+for (int c = 1; c < C && best == best; ++c) {
+  const T s = logits[base + c];
+  if (s > best || s != s) { best = s; top = c; }
+}
+T total = 0;
+for (int c = 0; c < C; ++c) total += (c == top) ? (T)0 : exp(logits[base + c] - best);
+const T lse = log1p(total);
+for (int c = 0; c < C; ++c) {
+  const T lp = (logits[base + c] - best) - lse;
+  dlogits[base + c] = ((c == label) ? expm1(lp) : exp(lp)) / batch;
+}
+log_p = (label >= 0 && label < C) ? (logits[base + label] - best) - lse : _sm_nan<T>();
+"""
+
+# core.optim.clip_factor's factor from the norm: min(max_norm / (norm + eps), 1), a NaN kept (np.minimum's).
+_CLIP_OPERATION = """
+const T f = max_norm / (norm + eps);
+factor = (f < (T)1 || f != f) ? f : (T)1;
+"""
+
 _OPTIONS = ("--fmad=false",)
 
 #: (rtol, atol) of the self-check and of the GPU tests, by dtype: elementwise kernels make the
@@ -445,7 +474,7 @@ class Kernels:
     ``_built``, the kernel objects by name.
     """
 
-    FAMILIES = ("phase2", "phase1", "adam")
+    FAMILIES = ("phase2", "phase1", "adam", "clip", "loss")
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
@@ -556,6 +585,10 @@ _KERNEL_SPECS: dict[str, tuple[str, tuple]] = {
     "phase1_dlogits": (_EW, ("raw T dy, raw T weights, int32 K, int32 N, T tau", "raw T dlogits", _DLOGITS_OPERATION)),
     "adam": (_EW, ("T g, raw T scale, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T inv_sqrt_bc2, T eps, "
                    "T step_size, T weight_decay", "T p, T m, T v", _ADAM_OPERATION)),
+    "grad_norm": (_RED, ("T g", "T norm", "g * g", "a + b", "norm = sqrt(a)", "0")),
+    "clip_factor": (_EW, ("T norm, T max_norm, T eps", "T factor", _CLIP_OPERATION)),
+    "softmax_ce": (_EW, ("raw T logits, int64 label, int32 C, T batch", "raw T dlogits, T log_p", _SOFTMAX_CE_OPERATION)),
+    "mean_loss": (_RED, ("T log_p, T batch", "T loss", "log_p", "a + b", "loss = -a / batch", "0")),
 }
 _PREAMBLE = _preamble()
 
@@ -708,6 +741,55 @@ def adam_update(kernels: Kernels, p: Any, g: Any, m: Any, v: Any, *, beta1: floa
                            dtype(inv_sqrt_bc2), dtype(eps), dtype(step_size), dtype(weight_decay), p, m, v)
 
 
+# --------------------------------------------------------------------------- clipping and the loss
+def clip_factor(kernels: Kernels, flat: Any, max_norm: float, eps: float = 1e-6) -> tuple[Any, Any]:
+    r""":func:`smartmixed_np.core.optim.clip_factor` of the gradients that tile ``flat`` (1-D, see
+    :func:`smartmixed_np.fast.flat.flat_of`) in two launches instead of some twenty.
+
+    $\lVert g \rVert = \sqrt{\sum_i g_i^2}$ (one reduction over the whole buffer), then
+    $f = \min(1, \mathrm{max\_norm} / (\lVert g \rVert + \epsilon))$ (one launch, the
+    reference's operations with the constants rounded to the dtype). The reference sums each
+    parameter's squares and then the sums: the norm is the same to rounding (every term is
+    positive, nothing cancels; ``"reduction"`` of :data:`TOLERANCES`), the factor then the
+    reference's operations on it.
+
+    Returns:
+        ``(norm, factor)``, 0-d device arrays of ``flat``'s dtype.
+    """
+    norm = kernels.kernel("grad_norm")(flat)
+    factor = kernels.xp.empty((), dtype=flat.dtype)
+    dtype = flat.dtype.type
+    kernels.kernel("clip_factor")(norm, dtype(max_norm), dtype(eps), factor)
+    return norm, factor
+
+
+def softmax_cross_entropy(kernels: Kernels, logits: Any, labels: Any) -> tuple[Any, Any]:
+    r""":func:`smartmixed_np.core.losses.softmax_cross_entropy` (without its check) in two launches instead
+    of some twenty: one kernel over the rows for the log-probabilities and ``dlogits``, one reduction for the mean.
+
+    Row $b$: $t = \arg\max_c s_{bc}$, $\log p_{bc} = (s_{bc} - s_{bt}) - \mathrm{log1p}(\sum_{c \ne t}
+    e^{s_{bc} - s_{bt}})$; $dlogits_{bc} = e^{\log p_{bc}}/B$ ($\mathrm{expm1}(\log p_{b y_b})/B$ at the
+    label); $L = -(\sum_b \log p_{b y_b}) / B$. The reference's operations, but its two sums (over a
+    row and over the batch) in another order: the same numbers to rounding (``"reduction"``).
+
+    Args:
+        logits: (B, C) of the kernels' backend, float32 or float64.
+        labels: (B,) integer classes in ``[0, C)`` on the same device (a label outside gives a NaN loss).
+
+    Returns:
+        ``(loss, dlogits)``: a 0-d device array and (B, C).
+    """
+    xp = kernels.xp
+    batch, classes = logits.shape
+    logits = xp.ascontiguousarray(logits)
+    dtype = logits.dtype.type
+    dlogits = xp.empty((batch, classes), dtype=logits.dtype)
+    log_p = xp.empty(batch, dtype=logits.dtype)
+    kernels.kernel("softmax_ce")(logits, labels.astype(np.int64, copy=False), np.int32(classes), dtype(batch),
+                                 dlogits, log_p)
+    return kernels.kernel("mean_loss")(log_p, dtype(batch)), dlogits
+
+
 # --------------------------------------------------------------------------- Gumbel noise on the device
 class DeviceGumbel:
     """A layer's noise stream whose Gumbel draws are made on the device (optional; not the default).
@@ -858,7 +940,39 @@ def _check_adam(kernels: Kernels, rng: np.random.Generator, dtype: Any) -> str |
     return None
 
 
-_CHECKS = {"phase2": _check_phase2, "phase1": _check_phase1, "adam": _check_adam}
+def _check_clip(kernels: Kernels, rng: np.random.Generator, dtype: Any) -> str | None:
+    from ..core.optim import clip_factor as reference
+
+    backend = kernels.backend
+    flat = backend.asarray(rng.normal(0.0, 1.0, 1000).astype(dtype))
+    grads = {"W": flat[:600].reshape(20, 30), "b": flat[600:]}
+    for max_norm in (3.0, 1e6):  # clipping, and a factor of 1
+        norm_ref, factor_ref = reference(grads, max_norm)
+        norm, factor = clip_factor(kernels, flat, max_norm)
+        why = (_disagreement("grad_norm", norm, norm_ref, dtype, "reduction")
+               or _disagreement("clip_factor", factor, factor_ref, dtype, "reduction"))
+        if why is not None:
+            return why
+    return None
+
+
+def _check_loss(kernels: Kernels, rng: np.random.Generator, dtype: Any) -> str | None:
+    from ..core.losses import softmax_cross_entropy as reference
+
+    backend = kernels.backend
+    logits = rng.normal(0.0, 3.0, (9, 5)).astype(dtype)
+    logits[1, 2:4] = logits[1].max() + 1  # a tie for the maximum
+    logits[2] *= 1e4  # a confident row: p - 1 near 0 at the label
+    logits = backend.asarray(logits)
+    labels = backend.asarray(rng.integers(0, 5, 9))
+    loss_ref, dlogits_ref = reference(logits, labels, check=False)
+    loss, dlogits = softmax_cross_entropy(kernels, logits, labels)
+    return (_disagreement("softmax_ce/mean_loss", loss, loss_ref, dtype, "reduction")
+            or _disagreement("softmax_ce", dlogits, dlogits_ref, dtype, "reduction"))
+
+
+_CHECKS = {"phase2": _check_phase2, "phase1": _check_phase1, "adam": _check_adam, "clip": _check_clip,
+           "loss": _check_loss}
 
 
 def self_check(kernels: Kernels, seed: int = 0) -> dict[str, str]:

@@ -8,7 +8,9 @@ engine :func:`compiled_adam` returns: the one-pass loop of
 else none. On a GPU with the CUDA kernels switched on (``SMARTMIXED_CUDA_KERNELS=1``,
 :mod:`smartmixed_np.fast.cuda`) and self-checked, :func:`cuda_adam` gives the kernels, and
 each parameter's update is one launch, :func:`smartmixed_np.fast.cuda.adam_update`, the clip
-factor read on the device. SGD and the clipping functions are the reference's own.
+factor read on the device, and :func:`clip_factor` computes that factor in two launches over the
+flat gradient buffer (:func:`smartmixed_np.fast.cuda.clip_factor`). SGD and
+:func:`clip_grad_norm` are the reference's own.
 
 One pass over everything: when the parameters are laid end to end in one flat buffer and
 the gradients in another (:class:`~smartmixed_np.nn.mlp.MLP` packs both,
@@ -35,8 +37,7 @@ import numpy as np
 
 from ..backend import array_module, backend_of
 from ..core import optim as reference
-from ..core.optim import (SGD, Optimizer, adam_update_reference, clip_factor, clip_grad_norm, global_grad_norm,
-                          host_number)
+from ..core.optim import SGD, Optimizer, adam_update_reference, clip_grad_norm, global_grad_norm, host_number
 from ..fast import compiled, cuda
 from ..fast.flat import flat_of, pack
 
@@ -63,6 +64,26 @@ def chunked_reference_update(p: Any, g: Any, m: Any, v: Any, *, scratch: Any, **
         stop = min(size, start + step)
         adam_update_reference(p[start:stop], g[start:stop], m[start:stop], v[start:stop], scratch=scratch[start:stop],
                               **settings)
+
+
+def clip_factor(grads: dict[str, Any], max_norm: float, eps: float = 1e-6) -> tuple[Any, Any]:
+    """:func:`smartmixed_np.core.optim.clip_factor`: ``(norm, factor)``, 0-d device arrays.
+
+    On a GPU with the CUDA kernels on and their ``"clip"`` family self-checked, and the gradients
+    tiling one flat buffer (:func:`~smartmixed_np.fast.flat.flat_of`; a network's do), it is
+    :func:`smartmixed_np.fast.cuda.clip_factor`: two launches over the flat buffer instead of a
+    dot product per parameter and a dozen operations on numbers, the norm the same to rounding.
+    Everywhere else (the CPU above all: its numbers stay the reference's, bit for bit) the reference.
+    """
+    first = next(iter(grads.values()), None) if isinstance(grads, dict) else None
+    kernels = cuda.kernels_for(backend_of(first)) if first is not None else None
+    if kernels is not None and kernels.usable("clip"):
+        flat = flat_of(grads)
+        if flat is not None and cuda.applies(kernels, flat):
+            if not max_norm > 0:
+                raise ValueError(f"max_norm must be positive, got {max_norm}")
+            return cuda.clip_factor(kernels, flat, max_norm, eps)
+    return reference.clip_factor(grads, max_norm, eps)
 
 
 def compiled_adam() -> Any:

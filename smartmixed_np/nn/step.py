@@ -6,7 +6,7 @@ taught, what is timed and what trains are the same five lines:
 
 1. forward: ``logits = model.forward(x, train=True)`` (phase 1 draws its Gumbel
    noise here), the network records what its backward needs;
-2. loss: softmax cross-entropy (or another loss of :data:`smartmixed_np.core.losses.LOSSES`,
+2. loss: softmax cross-entropy (or another loss of :data:`smartmixed_np.nn.losses.LOSSES`,
    such as the authors' double softmax) and its gradient ``dlogits`` (mean over the batch);
 3. backward: ``model.backward(dlogits, loss=loss)`` fills ``model.gradients()`` (the
    loss is read only by a phase-1 layer whose estimator is the score function,
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..core.losses import get_loss
-from ..core.optim import clip_factor
+from .losses import get_loss
+from .optim import clip_factor
 
 __all__ = ["train_step"]
 
@@ -41,7 +41,7 @@ def train_step(model: Any, optimizer: Any, x: Any, y: Any, clip: float | None = 
         grads: ``model.gradients()``, when the caller keeps it (the dict holds the
             same arrays from step to step; passing it saves building it again).
         train: the forward's mode (True: phase-1 layers draw Gumbel noise).
-        loss: the loss, by name (a key of :data:`~smartmixed_np.core.losses.LOSSES`:
+        loss: the loss, by name (a key of :data:`~smartmixed_np.nn.losses.LOSSES`:
             ``"cross-entropy"``, the default, or ``"double-softmax"``) or as a function
             ``(logits, labels, check=False) -> (loss, dlogits)``.
 
