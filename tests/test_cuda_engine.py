@@ -661,6 +661,55 @@ def test_clip_kernels_are_the_reference(kernels, device, dtype):
     assert np.isnan(to_host(cuda.clip_factor(kernels, flat, 1.0)[1])) and np.isnan(to_host(reference(grads, 1.0)[1]))
 
 
+@pytest.mark.parametrize("where", ["cpu", "host-kernels on", "host-kernels off"])
+def test_the_programs_loss_and_clip_take_the_kernels_only_where_they_apply(where):
+    """nn.losses.softmax_cross_entropy and nn.optim.clip_factor: the reference's numbers, bit for
+    bit, on the CPU and with the kernels off; two launches each with the kernels on (and packed
+    gradients for the clip); the reference's errors everywhere."""
+    from smartmixed_np.core import losses as core_losses
+    from smartmixed_np.core import optim as core_optim
+    from smartmixed_np.fast.flat import pack
+    from smartmixed_np.nn import losses, optim
+
+    if where != "cpu" and host_kernels.COMPILER is None:
+        pytest.skip("no C++ compiler (set CXX)")
+    backend = get_backend("cpu") if where == "cpu" else host_kernels.host_device_backend()
+    cuda.enable(where == "host-kernels on")
+    rng = np.random.default_rng(12)
+    logits = backend.asarray(rng.normal(0, 2, (16, 10)).astype(np.float32))
+    labels = backend.asarray(rng.integers(0, 10, 16))
+    _, grads = pack({"W": backend.asarray(rng.normal(0, 1, (10, 6)).astype(np.float32)),
+                     "b": backend.asarray(rng.normal(0, 1, 10).astype(np.float32))})
+    loose = {name: backend.xp.ascontiguousarray(g + 0) for name, g in grads.items()}  # not packed
+    cuda.kernels_for(backend)  # built and self-checked here, not inside what is counted
+    host_kernels.LAUNCHES.clear()
+    loss, dlogits = losses.get_loss("cross-entropy")(logits, labels, check=False)
+    loss_launches = sum(host_kernels.LAUNCHES.values())
+    host_kernels.LAUNCHES.clear()
+    norm, factor = optim.clip_factor(grads, 1.0)
+    clip_launches = sum(host_kernels.LAUNCHES.values())
+    loss_ref, dlogits_ref = core_losses.softmax_cross_entropy(logits, labels, check=False)
+    norm_ref, factor_ref = core_optim.clip_factor(grads, 1.0)
+    if where == "host-kernels on":
+        assert loss_launches == 2 and clip_launches == 2
+        _close(loss, loss_ref, np.float32, "reduction")
+        _close(dlogits, dlogits_ref, np.float32, "reduction")
+        _close(factor, factor_ref, np.float32, "reduction")
+    else:
+        assert where == "cpu" or loss_launches > 10 and clip_launches > 5
+        for got, want in ((loss, loss_ref), (dlogits, dlogits_ref), (norm, norm_ref), (factor, factor_ref)):
+            np.testing.assert_array_equal(to_host(got), to_host(want))
+    for got, want in zip(optim.clip_factor(loose, 1.0), core_optim.clip_factor(loose, 1.0)):  # unpacked: the reference
+        np.testing.assert_array_equal(to_host(got), to_host(want))
+    with pytest.raises(ValueError, match="max_norm must be positive"):
+        optim.clip_factor(grads, 0.0)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        losses.softmax_cross_entropy(logits, labels + 10)
+    with pytest.raises(ValueError, match="unknown loss 'hinge'; choose one of cross-entropy, double-softmax"):
+        losses.get_loss("hinge")
+    assert losses.get_loss("double-softmax") is core_losses.double_softmax_cross_entropy
+
+
 def _train(device, kernels_on, dtype, steps, activation="smartmixed"):
     from smartmixed_np.nn.mlp import MLP
     from smartmixed_np.nn.step import train_step
