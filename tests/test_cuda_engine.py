@@ -559,6 +559,32 @@ def test_host_compiled_kernels_are_the_reference_at_any_shape(batch, width, seed
     _close_dlogits(dlogits, dlogits_ref, dout, mixture_ref, dtype)
 
 
+@given(batch=st.integers(1, 70), classes=st.integers(2, 12), scale=st.sampled_from([0.1, 3.0, 300.0]),
+       sizes=st.lists(st.integers(1, 300), min_size=1, max_size=6), max_norm=st.sampled_from([0.5, 5.0, 1e9]),
+       seed=st.integers(0, 2**16), dtype=st.sampled_from(FLOATS))
+def test_host_compiled_loss_and_clip_kernels_are_the_reference_at_any_shape(batch, classes, scale, sizes, max_norm,
+                                                                            seed, dtype):
+    """The loss's and the clip's kernels, compiled on the host, against the reference over batch
+    sizes from 1, class counts, logit scales (confident rows at 300), gradient layouts and limits."""
+    if host_kernels.COMPILER is None:
+        pytest.skip("no C++ compiler (set CXX)")
+    from smartmixed_np.core.optim import clip_factor as reference_clip
+    from smartmixed_np.fast.flat import pack
+
+    device = host_kernels.host_device_backend()
+    kernels = cuda.Kernels(device)
+    rng = np.random.default_rng(seed)
+    logits = device.asarray(rng.normal(0, scale, (batch, classes)).astype(dtype))
+    labels = device.asarray(rng.integers(0, classes, batch))
+    loss_ref, dlogits_ref = softmax_cross_entropy(logits, labels, check=False)
+    loss, dlogits = cuda.softmax_cross_entropy(kernels, logits, labels)
+    _close(loss, loss_ref, dtype, "reduction")
+    _close(dlogits, dlogits_ref, dtype, "reduction")
+    flat, grads = pack({f"g{j}": device.asarray(rng.normal(0, 1, size).astype(dtype)) for j, size in enumerate(sizes)})
+    for got, want in zip(cuda.clip_factor(kernels, flat, max_norm), reference_clip(grads, max_norm)):
+        _close(got, want, dtype, "reduction")
+
+
 #: Planted mistakes, each in one kernel's C: (the kernel, the text, what it becomes, the family).
 _PLANTED = {
     "dlogits read transposed": ("phase1_dlogits", "dy[(ptrdiff_t)k * N + i]", "dy[(ptrdiff_t)i * K + k]", "phase1"),
