@@ -766,12 +766,10 @@ def test_training_steps_with_the_kernels_follow_the_plain_path(device, dtype):
                                    rtol=1e-3 if dtype == "float32" else 1e-9, atol=1e-5 if dtype == "float32" else 1e-12)
 
 
-@pytest.mark.parametrize("kernels_on", [True, False])
-@pytest.mark.parametrize("kind", ["smartmixed", "relu", "frozen"])
-def test_a_step_on_a_device_reads_nothing_back_to_the_host(kernels_on, kind):
-    """On host-kernels (a GPU stand-in that counts every read of device values on the host, each a
-    wait for the device on a GPU), a training step with the clip reads nothing back: the clip
-    factor stays on the device, with the kernels and without (phase 1's noise goes the other way)."""
+def _trained_on_host_kernels(kind, kernels_on, sizes):
+    """A network of ``kind`` ("relu", "smartmixed" or "frozen") of ``sizes`` on host-kernels, after
+    one training step with the clip, and a function that takes the next one (returning its loss
+    and logits)."""
     if host_kernels.COMPILER is None:
         pytest.skip("no C++ compiler (set CXX)")
     from smartmixed_np.nn.mlp import MLP
@@ -779,18 +777,28 @@ def test_a_step_on_a_device_reads_nothing_back_to_the_host(kernels_on, kind):
 
     backend = host_kernels.host_device_backend()
     cuda.enable(kernels_on)
-    model = MLP([20, 33, 17, 5], "relu" if kind == "relu" else "smartmixed", seed=3, device=backend)
+    model = MLP(sizes, "relu" if kind == "relu" else "smartmixed", seed=3, device=backend)
     if kind == "frozen":
         model = model.freeze()
-    assert {act.engine.name for act in model.activations} == ({"cuda"} if kernels_on else {"fused"})
     optimizer = Adam(model.parameters(), lr=1e-2)
     rng = np.random.default_rng(9)
-    x = backend.asarray(rng.standard_normal((64, 20)).astype(np.float32))
-    y = backend.asarray(rng.integers(0, 5, 64))
+    x = backend.asarray(rng.standard_normal((64, sizes[0])).astype(np.float32))
+    y = backend.asarray(rng.integers(0, sizes[-1], 64))
     grads = model.gradients()
     train_step(model, optimizer, x, y, clip=1.0, grads=grads)
+    return model, lambda: train_step(model, optimizer, x, y, clip=1.0, grads=grads)
+
+
+@pytest.mark.parametrize("kernels_on", [True, False])
+@pytest.mark.parametrize("kind", ["smartmixed", "relu", "frozen"])
+def test_a_step_on_a_device_reads_nothing_back_to_the_host(kernels_on, kind):
+    """On host-kernels (a GPU stand-in that counts every read of device values on the host, each a
+    wait for the device on a GPU), a training step with the clip reads nothing back: the clip
+    factor stays on the device, with the kernels and without (phase 1's noise goes the other way)."""
+    model, step = _trained_on_host_kernels(kind, kernels_on, [20, 33, 17, 5])
+    assert {act.engine.name for act in model.activations} == ({"cuda"} if kernels_on else {"fused"})
     host_kernels.HOST_READS[0] = 0
-    loss = train_step(model, optimizer, x, y, clip=1.0, grads=grads)[0]
+    loss = step()[0]
     assert host_kernels.HOST_READS[0] == 0
     assert math.isfinite(float(loss)) and host_kernels.HOST_READS[0] == 1  # the count counts
 
@@ -805,24 +813,9 @@ def test_a_step_with_the_kernels_makes_the_launches_of_the_issue_and_no_more(kin
     argmax, the output), two and one reduction backward (dz; dy; the softmax backward), the host
     noise's copy to the device and the copy of dlogits into the layer's gradient; the loss in two
     (the rows, the mean), the clip factor in two (the norm, the factor), Adam in one."""
-    if host_kernels.COMPILER is None:
-        pytest.skip("no C++ compiler (set CXX)")
-    from smartmixed_np.nn.mlp import MLP
-    from smartmixed_np.nn.step import train_step
-
-    backend = host_kernels.host_device_backend()
-    cuda.enable(True)
-    model = MLP([20, 33, 17, 11, 5], "relu" if kind == "relu" else "smartmixed", seed=3, device=backend)
-    if kind == "frozen":
-        model = model.freeze()
-    optimizer = Adam(model.parameters(), lr=1e-2)
-    rng = np.random.default_rng(9)
-    x = backend.asarray(rng.standard_normal((64, 20)).astype(np.float32))
-    y = backend.asarray(rng.integers(0, 5, 64))
-    grads = model.gradients()
-    train_step(model, optimizer, x, y, clip=1.0, grads=grads)
+    _, step = _trained_on_host_kernels(kind, True, [20, 33, 17, 11, 5])
     host_kernels.LAUNCHES.clear()
-    train_step(model, optimizer, x, y, clip=1.0, grads=grads)
+    step()
     layers, hidden = 4, 3
     expected = {"matmul": 3 * layers - 1, "add": layers, "sum": layers, "smartmixed_softmax_ce": 1,
                 "smartmixed_mean_loss": 1, "smartmixed_grad_norm": 1, "smartmixed_clip_factor": 1, "smartmixed_adam": 1}
