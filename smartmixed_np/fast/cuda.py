@@ -23,6 +23,15 @@ launches. Each stands in for a reference function and is checked against it:
 * **Adam**, :func:`adam_update`: stands in for :func:`smartmixed_np.core.optim.adam_update_reference`;
   ONE kernel per parameter, the clip factor applied inside it, read from a device scalar
   (so a step never waits for the GPU).
+* **the clip factor**, :func:`clip_factor`: stands in for :func:`smartmixed_np.core.optim.clip_factor`
+  over the network's flat gradient buffer, in two launches (one reduction for the norm, one for
+  the factor) where the reference makes a dot product per parameter and a dozen operations on
+  numbers.
+* **the loss**, :func:`softmax_cross_entropy`: stands in for
+  :func:`smartmixed_np.core.losses.softmax_cross_entropy`, in two launches (one kernel over the
+  rows for the log-probabilities and the gradient, one reduction for the mean) where the
+  reference makes about twenty. The clip and the loss sum in another order than the reference:
+  their numbers are its numbers to rounding.
 * **Gumbel noise on the device**, :class:`DeviceGumbel`: an optional stand-in for
   :meth:`smartmixed_np.backend.SeededRNG.gumbel` (the host stream stays the default).
 
@@ -47,10 +56,11 @@ module (``xp.ElementwiseKernel``, ``xp.ReductionKernel``: CuPy is imported only 
 :mod:`smartmixed_np.backend`). The first time, every kernel runs once on a small random
 input, in float32 and float64, against the reference functions on the same device
 arrays (:func:`self_check`); a kernel that fails to compile or disagrees beyond
-:data:`TOLERANCES` takes its family (``"phase2"``, ``"phase1"``, ``"adam"``) back to the
-plain path, with one :class:`CudaKernelWarning` naming the kernel and why.
-:mod:`smartmixed_np.nn.engines` and :mod:`smartmixed_np.nn.optim` ask :func:`kernels_for`
-once, at construction.
+:data:`TOLERANCES` takes its family (``"phase2"``, ``"phase1"``, ``"adam"``, ``"clip"``,
+``"loss"``) back to the plain path, with one :class:`CudaKernelWarning` naming the kernel and why.
+:mod:`smartmixed_np.nn.engines` and :mod:`smartmixed_np.nn.optim`'s Adam ask :func:`kernels_for`
+once, at construction; :func:`smartmixed_np.nn.optim.clip_factor` and
+:func:`smartmixed_np.nn.losses.softmax_cross_entropy` at each call (a dictionary look-up).
 
 The clamp's gradient: ``"open"`` (ours, :data:`smartmixed_np.core.phase1.CLAMP_GRADS`),
 zero wherever the clamped output sits at an edge; a side the activation's range already
