@@ -383,6 +383,34 @@ def test_without_the_compiled_loops_the_flat_update_goes_chunk_by_chunk_with_the
             np.testing.assert_array_equal(flat_opt.v[name], ref_opt.v[name])
 
 
+@needs_numba
+def test_on_a_gpu_without_the_kernels_a_packed_step_is_one_reference_update_even_with_numba(monkeypatch):
+    """Device arrays (host-kernels, the GPU stand-in whose views name their owner as CuPy's do),
+    the CUDA kernels off, the compiled loops on (they take host arrays only): the reference's
+    operations once over the flat buffers, 13 launches, not 13 per parameter as the per-parameter
+    fallback made, and bitwise the per-parameter reference update."""
+    import host_kernels
+
+    if host_kernels.COMPILER is None:
+        pytest.skip("no C++ compiler (set CXX)")
+    backend = host_kernels.host_device_backend()
+    cuda.enable(False)
+    start = _arrays(np.float32)
+    _, flat_params = pack({n: backend.asarray(a) for n, a in start.items()})
+    ref_opt = reference.Adam({n: a.copy() for n, a in start.items()}, lr=1e-2)
+    flat_opt = Adam(flat_params, lr=1e-2)
+    assert flat_opt.fast_path is not None and flat_opt.cuda is None
+    _, flat_grads = pack({n: backend.xp.zeros(s, np.float32) for n, s in SHAPES.items()})
+    assert flat_opt._flat_arrays(flat_grads)[4] == "reference"
+    calls = []
+    real = nn_optim.adam_update_reference
+    monkeypatch.setattr(nn_optim, "adam_update_reference", lambda *a, **k: (calls.append(a[0]), real(*a, **k)))
+    _steps_side_by_side(calls, flat_opt, flat_grads, ref_opt, np.float32, 3, lambda t: t % 2)
+    host_kernels.LAUNCHES.clear()
+    flat_opt.step(flat_grads)
+    assert sum(host_kernels.LAUNCHES.values()) == 13
+
+
 def test_on_the_gpu_a_packed_step_is_one_launch_over_the_flat_buffers(monkeypatch):
     """On the emulated fake GPU of tests/test_cuda_engine.py (its kernels run their contract in NumPy)."""
     from test_cuda_engine import _emulating_xp, _fake_backend

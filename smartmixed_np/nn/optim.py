@@ -133,13 +133,17 @@ class Adam(reference.Adam):
                           flat_p, flat_m, flat_v)
 
     def _flat_arrays(self, grads: dict[str, Any]) -> tuple | None:
-        """``(p, g, m, v)``, the four flat buffers, when a one-pass update can take this step; else None.
+        """``(p, g, m, v, engine)``, the four flat buffers and the update that runs over them
+        (``"cuda"``, ``"compiled"`` or ``"reference"``), when a one-pass update can take this
+        step; else None.
 
         That needs: the optimizer's parameters, ``m`` and ``v`` still the arrays packed at
         construction; ``grads`` naming the parameters in their order, each of its
-        parameter's shape, and tiling one flat buffer of their dtype; and the fast update
-        applying to the four. The answer is kept for the arrays it was given (by identity,
-        with the gradients' names in order) and asked again only when one of them changes.
+        parameter's shape, and tiling one flat buffer of their dtype. The engine: the CUDA
+        kernel where it applies to the four, else the compiled loop where it does (host arrays),
+        else the reference's operations (any arrays). The answer is kept for the arrays it was
+        given (by identity, with the gradients' names in order) and asked again only when one
+        of them changes.
         """
         if self._flat is None:
             return None
@@ -159,39 +163,46 @@ class Adam(reference.Adam):
         g = flat_of(grads)
         if g is None or g.dtype != p.dtype:
             return None
-        if self.cuda is not None:
-            usable = cuda.applies(self.cuda, p, g, m, v)
-        else:  # the compiled loop takes host arrays only; the reference update takes any
-            usable = compiled.applies(p, g, m, v) if self.fast_path is not None else True
-        return (p, g, m, v) if usable else None
+        # Which update runs over them: the CUDA kernel, the compiled loop (host arrays only), or the
+        # reference's operations, which take any arrays (CuPy's with the kernels off, Numba or not).
+        if self.cuda is not None and cuda.applies(self.cuda, p, g, m, v):
+            engine = "cuda"
+        elif self.fast_path is not None and compiled.applies(p, g, m, v):
+            engine = "compiled"
+        else:
+            engine = "reference"
+        return p, g, m, v, engine
 
     def step(self, grads: dict[str, Any], scale: Any = None) -> None:
         """One update of every parameter, in place (see :meth:`smartmixed_np.core.optim.Optimizer.step`).
 
         Packed (see :meth:`_flat_arrays`): one :func:`smartmixed_np.fast.compiled.adam_update`
-        over the flat arrays (when ``scale`` is a host number or None, as the reference's
-        compiled path asks), or on a GPU one :func:`smartmixed_np.fast.cuda.adam_update`, or
-        with neither :func:`chunked_reference_update` (the reference's 13 array operations over
-        the flat arrays, a cache-sized stretch at a time, instead of once per parameter).
+        over the flat host arrays (when ``scale`` is a host number or None, as the reference's
+        compiled path asks), or on a GPU with the kernels one
+        :func:`smartmixed_np.fast.cuda.adam_update`, or else :func:`chunked_reference_update`
+        (the reference's 13 array operations over the flat arrays, on the host a cache-sized
+        stretch at a time; on a GPU without the kernels 13 launches, not 13 per parameter).
         Otherwise per parameter: the reference's step (with its compiled update), or with
         the CUDA kernel the step size and bias correction of the reference's step, then one
         launch per parameter that :func:`smartmixed_np.fast.cuda.applies` to (the others
         take :func:`~smartmixed_np.core.optim.adam_update_reference`).
         """
         flat = self._flat_arrays(grads)
-        host_scale = host_number(scale) if flat is not None and self.fast_path is not None else None
-        if flat is not None and (self.cuda is not None or self.fast_path is None or host_scale is not None):
+        engine = flat[4] if flat is not None else None
+        host_scale = host_number(scale) if engine == "compiled" else None
+        if engine is not None and (engine != "compiled" or host_scale is not None):
             self._check_grads(grads)
             self.step_count += 1
             settings = self._settings()
-            if self.cuda is not None:
-                cuda.adam_update(self.cuda, *flat, scale=scale, **settings)
-            elif self.fast_path is not None:
-                compiled.adam_update(*flat, scale=host_scale, **settings)
-            else:  # NumPy (or CuPy) alone
+            arrays = flat[:4]
+            if engine == "cuda":
+                cuda.adam_update(self.cuda, *arrays, scale=scale, **settings)
+            elif engine == "compiled":
+                compiled.adam_update(*arrays, scale=host_scale, **settings)
+            else:  # the reference's operations: NumPy alone, or CuPy without the kernels
                 if self._flat_scratch is None:
-                    self._flat_scratch = array_module(flat[0]).empty_like(flat[0])
-                chunked_reference_update(*flat, scratch=self._flat_scratch, scale=scale, **settings)
+                    self._flat_scratch = array_module(arrays[0]).empty_like(arrays[0])
+                chunked_reference_update(*arrays, scratch=self._flat_scratch, scale=scale, **settings)
             return None
         if self.cuda is None:
             return super().step(grads, scale)
