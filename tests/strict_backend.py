@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import operator
 import types
+import weakref
 from typing import Any
 
 import numpy as np
@@ -64,15 +65,40 @@ def _wrap(value: Any) -> Any:
     return value
 
 
+#: The StrictArray that owns each allocation (by the id of its NumPy array), for ``base``.
+_OWNERS: "weakref.WeakValueDictionary[int, StrictArray]" = weakref.WeakValueDictionary()
+
+
 class StrictArray:
     """A NumPy array that pretends to live on another device."""
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "__weakref__")
 
     def __init__(self, data: np.ndarray) -> None:
         if not isinstance(data, np.ndarray):
             raise TypeError("StrictArray wraps a numpy.ndarray")
         object.__setattr__(self, "_data", data)
+        if data.base is None:
+            _OWNERS[id(data)] = self
+
+    @property
+    def base(self) -> "StrictArray | None":
+        """The device array that owns this one's memory, or None when this one does: CuPy's
+        ``base``, the owner itself (the same object each time), never a view in between, so that
+        :func:`smartmixed_np.fast.flat.flat_of` finds a network's flat buffers here as on a GPU."""
+        owner = self._data.base  # NumPy's: the allocation itself, for views of plain arrays
+        if not isinstance(owner, np.ndarray):
+            return None
+        wrapper = _OWNERS.get(id(owner))
+        if wrapper is None or wrapper._data is not owner:
+            wrapper = StrictArray(owner)
+            _OWNERS[id(owner)] = wrapper
+        return wrapper
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        """The address and layout, as a CuPy array gives them (NumPy's ``__array_interface__`` stays refused)."""
+        return self._data.__array_interface__
 
     # -- the boundary -----------------------------------------------------------
     def __array__(self, dtype=None, copy=None):

@@ -238,19 +238,21 @@ def _gradient_steps(dtype, steps=5, seed=3):
             for t in range(steps)]
 
 
-def _steps_side_by_side(calls, flat_opt, flat_grads, ref_opt, dtype, steps, clip_at, split_opt=None):
+def _steps_side_by_side(calls, flat_opt, flat_grads, ref_opt, dtype, steps, clip_at, split_opt=None, device=None):
     """Step the packed optimizer, the per-parameter one (when given) and the reference alike on
     :func:`_gradient_steps` (clipped at the steps ``clip_at(t)`` picks): one call a step over the
     flat buffer for the packed one, one per parameter for the split one, and after every step the
-    reference's parameters and moments, bitwise."""
+    reference's parameters and moments, bitwise. ``device``: the backend of the packed
+    optimizer's arrays, when not the host's (the gradients and the clip factor are moved there)."""
     size = sum(int(np.prod(shape)) for shape in SHAPES.values())
+    put = (lambda a: a) if device is None else device.asarray
     for t, grads in enumerate(_gradient_steps(dtype, steps=steps)):
         for name, g in grads.items():
-            flat_grads[name][...] = g
+            flat_grads[name][...] = put(g)
         scale = clip_factor(grads, 1.0)[1] if clip_at(t) else None
         assert scale is None or scale.dtype == dtype
         calls.clear()
-        flat_opt.step(flat_grads, scale=scale)
+        flat_opt.step(flat_grads, scale=None if scale is None else put(scale))
         assert len(calls) == 1 and calls[0].ndim == 1 and calls[0].size == size  # one call, the flat buffer
         if split_opt is not None:
             split_opt.step(grads, scale=scale)
@@ -258,9 +260,9 @@ def _steps_side_by_side(calls, flat_opt, flat_grads, ref_opt, dtype, steps, clip
         ref_opt.step(grads, scale=scale)
         for opt in (flat_opt,) if split_opt is None else (flat_opt, split_opt):
             for name in SHAPES:
-                np.testing.assert_array_equal(opt.params[name], ref_opt.params[name])
-                np.testing.assert_array_equal(opt.m[name], ref_opt.m[name])
-                np.testing.assert_array_equal(opt.v[name], ref_opt.v[name])
+                np.testing.assert_array_equal(to_host(opt.params[name]), ref_opt.params[name])
+                np.testing.assert_array_equal(to_host(opt.m[name]), ref_opt.m[name])
+                np.testing.assert_array_equal(to_host(opt.v[name]), ref_opt.v[name])
 
 
 @needs_numba
@@ -384,16 +386,20 @@ def test_without_the_compiled_loops_the_flat_update_goes_chunk_by_chunk_with_the
 
 
 @needs_numba
-def test_on_a_gpu_without_the_kernels_a_packed_step_is_one_reference_update_even_with_numba(monkeypatch):
-    """Device arrays (host-kernels, the GPU stand-in whose views name their owner as CuPy's do),
-    the CUDA kernels off, the compiled loops on (they take host arrays only): the reference's
-    operations once over the flat buffers, 13 launches, not 13 per parameter as the per-parameter
-    fallback made, and bitwise the per-parameter reference update."""
+@pytest.mark.parametrize("device", ["strict", "host-kernels"])
+def test_on_a_gpu_without_the_kernels_a_packed_step_is_one_reference_update_even_with_numba(monkeypatch, device):
+    """Device arrays (the strict backend, which refuses any mixing of host and device arrays, and
+    host-kernels, which counts launches; both name a view's owner as CuPy does), the CUDA kernels
+    off, the compiled loops on (they take host arrays only): the reference's operations once over
+    the flat buffers, 13 launches, not 13 per parameter as the per-parameter fallback made, and
+    bitwise the per-parameter reference update."""
     import host_kernels
 
-    if host_kernels.COMPILER is None:
+    from smartmixed_np.backend import get_backend
+
+    if device == "host-kernels" and host_kernels.COMPILER is None:
         pytest.skip("no C++ compiler (set CXX)")
-    backend = host_kernels.host_device_backend()
+    backend = get_backend(device)
     cuda.enable(False)
     start = _arrays(np.float32)
     _, flat_params = pack({n: backend.asarray(a) for n, a in start.items()})
@@ -405,10 +411,11 @@ def test_on_a_gpu_without_the_kernels_a_packed_step_is_one_reference_update_even
     calls = []
     real = nn_optim.adam_update_reference
     monkeypatch.setattr(nn_optim, "adam_update_reference", lambda *a, **k: (calls.append(a[0]), real(*a, **k)))
-    _steps_side_by_side(calls, flat_opt, flat_grads, ref_opt, np.float32, 3, lambda t: t % 2)
-    host_kernels.LAUNCHES.clear()
-    flat_opt.step(flat_grads)
-    assert sum(host_kernels.LAUNCHES.values()) == 13
+    _steps_side_by_side(calls, flat_opt, flat_grads, ref_opt, np.float32, 3, lambda t: t % 2, device=backend)
+    if device == "host-kernels":
+        host_kernels.LAUNCHES.clear()
+        flat_opt.step(flat_grads)
+        assert sum(host_kernels.LAUNCHES.values()) == 13
 
 
 def test_on_the_gpu_a_packed_step_is_one_launch_over_the_flat_buffers(monkeypatch):
