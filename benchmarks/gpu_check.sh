@@ -17,7 +17,9 @@
 #   5. kernel timing: train steps of the 784-512-256-128-10 network, phase 1 and phase 2, kernels
 #      off against on ($OUT/kernel_timing.json; GPU_CHECK_TIMING_ROUNDS steps each, 40 by default,
 #      on the backend GPU_CHECK_DEVICE, "gpu" by default: the test suite runs it on host-kernels);
-#   6. smartmixed bench --device gpu --json $OUT/bench_gpu.json --plan device --no-jax: the issue's
+#   6. smartmixed bench --device gpu --json $OUT/bench_gpu.json --plan device --no-jax, with the
+#      kernels on (GPU_CHECK_BENCH_KERNELS=0 for the plain path; the JSON's config.cuda_kernels says
+#      which families passed their self-check and ran): the issue's
 #      network at batch 128 and 8192 and the MNIST epoch when SMARTMIXED_DATA is set, no width sweep,
 #      no settle, JAX left out (its compiles would take the step's time); GPU_CHECK_BENCH=quick for a
 #      smoke test, =full for the CPU's plan (both sweeps, about 4 minutes of settle times alone),
@@ -141,7 +143,8 @@ for on in (False, True):
     report["status"]["on" if on else "off"] = cuda.status()
 json.dump(report, open(sys.argv[1], "w"), indent=2)
 ' "$OUT/kernel_timing.json"
-step bench "$BENCH_LIMIT" smartmixed bench --device gpu --json "$OUT/bench_gpu.json" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}
+step bench "$BENCH_LIMIT" env SMARTMIXED_CUDA_KERNELS="${GPU_CHECK_BENCH_KERNELS:-1}" \
+    smartmixed bench --device gpu --json "$OUT/bench_gpu.json" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}
 
 if [ "$DRY" != "1" ]; then
     echo "== summary ($OUT/summary.txt)"

@@ -143,6 +143,9 @@ def test_the_suite_runs_on_a_device_backend(tmp_path, device):
                                 with_torch=False, with_jax=False, device=device)  # JAX on a device: tested below
         cuda.reset()
     assert engines == ({"cuda"} if device == "host-kernels" else {"fused"})
+    status = report["config"]["cuda_kernels"]  # which kernel families ran, for reading GPU figures
+    assert (status == "host-kernels: " + ", ".join(f"{family} on" for family in cuda.Kernels.FAMILIES)
+            if device == "host-kernels" else status.startswith("off"))
     assert report["machine"]["backend"] == device
     assert "skipped" in report["memory"] and report["targets"]["no_memory_growth"]["met"] is None
     for key in RATIO_KEYS:

@@ -919,6 +919,7 @@ def test_gpu_check_dry_run_prints_each_step_in_its_time_and_runs_nothing(tmp_pat
     assert "SMARTMIXED_TEST_BACKENDS=cupy SMARTMIXED_CUDA_KERNELS=0" in by_step["tests_kernels_off"]
     assert "SMARTMIXED_TEST_BACKENDS=cupy SMARTMIXED_CUDA_KERNELS=1" in by_step["tests_kernels_on"]
     assert f"smartmixed bench --device gpu --json {out}/bench_gpu.json --plan device --no-jax" in by_step["bench"]
+    assert "SMARTMIXED_CUDA_KERNELS=1 smartmixed bench" in by_step["bench"]  # the figures of the GPU's fast path
     words = by_step["tests_kernels_on"].split()
     files = [word for word in words if word.startswith("tests/") and "::" not in word]
     assert files[0] == "tests/test_cuda_engine.py" and all((_SCRIPT.parent.parent / f).is_file() for f in files)

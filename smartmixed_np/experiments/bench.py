@@ -84,7 +84,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..fast import compiled
+from ..fast import compiled, cuda
 from ..backend import Backend, get_backend, numpy_simd, to_host
 from ..core.activations import DEFAULT_POOL
 from ..errors import UserError
@@ -1222,6 +1222,8 @@ def run_benchmarks(
     report["targets"] = _targets(ratios, report["memory"], report["ratios_of_minima"], dev.backend.device,
                                  memory_peaks=report.get("memory_peaks"))
     report["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    # after the runs: on a GPU with the kernels on, which families passed their self-check
+    report["config"]["cuda_kernels"] = cuda.status()
     if json_path:
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
         write_json(json_path, report)
