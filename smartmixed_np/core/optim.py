@@ -20,7 +20,8 @@ import numpy as np
 
 from ..backend import array_module, backend_of, get_backend, to_host
 
-__all__ = ["Optimizer", "SGD", "Adam", "adam_update_reference", "clip_factor", "clip_grad_norm", "global_grad_norm"]
+__all__ = ["Optimizer", "SGD", "Adam", "adam_update_reference", "check_max_norm", "clip_factor", "clip_grad_norm",
+           "global_grad_norm"]
 
 
 def global_grad_norm(grads: dict[str, Any]) -> Any:
@@ -35,6 +36,12 @@ def global_grad_norm(grads: dict[str, Any]) -> Any:
     return xp.sqrt(total)
 
 
+def check_max_norm(max_norm: float) -> None:
+    """ValueError unless the clipping limit ``max_norm`` is positive."""
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be positive, got {max_norm}")
+
+
 def clip_factor(grads: dict[str, Any], max_norm: float, eps: float = 1e-6) -> tuple[Any, Any]:
     """The global norm and the clipping factor, without scaling anything.
 
@@ -46,8 +53,7 @@ def clip_factor(grads: dict[str, Any], max_norm: float, eps: float = 1e-6) -> tu
     Returns:
         ``(norm, factor)``, both 0-d device arrays.
     """
-    if not max_norm > 0:
-        raise ValueError(f"max_norm must be positive, got {max_norm}")
+    check_max_norm(max_norm)
     norm = global_grad_norm(grads)
     xp = array_module(norm)
     return norm, xp.minimum(max_norm / (norm + eps), 1.0).astype(norm.dtype)

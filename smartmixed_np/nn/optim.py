@@ -80,8 +80,7 @@ def clip_factor(grads: dict[str, Any], max_norm: float, eps: float = 1e-6) -> tu
     if kernels is not None and kernels.usable("clip"):
         flat = flat_of(grads)
         if flat is not None and cuda.applies(kernels, flat):
-            if not max_norm > 0:
-                raise ValueError(f"max_norm must be positive, got {max_norm}")
+            reference.check_max_norm(max_norm)
             return cuda.clip_factor(kernels, flat, max_norm, eps)
     return reference.clip_factor(grads, max_norm, eps)
 
