@@ -12,7 +12,7 @@ from . import _aliases
 from .core.activations import DEFAULT_POOL, get_activation, list_activations, register_activation
 from .backend import get_backend, to_host
 from .nn.mlp import MLP
-from .core.losses import softmax_cross_entropy
+from .nn.losses import softmax_cross_entropy
 from .nn.optim import SGD, Adam, clip_factor, clip_grad_norm
 from .nn.step import train_step
 
