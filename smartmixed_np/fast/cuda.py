@@ -443,7 +443,7 @@ def _applies_to(backend: Backend) -> bool:
 def kernels_for(backend: Backend | None) -> "Kernels | None":
     """The kernels of ``backend`` when switched on and it is a GPU backend, self-checked on first
     use; else None. Ask :meth:`Kernels.usable` which families passed."""
-    if backend is None or not enabled() or not _applies_to(backend):
+    if backend is None or backend.device != "gpu" or not enabled() or not _applies_to(backend):
         return None
     return _kernels_of(backend)
 
