@@ -766,10 +766,10 @@ def test_training_steps_with_the_kernels_follow_the_plain_path(device, dtype):
                                    rtol=1e-3 if dtype == "float32" else 1e-9, atol=1e-5 if dtype == "float32" else 1e-12)
 
 
-def _trained_on_host_kernels(kind, kernels_on, sizes):
+def _trained_on_host_kernels(kind, kernels_on, sizes, batch=64):
     """A network of ``kind`` ("relu", "smartmixed" or "frozen") of ``sizes`` on host-kernels, after
-    one training step with the clip, and a function that takes the next one (returning its loss
-    and logits)."""
+    one training step with the clip on a batch of ``batch``, and a function that takes the next
+    one (returning its loss and logits)."""
     if host_kernels.COMPILER is None:
         pytest.skip("no C++ compiler (set CXX)")
     from smartmixed_np.nn.mlp import MLP
@@ -782,8 +782,8 @@ def _trained_on_host_kernels(kind, kernels_on, sizes):
         model = model.freeze()
     optimizer = Adam(model.parameters(), lr=1e-2)
     rng = np.random.default_rng(9)
-    x = backend.asarray(rng.standard_normal((64, sizes[0])).astype(np.float32))
-    y = backend.asarray(rng.integers(0, sizes[-1], 64))
+    x = backend.asarray(rng.standard_normal((batch, sizes[0])).astype(np.float32))
+    y = backend.asarray(rng.integers(0, sizes[-1], batch))
     grads = model.gradients()
     train_step(model, optimizer, x, y, clip=1.0, grads=grads)
     return model, lambda: train_step(model, optimizer, x, y, clip=1.0, grads=grads)
@@ -825,6 +825,27 @@ def test_a_step_with_the_kernels_makes_the_launches_of_the_issue_and_no_more(kin
     else:
         expected.update(smartmixed_phase2_forward=hidden, smartmixed_phase2_backward=hidden)
     assert dict(host_kernels.LAUNCHES) == expected
+
+
+def test_the_readmes_table_of_launches_is_what_a_step_makes():
+    """The README's launches per training step of the 784-512-256-128-10 network at batch 128, the
+    plain CuPy path and the kernels, are the counts of host-kernels (recounted here)."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {"ReLU": "relu", "phase 2 (mixed, frozen)": "frozen", "phase 1 (hard, shared noise)": "smartmixed"}
+    table = {kind: (int(m.group(1)), int(m.group(2)))
+             for label, kind in rows.items() for m in [re.search(rf"^\| {re.escape(label)} \| (\d+) \| (\d+) \|$", readme, re.M)]
+             if m}
+    assert table.keys() == set(rows.values()), "the README's table of launches is missing a row"
+    for kind, (plain, kernels) in table.items():
+        counted = []
+        for on in (False, True):
+            _, step = _trained_on_host_kernels(kind, on, [784, 512, 256, 128, 10], batch=128)
+            host_kernels.LAUNCHES.clear()
+            step()
+            counted.append(sum(host_kernels.LAUNCHES.values()))
+        assert tuple(counted) == (plain, kernels), f"{kind}: the README says {(plain, kernels)}, a step makes {counted}"
 
 
 _SPIN = r"""
