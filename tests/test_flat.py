@@ -440,3 +440,25 @@ def test_on_the_gpu_a_packed_step_is_one_launch_over_the_flat_buffers(monkeypatc
     finally:
         cuda.enable(None)
         cuda.reset()
+
+
+def test_the_clip_keeps_flat_ofs_answer_while_the_arrays_are_the_same(monkeypatch):
+    """nn.optim's kept answer of flat_of (the clip asks it every step on a GPU): asked once for the
+    same arrays, again when one is another object or the names change, the right answer each time,
+    and nothing kept alive once the arrays are gone."""
+    import gc
+
+    asked = []
+    real = nn_optim.flat_of
+    monkeypatch.setattr(nn_optim, "flat_of", lambda arrays: (asked.append(1), real(arrays))[1])
+    kept = nn_optim._KeptFlat()
+    flat, grads = pack({"a": np.zeros(3), "b": np.ones((2, 2))})
+    assert kept(grads) is flat and kept(dict(grads)) is flat and len(asked) == 1
+    assert kept({"b": grads["b"], "a": grads["a"]}) is None and len(asked) == 2  # another order
+    assert kept(grads) is flat and len(asked) == 3
+    swapped = {"a": grads["a"].copy(), "b": grads["b"]}
+    assert kept(swapped) is None and len(asked) == 4
+    assert kept(swapped) is None and len(asked) == 4  # a None answer is kept too
+    del flat, grads, swapped
+    gc.collect()
+    assert kept._flat is None and kept._refs == ()
