@@ -1196,7 +1196,7 @@ def run_benchmarks(
     data_dir = data_dir or os.environ.get(DATA_ENV)
     if data_dir:
         say(f"epoch: MNIST from {data_dir}")
-        epoch = _epoch_throughput(data_dir, sizes if not quick else sizes, batch, seed, settings["epoch_rounds"], threads,
+        epoch = _epoch_throughput(data_dir, sizes, batch, seed, settings["epoch_rounds"], threads,
                                   has_torch, train_limit=2000 if quick else None, dev=dev)
         report["epoch"] = epoch
         ratios["epoch_throughput_vs_torch_ratio"] = epoch.get("epoch_throughput_vs_torch_ratio")
